@@ -1,0 +1,1 @@
+"""Small bundled data sets, loaded from installed packages or generated; never downloaded."""
