@@ -1,4 +1,9 @@
-"""dpjax: a differential privacy compute engine for JAX."""
+"""dpjax: a differential privacy compute engine for JAX.
+
+Private training as a composable pipeline: ``clipped_grad`` (per-example
+gradients, clipping, sum) -> ``add_noise`` / ``dp_sgd`` / ``dp_adam`` (optax)
+-> ``privacy_spent`` (the accountant, from the optimizer state).
+"""
 
 from pathlib import Path as _Path
 
@@ -10,5 +15,49 @@ if not (_Path(__file__).parent / "kernels").is_dir():
     if (_root / "kernels" / "__init__.py").is_file():
         __path__.append(str(_root))  # noqa: F821 (package __path__)
 
+from dpjax import linen as linen  # noqa: E402
+from dpjax import nnx as nnx  # noqa: E402
+from dpjax.grad import ClippedGradFn as ClippedGradFn  # noqa: E402
+from dpjax.grad import ClipStats as ClipStats  # noqa: E402
+from dpjax.grad import Sensitivity as Sensitivity  # noqa: E402
+from dpjax.grad import clipped_grad as clipped_grad  # noqa: E402
+from dpjax.optimizers import dp_adam as dp_adam  # noqa: E402
+from dpjax.optimizers import dp_adamw as dp_adamw  # noqa: E402
+from dpjax.optimizers import dp_chain as dp_chain  # noqa: E402
+from dpjax.optimizers import dp_sgd as dp_sgd  # noqa: E402
+from dpjax.privacy import PrivacySpent as PrivacySpent  # noqa: E402
+from dpjax.privacy import privacy_spent as privacy_spent  # noqa: E402
+from dpjax.sampling import AccountingWarning as AccountingWarning  # noqa: E402
+from dpjax.sampling import Batch as Batch  # noqa: E402
+from dpjax.sampling import PoissonSampler as PoissonSampler  # noqa: E402
+from dpjax.sampling import ShuffledSampler as ShuffledSampler  # noqa: E402
+from dpjax.transforms import AccumulateState as AccumulateState  # noqa: E402
+from dpjax.transforms import DPNoiseState as DPNoiseState  # noqa: E402
+from dpjax.transforms import accumulate as accumulate  # noqa: E402
+from dpjax.transforms import add_noise as add_noise  # noqa: E402
+
 __version__ = "0.1.0"
-__all__ = ["__version__"]
+
+__all__ = [
+    "AccountingWarning",
+    "AccumulateState",
+    "Batch",
+    "ClipStats",
+    "ClippedGradFn",
+    "DPNoiseState",
+    "PoissonSampler",
+    "PrivacySpent",
+    "Sensitivity",
+    "ShuffledSampler",
+    "__version__",
+    "accumulate",
+    "add_noise",
+    "clipped_grad",
+    "dp_adam",
+    "dp_adamw",
+    "dp_chain",
+    "dp_sgd",
+    "linen",
+    "nnx",
+    "privacy_spent",
+]

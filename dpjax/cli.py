@@ -11,7 +11,7 @@ import importlib
 import sys
 
 # (module, attribute) of each subcommand's register function, in help order.
-_SUBCOMMANDS: tuple[str, ...] = ()
+_SUBCOMMANDS: tuple[str, ...] = ("dpjax.train",)
 
 
 def build_parser() -> argparse.ArgumentParser:
