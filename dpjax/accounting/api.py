@@ -1,0 +1,68 @@
+"""Host convenience functions: epsilon / delta of an event, in one call.
+
+These wrap the pure accountants (``rdp``, ``pld``) for the common case of a
+whole run described by one event. They return Python floats.
+"""
+
+from __future__ import annotations
+
+from dpjax import _validate
+from dpjax.accounting import events as ev
+from dpjax.accounting import rdp
+
+__all__ = ["ACCOUNTANTS", "epsilon", "delta"]
+
+ACCOUNTANTS = ("rdp", "pld")
+
+
+def epsilon(event: ev.Event, delta: float, *, accountant: str = "rdp") -> float:
+    """Epsilon such that ``event`` is (epsilon, delta)-DP: an upper bound.
+
+    Args:
+      event: what the mechanism did, e.g. ``SelfComposed(PoissonSampledGaussian(
+        noise_multiplier, sampling_rate), count=steps)``.
+      delta: target delta in (0, 1).
+      accountant: ``"rdp"`` (fast, looser) or ``"pld"`` (tight).
+
+    Returns:
+      epsilon as a Python float; ``inf`` if no finite bound exists.
+
+    Raises:
+      ValueError: on a parameter outside its range.
+
+    Privacy: the neighbouring relation is the one of the event (add/remove for
+    Poisson sampling, replace-one for sampling without replacement).
+
+    >>> e = SelfComposed(PoissonSampledGaussian(1.1, 0.01), count=1000)
+    >>> round(epsilon(e, 1e-5), 3)
+    1.712
+    """
+    _validate.open_unit("delta", delta)
+    _validate.one_of("accountant", accountant, ACCOUNTANTS)
+    if accountant == "rdp":
+        return rdp.epsilon(rdp.compose(rdp.init(), event), delta)
+    from dpjax.accounting import pld
+
+    return pld.epsilon_of_event(event, delta)
+
+
+def delta(event: ev.Event, epsilon: float, *, accountant: str = "rdp") -> float:
+    """Delta such that ``event`` is (epsilon, delta)-DP: an upper bound.
+
+    >>> e = SelfComposed(GaussianEvent(1.0), count=1)
+    >>> round(delta(e, 1.0, accountant="pld"), 4)
+    0.1269
+    """
+    _validate.non_negative("epsilon", epsilon)
+    _validate.one_of("accountant", accountant, ACCOUNTANTS)
+    if accountant == "rdp":
+        return rdp.delta(rdp.compose(rdp.init(), event), epsilon)
+    from dpjax.accounting import pld
+
+    return pld.delta_of_event(event, epsilon)
+
+
+# Names used in the doctests above.
+GaussianEvent = ev.GaussianEvent
+PoissonSampledGaussian = ev.PoissonSampledGaussian
+SelfComposed = ev.SelfComposed
