@@ -5,15 +5,21 @@ gradients, clipping, sum) -> ``add_noise`` / ``dp_sgd`` / ``dp_adam`` (optax)
 -> ``privacy_spent`` (the accountant, from the optimizer state).
 """
 
+import importlib.util as _ilu
+import sys as _sys
 from pathlib import Path as _Path
 
-# From a source checkout on PYTHONPATH (no install), the top-level `kernels/`
-# folder is reached as `dpjax.kernels` through the package path. Installed
-# wheels and editable installs map it directly and skip this.
-if not (_Path(__file__).parent / "kernels").is_dir():
-    _root = _Path(__file__).resolve().parent.parent
-    if (_root / "kernels" / "__init__.py").is_file():
-        __path__.append(str(_root))  # noqa: F821 (package __path__)
+# A wheel or an editable install maps the top-level `kernels/` folder to
+# `dpjax.kernels`. From a plain source checkout on PYTHONPATH nothing does, so
+# load it from beside the package.
+if _ilu.find_spec("dpjax.kernels") is None:
+    _kdir = _Path(__file__).resolve().parent.parent / "kernels"
+    _spec = _ilu.spec_from_file_location(
+        "dpjax.kernels", _kdir / "__init__.py", submodule_search_locations=[str(_kdir)]
+    )
+    _mod = _ilu.module_from_spec(_spec)
+    _sys.modules["dpjax.kernels"] = _mod
+    _spec.loader.exec_module(_mod)
 
 from dpjax import linen as linen  # noqa: E402
 from dpjax import nnx as nnx  # noqa: E402

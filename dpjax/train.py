@@ -27,7 +27,7 @@ class TrainConfig:
     epochs: int = 30
     batch_size: int = 128  # expected (Poisson) batch size
     l2_clip: float = 1.0
-    learning_rate: float = 2e-3
+    learning_rate: float = 1e-2
     optimizer: str = "adam"
     epsilon: float = 3.0
     delta: float = 1e-5
@@ -80,8 +80,10 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     q = cfg.batch_size / n
     sampler = dpjax.PoissonSampler(num_examples=n, sampling_rate=q)
     steps = math.ceil(cfg.epochs / q)
-    trunc_delta = steps * sampler.truncation_prob
-    acct_delta = cfg.delta - trunc_delta
+    # The accountant's delta plus the truncation delta (as the optimizer state
+    # rounds it, up) must not exceed the target.
+    trunc_delta = steps * float(np.float32(sampler.truncation_prob) * np.float32(1 + 1e-6))
+    acct_delta = float(np.nextafter(cfg.delta - trunc_delta, 0.0))
     if acct_delta <= 0:
         raise ValueError(f"delta={cfg.delta} is below the truncation delta {trunc_delta:.3g}")
     if cfg.noise_multiplier is None:

@@ -89,8 +89,8 @@ def add_noise(
       >>> int(state.count)
       1
     """
-    if isinstance(sensitivity, ClippedGradFn):
-        sensitivity = sensitivity.sensitivity
+    if isinstance(getattr(sensitivity, "sensitivity", None), Sensitivity):
+        sensitivity = sensitivity.sensitivity  # a ClippedGradFn (plain or NNX)
     if not isinstance(sensitivity, Sensitivity):
         raise TypeError(
             "sensitivity must be a dpjax.Sensitivity or the function dpjax.clipped_grad "

@@ -1,0 +1,83 @@
+"""The wheel ships `kernels/` as `dpjax.kernels`: build it, install it apart, import it."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_wheel_contains_and_imports_dpjax_kernels(tmp_path):
+    wheels = tmp_path / "wheels"
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(wheels),
+            str(ROOT),
+        ],
+        check=True,
+        capture_output=True,
+        cwd=tmp_path,
+    )
+    (wheel,) = wheels.glob("dpjax-*.whl")
+    target = tmp_path / "site"
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--no-deps",
+            "-q",
+            "--target",
+            str(target),
+            str(wheel),
+        ],
+        check=True,
+        capture_output=True,
+        cwd=tmp_path,
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["PYTHONPATH"] = str(target)
+    code = (
+        "import dpjax, dpjax.kernels.clip, dpjax.kernels.per_example, dpjax.kernels.noise;"
+        "print(dpjax.__file__); print(dpjax.kernels.__file__)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-I", "-c", f"import sys; sys.path.insert(0, {str(target)!r}); {code}"],
+        check=True,
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+    ).stdout
+    dpjax_file, kernels_file = out.split()
+    assert dpjax_file.startswith(str(target)) and kernels_file.startswith(str(target))
+    assert Path(kernels_file) == target / "dpjax" / "kernels" / "__init__.py"
+
+
+def test_kernels_import_only_jax_and_numpy():
+    for path in (ROOT / "kernels").rglob("*.py"):
+        for line in path.read_text().splitlines():
+            s = line.strip()
+            if s.startswith(("import ", "from ")):
+                mod = s.split()[1]
+                assert mod.split(".")[0] in {
+                    "jax",
+                    "numpy",
+                    "__future__",
+                    "typing",
+                    "collections",
+                    "functools",
+                    "math",
+                    "dataclasses",
+                    "",
+                } or mod.startswith("."), f"{path.name}: {s}"
