@@ -26,7 +26,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check dpjax kernels tests benchmarks
 
 bench: $(STAMP)
-	$(BIN)/python benchmarks/run.py
+	$(BIN)/python benchmarks/core.py
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info

@@ -21,7 +21,9 @@ if _ilu.find_spec("dpjax.kernels") is None:
     _sys.modules["dpjax.kernels"] = _mod
     _spec.loader.exec_module(_mod)
 
+from dpjax import accounting as accounting  # noqa: E402
 from dpjax import linen as linen  # noqa: E402
+from dpjax import models as models  # noqa: E402
 from dpjax import nnx as nnx  # noqa: E402
 from dpjax.grad import ClippedGradFn as ClippedGradFn  # noqa: E402
 from dpjax.grad import ClipStats as ClipStats  # noqa: E402
@@ -63,7 +65,9 @@ __all__ = [
     "dp_adamw",
     "dp_chain",
     "dp_sgd",
+    "accounting",
     "linen",
+    "models",
     "nnx",
     "privacy_spent",
 ]

@@ -1,0 +1,34 @@
+"""A description of the machine a benchmark ran on, for its results file."""
+
+from __future__ import annotations
+
+import os
+import platform
+
+
+def describe() -> dict[str, str]:
+    cpu = platform.processor() or "unknown"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    info = {"cpu": cpu, "cores": str(os.cpu_count()), "platform": platform.platform(),
+            "python": platform.python_version()}
+    try:
+        import jax
+
+        info["jax"] = jax.__version__
+        info["backend"] = jax.default_backend()
+        info["devices"] = ", ".join(d.device_kind for d in jax.devices())
+    except Exception as e:  # noqa: BLE001 - a description never fails the benchmark
+        info["jax"] = f"unavailable ({e})"
+    for mod in ("flax", "optax", "numpy"):
+        try:
+            info[mod] = __import__(mod).__version__
+        except Exception:  # noqa: BLE001
+            info[mod] = "missing"
+    return info
