@@ -31,6 +31,8 @@ EXPECTED = {
     "linen",
     "nnx",
     "privacy_spent",
+    "accounting",
+    "models",
 }
 
 
