@@ -50,7 +50,7 @@ def numeric_range(values: pd.Series, width: float, *, start: float = 0.0) -> pd.
     out = pd.Series(np.full(len(x), None, dtype=object), index=values.index)
     ok = x.notna().to_numpy()
     lo_ok, hi_ok = lo[ok].to_numpy(), lo[ok].to_numpy() + width
-    out[ok] = [f"[{_fmt(a)}, {_fmt(b)})" for a, b in zip(lo_ok, hi_ok)]
+    out[ok] = [f"[{_fmt(a)}, {_fmt(b)})" for a, b in zip(lo_ok, hi_ok, strict=True)]
     return out
 
 

@@ -147,7 +147,7 @@ def _norm(v: np.ndarray) -> np.ndarray:
 class _Constraint:
     """l-diversity / t-closeness on a sensitive column, checked on count matrices."""
 
-    def __init__(self, l: float | None, l_kind: str, t: float | None, ordered: bool):
+    def __init__(self, l: float | None, l_kind: str, t: float | None, ordered: bool):  # noqa: E741
         self.l, self.l_kind, self.t, self.ordered = l, l_kind, t, ordered
         self.p: np.ndarray | None = None  # global distribution, set per table
 
@@ -288,7 +288,7 @@ def _labels(dim: _Dim, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
     m = len(dim.domain)
     pair, inv = np.unique(lo * m + hi, return_inverse=True)
     out = np.empty(pair.size, dtype=object)
-    for i, (a, b) in enumerate(zip(pair // m, pair % m)):
+    for i, (a, b) in enumerate(zip(pair // m, pair % m, strict=True)):
         out[i] = _label(dim, int(a), int(b))
     return out[inv]
 
@@ -324,7 +324,7 @@ def _date(v: Any) -> str:
     return ts.strftime("%Y-%m-%d") if ts == ts.normalize() else ts.isoformat()
 
 
-def _check_params(k: Any, l: Any, l_kind: str, t: Any, max_suppression: Any) -> int:
+def _check_params(k: Any, l: Any, l_kind: str, t: Any, max_suppression: Any) -> int:  # noqa: E741
     k = _validate.positive_int("k", k)
     if k < 2:
         raise ValueError(f"k must be >= 2 (k = 1 is no anonymity), got {k}")
@@ -345,7 +345,7 @@ def mondrian(
     k: int,
     *,
     sensitive: str | None = None,
-    l: float | None = None,
+    l: float | None = None,  # noqa: E741
     l_kind: str = "distinct",
     t: float | None = None,
     max_suppression: float = 0.0,

@@ -24,6 +24,7 @@ import pandas as pd
 
 __all__ = ["census_table", "DIAGNOSES", "FIRST_NAMES_F", "FIRST_NAMES_M", "LAST_NAMES"]
 
+# fmt: off
 FIRST_NAMES_F = (
     "Mary", "Anna", "Emma", "Olivia", "Sophia", "Zoë", "Chloé", "Maria", "Léa", "Hannah",
     "Aisha", "Fatima", "Mei", "Yuki", "Priya", "Ingrid", "Sara", "Elena", "Lucía", "Grace",
@@ -42,6 +43,7 @@ LAST_NAMES = (
     "Tran", "Silva", "Santos", "Pereira", "Andersson", "Johansson", "Hansen", "Jensen", "Öztürk",
     "Yılmaz", "Mensah",
 )
+# fmt: on
 _DOMAINS = ("example.com", "mail.example.org", "inbox.example.net", "post.example.de")
 
 # (name, base weight, sex restriction, preferred age centre, age spread)
@@ -123,13 +125,14 @@ def census_table(n: int, rng: np.random.Generator) -> pd.DataFrame:
     num = rng.integers(1, 1000, size=n)
     dom = np.array(_DOMAINS)[rng.integers(len(_DOMAINS), size=n)]
     local = [
-        f"{f.lower()}.{s.lower().replace(chr(39), '')}{m}" for f, s, m in zip(first, last, num)
+        f"{f.lower()}.{s.lower().replace(chr(39), '')}{m}"
+        for f, s, m in zip(first, last, num, strict=True)
     ]
-    email = [f"{lc}@{d}" for lc, d in zip(local, dom)]
+    email = [f"{lc}@{d}" for lc, d in zip(local, dom, strict=True)]
     area = rng.integers(200, 1000, size=n)
     mid = rng.integers(200, 1000, size=n)
     end = rng.integers(0, 10000, size=n)
-    phone = [f"+1 ({a}) {b}-{c:04d}" for a, b, c in zip(area, mid, end)]
+    phone = [f"+1 ({a}) {b}-{c:04d}" for a, b, c in zip(area, mid, end, strict=True)]
     card = _luhn_cards(rng, n)
 
     year = 2024 - age
@@ -175,9 +178,7 @@ def census_table(n: int, rng: np.random.Generator) -> pd.DataFrame:
 
 def _luhn_cards(rng: np.random.Generator, n: int) -> list[str]:
     """16-digit test card numbers starting 4000 with valid Luhn check digits."""
-    d = np.concatenate(
-        [np.tile([4, 0, 0, 0], (n, 1)), rng.integers(0, 10, size=(n, 11))], axis=1
-    )
+    d = np.concatenate([np.tile([4, 0, 0, 0], (n, 1)), rng.integers(0, 10, size=(n, 11))], axis=1)
     # Luhn: double every second digit from the right of the final 16-digit number,
     # i.e. positions 0, 2, ..., 14 of the 15 payload digits.
     dbl = d.copy()
