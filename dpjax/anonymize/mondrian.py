@@ -360,12 +360,12 @@ def mondrian(
     ancestor. Every partition holds >= k rows and, when asked, satisfies l-diversity
     and t-closeness on ``sensitive``.
 
-    Outlier suppression: with ``max_suppression > 0``, a first pass finds the
-    partitions whose generalization costs more than the table's mean (normalized
-    certainty penalty per row); the costliest of them, up to
-    ``floor(max_suppression * n)`` rows in all, are removed and the rest is
-    partitioned again, so that a few isolated rows no longer widen their neighbours'
-    ranges.
+    Outlier suppression: with ``max_suppression > 0``, the rows at the extremes of
+    a partition whose removal narrows its ranges most are removed, largest gain in
+    certainty penalty per removed row first, up to ``floor(max_suppression * n)``
+    rows; partitions keep >= k rows and their sensitive-column constraints (t is
+    rechecked against the released table's distribution, halving the budget until
+    it holds). Measured information loss counts a suppressed row as total loss.
 
     Privacy: k-anonymity is a syntactic property of the released table, not
     differential privacy; it bounds re-identification by linkage on ``quasi`` only.
@@ -427,22 +427,24 @@ def mondrian(
         M = np.array([len(dm.domain) for dm in dims])
         return _partition(X, M, [dm.pos for dm in dims], k, s, n_sens, constraint)
 
+    part = run(np.arange(n))
     keep = np.arange(n)
-    part = run(keep)
     budget = int(math.floor(max_suppression * n))
-    if budget > 0:
-        cost, sizes = _class_cost(dims, keep, part)
-        mean = float((cost * sizes).sum() / sizes.sum())
-        order = np.argsort(-cost, kind="stable")
-        order = order[cost[order] > mean]
-        take = order[np.cumsum(sizes[order]) <= budget]
-        if take.size:
-            drop = np.isin(part, take)
-            keep = keep[~drop]
-            if len(keep) >= k:
-                part = run(keep)
-            else:  # pragma: no cover - budget < 1 keeps at least k rows in practice
-                keep, part = np.arange(n), run(np.arange(n))
+    X = np.stack([dm.codes for dm in dims], axis=1)
+    while budget > 0:
+        kept = _trim(X, [dm.pos for dm in dims], part, k, budget, sens, n_sens, constraint)
+        if constraint is None or constraint.t is None:
+            break
+        # Suppression moves the table's distribution; t must still hold against it.
+        counts = np.bincount(part[kept] * n_sens + sens[kept], minlength=(part.max() + 1) * n_sens)
+        counts = counts.reshape(-1, n_sens)
+        constraint.p = counts.sum(axis=0) / counts.sum()
+        if constraint.ok(counts[counts.sum(axis=1) > 0]).all():
+            break
+        budget //= 2
+    else:
+        kept = np.arange(n)
+    keep, part = kept, part[kept]
     suppressed = df.index[np.setdiff1d(np.arange(n), keep)]
     out = df.iloc[keep].copy()
     order = np.argsort(part, kind="stable")
@@ -460,15 +462,76 @@ def mondrian(
     return MondrianResult(out, classes.astype(np.int64), suppressed)
 
 
-def _class_cost(dims: list[_Dim], idx: np.ndarray, part: np.ndarray):
-    """Per-partition mean normalized range over quasi-identifiers, and sizes."""
+def _trim(
+    X: np.ndarray,
+    pos: list[np.ndarray],
+    part: np.ndarray,
+    k: int,
+    budget: int,
+    sens: np.ndarray | None,
+    n_sens: int,
+    constraint: _Constraint | None,
+) -> np.ndarray:
+    """Outlier suppression: the rows kept after trimming partitions' extremes.
+
+    For every partition of ``m > k`` rows and every quasi-identifier ``d``,
+    removing the ``j <= m - k`` lowest (or highest) rows narrows that range from
+    ``w_d`` to ``w_d'``, lowering the certainty penalty of the rows that stay by at
+    least ``(m - j) * (w_d - w_d')`` (other ranges can only shrink). Each partition
+    takes its best trim, if the trimmed partition still meets the sensitive-column
+    constraint; trims are then taken by gain per removed row, best first, up to
+    ``budget`` rows. The removed rows are the outliers that stretch their class.
+    """
+    n, D = X.shape
     n_p = int(part.max()) + 1
-    cost = np.zeros(n_p)
-    for dm in dims:
-        c = dm.codes[idx]
-        lo = np.full(n_p, np.iinfo(np.int64).max)
-        hi = np.full(n_p, -1)
-        np.minimum.at(lo, part, c)
-        np.maximum.at(hi, part, c)
-        cost += dm.pos[hi] - dm.pos[lo]
-    return cost / len(dims), np.bincount(part, minlength=n_p)
+    size = np.bincount(part, minlength=n_p)
+    start = np.r_[0, np.cumsum(size)[:-1]]
+    orders = [np.lexsort((X[:, d], part)) for d in range(D)]
+    cs = [X[orders[d], d] for d in range(D)]
+    W = np.stack([pos[d][cs[d][start + size - 1]] - pos[d][cs[d][start]] for d in range(D)], 1)
+    extra = size - k
+    pp = np.repeat(np.arange(n_p), extra)
+    jj = np.arange(pp.size) - np.repeat(np.cumsum(extra) - extra, extra) + 1
+    if pp.size == 0:
+        return np.arange(n)
+    m, st = size[pp], start[pp]
+    best_gain = np.zeros(n_p)
+    best_j = np.zeros(n_p, dtype=np.int64)
+    best_d = np.zeros(n_p, dtype=np.int64)
+    best_high = np.zeros(n_p, dtype=bool)
+    for d in range(D):
+        c, w = cs[d], W[pp, d]
+        for high in (False, True):
+            if high:
+                new_w = pos[d][c[st + m - 1 - jj]] - pos[d][c[st]]
+            else:
+                new_w = pos[d][c[st + m - 1]] - pos[d][c[st + jj]]
+            gain = (m - jj) * (w - new_w)
+            top = np.full(n_p, -np.inf)
+            np.maximum.at(top, pp, gain)
+            hit = (gain == top[pp]) & (gain > best_gain[pp])
+            q = pp[hit]
+            best_gain[q], best_j[q], best_d[q], best_high[q] = gain[hit], jj[hit], d, high
+    cand = np.flatnonzero(best_gain > 1e-12)
+    if cand.size == 0:
+        return np.arange(n)
+    # Rows each candidate would remove, in its dimension's sorted order.
+    cj = best_j[cand]
+    owner = np.repeat(np.arange(cand.size), cj)
+    k_in = np.arange(owner.size) - np.repeat(np.cumsum(cj) - cj, cj)
+    first = np.where(best_high[cand], start[cand] + size[cand] - cj, start[cand])
+    at = first[owner] + k_in
+    stacked = np.stack(orders)  # [D, n]
+    rows = stacked[best_d[cand][owner], at]
+    if constraint is not None:
+        tot = np.bincount(part * n_sens + sens, minlength=n_p * n_sens).reshape(-1, n_sens)
+        gone = np.bincount(owner * n_sens + sens[rows], minlength=cand.size * n_sens)
+        ok = constraint.ok(tot[cand] - gone.reshape(-1, n_sens))
+    else:
+        ok = np.ones(cand.size, dtype=bool)
+    rank = np.argsort(-(best_gain[cand] / cj) + np.where(ok, 0.0, np.inf), kind="stable")
+    rank = rank[ok[rank]]
+    take = rank[np.cumsum(cj[rank]) <= budget]
+    drop = np.zeros(n, dtype=bool)
+    drop[rows[np.isin(owner, take)]] = True
+    return np.flatnonzero(~drop)
