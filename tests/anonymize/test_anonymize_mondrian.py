@@ -212,3 +212,17 @@ def test_missing_quasi_values_and_non_diverse_table_raise():
         mondrian(df.assign(age=df["age"].astype(float).where(df.index != 3)), QUASI, 5)
     with pytest.raises(ValueError, match="not 2-diverse"):
         mondrian(df.assign(diagnosis="flu"), QUASI, 5, sensitive="diagnosis", l=2)
+
+
+@pytest.mark.parametrize("kw", [dict(t=0.3), dict(l=3), dict(l=2.0, l_kind="entropy")])
+def test_suppression_keeps_sensitive_constraints(table, kw):
+    res = mondrian(table, QUASI, k=5, sensitive="diagnosis", max_suppression=0.03, **kw)
+    assert 0 < len(res.suppressed) <= int(0.03 * len(table))
+    rel = res.table
+    assert k_anonymity(rel, QUASI) >= 5
+    if "t" in kw:  # measured against the released table's own distribution
+        assert t_closeness(rel, QUASI, "diagnosis") <= kw["t"] + 1e-9
+    elif kw.get("l_kind") == "entropy":
+        assert entropy_l_diversity(rel, QUASI, "diagnosis") >= kw["l"] * (1 - 1e-9)
+    else:
+        assert l_diversity(rel, QUASI, "diagnosis") >= kw["l"]
