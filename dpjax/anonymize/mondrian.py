@@ -123,15 +123,20 @@ def _encode(col: pd.Series, how: Any) -> _Dim:
         return _Dim(name, "numeric", codes.astype(np.int64), domain, _norm(domain), None)
     if how == "range":
         raise ValueError(f"hierarchies[{name!r}] = 'range' needs a numeric or date column")
-    codes, uniq = pd.factorize(col.astype(str))
-    order = np.argsort(np.asarray(uniq, dtype=object), kind="stable")
-    rank = np.empty_like(order)
-    rank[order] = np.arange(order.size)
-    codes, domain = rank[codes], np.asarray(uniq, dtype=object)[order]
+    codes, domain = _factorize_sorted(col.astype(str))
     if how is None:
         u = pd.Series(domain, dtype=object)
         how = "prefix" if u.str.fullmatch(r"\d+").all() and u.str.len().nunique() == 1 else "set"
     return _Dim(name, how, codes.astype(np.int64), domain, _unit(len(domain)), None)
+
+
+def _factorize_sorted(col: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """Codes into the sorted distinct values (hashing first: sorting 1M strings is slow)."""
+    codes, uniq = pd.factorize(col)
+    order = np.argsort(np.asarray(uniq, dtype=object), kind="stable")
+    rank = np.empty_like(order)
+    rank[order] = np.arange(order.size)
+    return rank[codes].astype(np.int64), np.asarray(uniq, dtype=object)[order]
 
 
 def _unit(m: int) -> np.ndarray:
@@ -406,8 +411,10 @@ def mondrian(
     if sensitive is not None and (l is not None or t is not None):
         col = df[sensitive]
         s_num = pd.api.types.is_numeric_dtype(col) and not pd.api.types.is_bool_dtype(col)
-        key = col if s_num else col.astype(str).where(col.notna(), "<NA>")
-        _, sens = np.unique(key.to_numpy(), return_inverse=True)
+        if s_num:
+            _, sens = np.unique(col.to_numpy(dtype=np.float64), return_inverse=True)
+        else:
+            sens, _ = _factorize_sorted(col.astype(str).where(col.notna(), "<NA>"))
         sens = sens.astype(np.int64)
         n_sens = int(sens.max()) + 1
         constraint = _Constraint(l, l_kind, t, ordered=bool(s_num))
