@@ -68,7 +68,10 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--substitute", help="column:kind pairs; kinds: name, email, phone")
     p.add_argument("--suppress", help="columns to blank out")
     p.add_argument("--drop", help="columns to remove")
-    p.add_argument("--hierarchy", help="column:file.json pairs, a category tree per column")
+    p.add_argument(
+        "--hierarchy",
+        help="column:how pairs; how is prefix, set, range or a JSON file with a category tree",
+    )
     p.add_argument("--report", help="also write the report as JSON to this file")
     p.add_argument("--force", action="store_true", help="replace an existing output file")
     p.set_defaults(func=run)
@@ -129,11 +132,22 @@ def run(args: argparse.Namespace) -> int:
             key = load_key(args.key_file)
         except (ValueError, OSError) as e:
             raise ValueError(f"--key-file: {e}") from None
-    hier = {}
-    for col, path in _pairs("--hierarchy", args.hierarchy).items():
-        with open(path, encoding="utf-8") as f:
-            hier[col] = CategoryTree(json.load(f))
-    df = _numeric_where_possible(df, quasi + ([args.sensitive] if args.sensitive else []))
+    hier: dict[str, object] = {}
+    for col, how in _pairs("--hierarchy", args.hierarchy).items():
+        if col not in quasi:
+            raise ValueError(f"--hierarchy: {col!r} is not in --quasi")
+        if how in ("prefix", "set", "range"):
+            hier[col] = how
+            continue
+        try:
+            with open(how, encoding="utf-8") as f:
+                hier[col] = CategoryTree(json.load(f))
+        except (OSError, json.JSONDecodeError) as e:
+            msg = f"--hierarchy {col}: cannot read a category tree from {how!r}: {e}"
+            raise ValueError(msg) from None
+    as_text = [c for c, h in hier.items() if h != "range"]
+    numeric = [c for c in quasi + [args.sensitive or ""] if c and c not in as_text]
+    df = _numeric_where_possible(df, [c for c in numeric if c in df.columns])
     res = anonymize(
         df,
         quasi=quasi,

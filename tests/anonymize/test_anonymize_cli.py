@@ -128,3 +128,20 @@ def test_existing_output_needs_force(files):
     assert dst.read_text() == "keep me\n"
     assert _run(["anonymize", str(src), str(dst), "--quasi", "age,sex", "--k", "5", "--force"]) == 0
     assert pycanon.k_anonymity(pd.read_csv(dst, dtype=str), ["age", "sex"]) >= 5
+
+
+def test_hierarchy_options(files, tmp_path, capsys):
+    src, dst, _ = files
+    tree = tmp_path / "sex.json"
+    tree.write_text('{"*": {"female": ["F"], "male": ["M"]}}')
+    argv = ["anonymize", str(src), str(dst), "--quasi", "age,zip,sex", "--k", "20",
+            "--hierarchy", f"zip:prefix,sex:{tree}"]  # fmt: skip
+    assert _run(argv) == 0
+    rel = pd.read_csv(dst, dtype=str)
+    assert set(rel["sex"]) <= {"F", "M", "*"}
+    assert rel["zip"].str.fullmatch(r"\d*\**").all() and rel["zip"].str.len().eq(5).all()
+    assert pycanon.k_anonymity(rel, ["age", "zip", "sex"]) >= 20
+    with pytest.raises(ValueError, match="--hierarchy: 'income' is not in --quasi"):
+        _run([*argv[:3], "--quasi", "age", "--k", "5", "--hierarchy", "income:range", "--force"])
+    with pytest.raises(ValueError, match="cannot read a category tree"):
+        _run([*argv[:3], "--quasi", "sex", "--k", "5", "--hierarchy", "sex:nope.json", "--force"])
