@@ -145,3 +145,14 @@ def test_hierarchy_options(files, tmp_path, capsys):
         _run([*argv[:3], "--quasi", "age", "--k", "5", "--hierarchy", "income:range", "--force"])
     with pytest.raises(ValueError, match="cannot read a category tree"):
         _run([*argv[:3], "--quasi", "sex", "--k", "5", "--hierarchy", "sex:nope.json", "--force"])
+
+
+def test_through_the_dpjax_dispatcher(files, monkeypatch, capsys):
+    import dpjax.cli
+
+    src, dst, _ = files
+    monkeypatch.setattr(dpjax.cli, "_SUBCOMMANDS", ("dpjax.anonymize.cli",))
+    rc = dpjax.cli.main(["anonymize", str(src), str(dst), "--quasi", "age,sex", "--k", "1"])
+    assert rc == 2 and "--k must be >= 2" in capsys.readouterr().err
+    assert dpjax.cli.main(["anonymize", str(src), str(dst), "--quasi", "age,sex", "--k", "3"]) == 0
+    assert "k = " in capsys.readouterr().out
