@@ -419,25 +419,18 @@ def mondrian(
         n_sens = int(sens.max()) + 1
         constraint = _Constraint(l, l_kind, t, ordered=bool(s_num))
 
-    def run(idx: np.ndarray) -> np.ndarray:
-        s = None
-        if constraint is not None:
-            s = sens[idx]  # type: ignore[index]
-            counts = np.bincount(s, minlength=n_sens)
-            constraint.p = counts / counts.sum()
-            if not constraint.ok(counts[None, :])[0]:
-                raise ValueError(
-                    f"the table as a whole is not {l}-diverse ({l_kind}) on {sensitive!r}; "
-                    "no partitioning can be: lower l"
-                )
-        X = np.stack([dm.codes[idx] for dm in dims], axis=1)
-        M = np.array([len(dm.domain) for dm in dims])
-        return _partition(X, M, [dm.pos for dm in dims], k, s, n_sens, constraint)
-
-    part = run(np.arange(n))
-    keep = np.arange(n)
-    budget = int(math.floor(max_suppression * n))
+    if constraint is not None:
+        counts = np.bincount(sens, minlength=n_sens)  # type: ignore[arg-type]
+        constraint.p = counts / counts.sum()
+        if not constraint.ok(counts[None, :])[0]:
+            raise ValueError(
+                f"the table as a whole is not {l}-diverse ({l_kind}) on {sensitive!r}; "
+                "no partitioning can be: lower l"
+            )
     X = np.stack([dm.codes for dm in dims], axis=1)
+    M = np.array([len(dm.domain) for dm in dims])
+    part = _partition(X, M, [dm.pos for dm in dims], k, sens, n_sens, constraint)
+    budget = int(math.floor(max_suppression * n))
     while budget > 0:
         kept = _trim(X, [dm.pos for dm in dims], part, k, budget, sens, n_sens, constraint)
         if constraint is None or constraint.t is None:
