@@ -11,7 +11,10 @@ import importlib
 import sys
 
 # (module, attribute) of each subcommand's register function, in help order.
-_SUBCOMMANDS: tuple[str, ...] = ("dpjax.train",)
+_SUBCOMMANDS: tuple[str, ...] = (
+    "dpjax.train",
+    "dpjax.anonymize.cli",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
