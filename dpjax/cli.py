@@ -18,7 +18,9 @@ _SUBCOMMANDS: tuple[str, ...] = (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="dpjax", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="dpjax", description="differential privacy for JAX: training, accounting, tools"
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module in _SUBCOMMANDS:
         importlib.import_module(module).register(sub)
