@@ -59,6 +59,7 @@ _MIN_AUTO_BINS, _MAX_AUTO_BINS, _BIAS_TOL = 2**14, 2**20, 4e-3
 _TAIL_SIGMAS = 9.5  # Gaussian noise cut at 9.5 sd: mass < 1.1e-21 (rounded up / to infinity)
 _TAIL_LOG = 46.0  # windows hold all but exp(-46) = 1e-20 of the loss's mass
 _CHERNOFF_T = tuple(s * 2.0**k for s in (1.0, -1.0) for k in range(-4, 21))  # host sizing
+_ROUNDOFF = 64 * 2.0**-52  # FFT round-off relative to the largest mass, per composition
 _TILT_LOG, _TILT_MAX = 8.0, 500.0  # tilt keeps the bulk >= e^-8; at most e^500 across
 _JIT_T0, _JIT_K = 1.0 / 16.0, 15  # in-jit Chernoff t: +-2^k / 16, k < 15
 _JIT_T = tuple(s * _JIT_T0 * 2.0**k for s in (1.0, -1.0) for k in range(_JIT_K))
@@ -339,9 +340,15 @@ def _combine(p_s, start_s, inf_s, p1, a, inf1, t, h):
     # keeps the tail -- where delta lives -- accurate to ~ t * 1e-16.
     m_s, v_s = _moments(p_s, eps_s)
     m_1, v_1 = _moments(p1, eps_1)
-    # Largest doubling t with E[exp(t (L - mean))] <= e^8: the bulk keeps a
-    # relative weight >= e^-8 after tilting (for Gaussian losses t ~ 4 / sd).
-    ok = (ts > 0) & (log_m - ts * (m_s + tf * m_1) <= _TILT_LOG) & (ts * n * h <= _TILT_MAX)
+    # Chernoff bound on the mass above the window (it wraps to the bottom).
+    top = (w + n).astype(jnp.float64) * h
+    log_tail = jnp.min(jnp.where(ts > 0, -ts * top + log_m, jnp.inf))
+    # Tilt: the largest doubling t with E[exp(t (L - mean))] <= e^8, so the
+    # bulk keeps a relative weight >= e^-8 (for Gaussian losses t ~ 4 / sd),
+    # and small enough that un-tilting the wrapped upper tail (a factor of
+    # exp(t n h)) leaves it below e^-46.
+    ok = (ts > 0) & (log_m - ts * (m_s + tf * m_1) <= _TILT_LOG)
+    ok = ok & (ts * n * h <= jnp.minimum(_TILT_MAX, -_TAIL_LOG - log_tail))
     lam = jnp.max(jnp.where(ok, ts, 0.0))
     ls_s = logsumexp(_safe_log(p_s) + lam * eps_s)
     ls_1 = logsumexp(_safe_log(p1) + lam * eps_1)
@@ -352,12 +359,18 @@ def _combine(p_s, start_s, inf_s, p1, a, inf1, t, h):
     z1t = jnp.exp(tf * _safe_log(mag)) * jnp.exp(1j * (tf * ang))
     z1t = jnp.where(t == 0, jnp.ones_like(z1t), z1t)
     r = jnp.fft.irfft(jnp.fft.rfft(ps_t) * z1t, n)
-    out = jnp.roll(r, -jnp.mod(w - start_s - t * a, n))
-    eps_o = (w + jnp.arange(n)).astype(jnp.float64) * h
-    out = jnp.maximum(out, 0.0) * jnp.exp(ls_s + tf * ls_1 - lam * eps_o)
-    # Chernoff bound on the mass above the window (it wrapped to the bottom).
-    top = (w + n).astype(jnp.float64) * h
-    log_tail = jnp.min(jnp.where(ts > 0, -ts * top + log_m, jnp.inf))
+    r = jnp.roll(r, -jnp.mod(w - start_s - t * a, n))
+    # Below the tilted peak, values under the round-off floor would be blown up
+    # by un-tilting: drop them and put their mass (the deficit) at the lowest
+    # kept point, i.e. round those losses up (pessimistic).
+    idx = jnp.arange(n)
+    floor = jnp.max(r) * jnp.maximum(_ROUNDOFF * (tf + 1.0), 1e-13)
+    keep = (r >= floor) | (idx > jnp.argmax(r))
+    eps_o = (w + idx).astype(jnp.float64) * h
+    out = jnp.where(keep, jnp.maximum(r, 0.0), 0.0) * jnp.exp(ls_s + tf * ls_1 - lam * eps_o)
+    finite = jnp.exp(jnp.log1p(-inf_s) + tf * jnp.log1p(-inf1))
+    deficit = jnp.maximum(finite - jnp.sum(out), 0.0)
+    out = out + jnp.where(idx == jnp.argmax(keep), deficit, 0.0)
     log_tail = jnp.where(t == 0, -jnp.inf, log_tail)
     inf = -jnp.expm1(jnp.log1p(-inf_s) + tf * jnp.log1p(-inf1)) + jnp.exp(log_tail)
     return out, w, jnp.clip(inf, 0.0, 1.0)
