@@ -304,7 +304,7 @@ def _log_mgf(p, eps):
     has = p > 0
     e_max = jnp.max(jnp.where(has, eps, -jnp.inf))
     e_min = jnp.min(jnp.where(has, eps, jnp.inf))
-    ks = jnp.arange(_JIT_K)
+    ks = jnp.arange(_JIT_K, dtype=jnp.float64)
 
     def side(base, ref, sign):
         def step(u, _):
