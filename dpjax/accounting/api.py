@@ -43,7 +43,10 @@ def epsilon(event: ev.Event, delta: float, *, accountant: str = "rdp") -> float:
         return rdp.epsilon(rdp.compose(rdp.init(), event), delta)
     from dpjax.accounting import pld
 
-    return pld.epsilon_of_event(event, delta)
+    # Both are upper bounds, so their minimum is one; RDP (exact to float64
+    # round-off) backs up the PLD where its grid is too coarse.
+    rdp_eps = rdp.epsilon(rdp.compose(rdp.init(), event), delta)
+    return min(pld.epsilon_of_event(event, delta), rdp_eps)
 
 
 def delta(event: ev.Event, epsilon: float, *, accountant: str = "rdp") -> float:
@@ -59,7 +62,9 @@ def delta(event: ev.Event, epsilon: float, *, accountant: str = "rdp") -> float:
         return rdp.delta(rdp.compose(rdp.init(), event), epsilon)
     from dpjax.accounting import pld
 
-    return pld.delta_of_event(event, epsilon)
+    return min(
+        pld.delta_of_event(event, epsilon), rdp.delta(rdp.compose(rdp.init(), event), epsilon)
+    )
 
 
 # Names used in the doctests above.

@@ -22,17 +22,53 @@ def _check(target_epsilon: float, delta: float, accountant: str) -> None:
     _validate.one_of("accountant", accountant, api.ACCOUNTANTS)
 
 
-def _eps_fn(q: float, steps: int, delta: float, accountant: str):
-    if accountant == "pld":
-        from dpjax.accounting import pld
-
-        return pld.sigma_to_epsilon_fn(q, steps, delta)
-
+def _rdp_eps_fn(q: float, steps: int, delta: float):
     def f(sigma: float) -> float:
         s = rdp.compose(rdp.init(), ev.PoissonSampledGaussian(sigma, q), steps)
         return rdp.epsilon(s, delta)
 
     return f
+
+
+def _pld_eps_fn(q: float, steps: int, delta: float, sigma_min: float):
+    from dpjax.accounting import pld
+
+    # One grid size for the whole search -> one compile. A quarter of the
+    # automatic size: a coarser grid only over-estimates epsilon (it stays an
+    # upper bound), so the search is fast and the final check decides.
+    event = ev.SelfComposed(ev.PoissonSampledGaussian(sigma_min, q), steps)
+    n_bins = max(pld.auto_bins(event) // 4, 2**14)
+
+    def f(sigma: float) -> float:
+        e = ev.SelfComposed(ev.PoissonSampledGaussian(sigma, q), steps)
+        return pld.epsilon_of_event(e, delta, n_bins=n_bins)
+
+    return f
+
+
+def _search_decreasing(f, lo: float, hi: float, target: float, rtol: float) -> float:
+    """Smallest x in [lo, hi] (to rtol) with f(x) <= target; f(hi) <= target < f(lo).
+
+    Regula falsi on log f (Illinois variant), safeguarded by bisection.
+    """
+    f_lo, f_hi = math.log(f(lo)), math.log(f(hi))
+    lt = math.log(target)
+    side = 0
+    while hi - lo > rtol * hi:
+        x = hi - (f_hi - lt) * (hi - lo) / (f_hi - f_lo) if math.isfinite(f_lo) else 0.5 * (lo + hi)
+        x = min(max(x, lo + 0.05 * (hi - lo)), hi - 0.05 * (hi - lo))
+        fx = math.log(f(x))
+        if fx <= lt:
+            hi, f_hi = x, fx
+            if side == 1:
+                f_lo = lt + 0.5 * (f_lo - lt)
+            side = 1
+        else:
+            lo, f_lo = x, fx
+            if side == -1:
+                f_hi = lt + 0.5 * (f_hi - lt)
+            side = -1
+    return hi
 
 
 def calibrate_noise_multiplier(
@@ -61,7 +97,7 @@ def calibrate_noise_multiplier(
     _validate.probability("sampling_rate", sampling_rate)
     steps = _validate.positive_int("steps", steps)
     _validate.in_range("rtol", rtol, 1e-8, 0.5)
-    f = _eps_fn(sampling_rate, steps, delta, accountant)
+    f = _rdp_eps_fn(sampling_rate, steps, delta)
     lo, hi = 0.0, 1.0
     while f(hi) > target_epsilon:
         lo, hi = hi, 2.0 * hi
@@ -75,8 +111,22 @@ def calibrate_noise_multiplier(
             hi = mid
         else:
             lo = mid
-    assert f(hi) <= target_epsilon
-    return float(hi)
+    if accountant == "pld":
+        # PLD is tighter than RDP: search below the RDP answer.
+        lo = 0.8 * hi
+        f = _pld_eps_fn(sampling_rate, steps, delta, 0.5 * lo)
+        while f(hi) > target_epsilon:
+            lo, hi = hi, 1.25 * hi
+        while f(lo) <= target_epsilon:
+            lo, hi = 0.8 * lo, lo
+        hi = _search_decreasing(f, lo, hi, target_epsilon, rtol)
+    # The returned value is checked with the public epsilon, never trusted.
+    event = lambda s: ev.SelfComposed(ev.PoissonSampledGaussian(s, sampling_rate), steps)  # noqa: E731
+    for _ in range(20):
+        if api.epsilon(event(hi), delta, accountant=accountant) <= target_epsilon:
+            return float(hi)
+        hi *= 1 + rtol
+    raise RuntimeError(f"calibration failed to reach epsilon <= {target_epsilon}")
 
 
 def calibrate_steps(

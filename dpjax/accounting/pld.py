@@ -59,8 +59,9 @@ _MIN_AUTO_BINS, _MAX_AUTO_BINS, _BIAS_TOL = 2**14, 2**20, 4e-3
 _TAIL_SIGMAS = 9.5  # Gaussian noise cut at 9.5 sd: mass < 1.1e-21 (rounded up / to infinity)
 _TAIL_LOG = 46.0  # windows hold all but exp(-46) = 1e-20 of the loss's mass
 _CHERNOFF_T = tuple(s * 2.0**k for s in (1.0, -1.0) for k in range(-4, 21))  # host sizing
+_ROUNDOFF = 64 * 2.0**-52  # FFT round-off relative to the largest mass, per composition
 _TILT_LOG, _TILT_MAX = 8.0, 500.0  # tilt keeps the bulk >= e^-8; at most e^500 across
-_JIT_T0, _JIT_K = 1.0 / 16.0, 15  # in-jit Chernoff t: +-2^k / 16, k < 15
+_JIT_T0, _JIT_K = 1.0 / 16.0, 26  # in-jit Chernoff t: +-2^k / 16, k < 26
 _JIT_T = tuple(s * _JIT_T0 * 2.0**k for s in (1.0, -1.0) for k in range(_JIT_K))
 
 
@@ -108,9 +109,10 @@ def init(value_discretization: Any, n_bins: int = DEFAULT_BINS) -> PldState:
 def compose(state: PldState, event: ev.Event, count: Any = 1) -> PldState:
     """Composes ``count`` runs of ``event`` onto ``state`` (pure; jittable).
 
-    >>> s = compose(init(1e-3, 4096), ev.GaussianEvent(1.0))
-    >>> round(float(epsilon(s, 1e-5)), 2)
-    4.22
+    >>> e = ev.GaussianEvent(1.0)
+    >>> s = compose(init(suggest_discretization(e, 4096), 4096), e)
+    >>> round(float(epsilon(s, 1e-5)), 3)
+    4.377
     """
     for leaf, t in ev.leaves(event, count):
         state = _compose_leaf(state, leaf, jnp.asarray(t, jnp.int64))
@@ -151,18 +153,20 @@ def _epsilon_one(p, start, inf_mass, h, d):
     eps = (start + jnp.arange(n)).astype(jnp.float64) * h
     # Inclusive suffix sums: on [eps_{j-1}, eps_j) the profile is exactly
     # delta(e) = a[j] + inf - e^e b[j], a[j] = sum_{k>=j} p_k, b[j] = sum_{k>=j} p_k e^-eps_k.
+    # Exponentials relative to r keep e^eps finite for epsilon up to r + 700.
+    r = jnp.maximum(eps[-1] - 600.0, 0.0)
     a = jnp.cumsum(p[::-1])[::-1]
-    b = jnp.cumsum((p * jnp.exp(-jnp.maximum(eps, 0.0)))[::-1])[::-1]
+    b = jnp.cumsum((p * jnp.exp(jnp.minimum(r - jnp.maximum(eps, 0.0), 700.0)))[::-1])[::-1]
     a_next = jnp.concatenate([a[1:], jnp.zeros(1, a.dtype)])
     b_next = jnp.concatenate([b[1:], jnp.zeros(1, b.dtype)])
-    at_grid = a_next - jnp.exp(eps) * b_next + inf_mass  # delta(eps_j), exact
-    bad = (at_grid > d) & (eps >= 0)
+    at_grid = a_next - jnp.exp(eps - r) * b_next + inf_mass  # delta(eps_j), exact
+    bad = ((at_grid > d) | jnp.isnan(at_grid)) & (eps >= 0)
     # First grid point >= 0 past which delta stays <= d (n if none).
     j = jnp.where(jnp.any(bad), n - jnp.argmax(bad[::-1]), jnp.argmax(eps >= 0))
     jc = jnp.minimum(j, n - 1)
     lo = jnp.where(j > 0, eps[jnp.maximum(j - 1, 0)], -jnp.inf)
     num = a[jc] + inf_mass - d
-    inv = jnp.log(jnp.maximum(num, 1e-300)) - jnp.log(jnp.maximum(b[jc], 1e-300))
+    inv = r + jnp.log(jnp.maximum(num, 1e-300)) - jnp.log(jnp.maximum(b[jc], 1e-300))
     e = jnp.where(num <= 0, lo, jnp.clip(inv, lo, eps[jc]))
     e = jnp.maximum(e, 0.0)
     top_bad = (inf_mass >= d) | (j >= n) | ~jnp.any(eps >= 0)
@@ -300,14 +304,17 @@ def _log_mgf(p, eps):
     has = p > 0
     e_max = jnp.max(jnp.where(has, eps, -jnp.inf))
     e_min = jnp.min(jnp.where(has, eps, jnp.inf))
-    out = []
-    for base, ref, sign in ((eps - e_max, e_max, 1.0), (e_min - eps, e_min, -1.0)):
-        u = jnp.exp(jnp.where(has, base, -jnp.inf) * _JIT_T0)
-        for k in range(_JIT_K):
-            t = _JIT_T0 * 2.0**k
-            out.append(sign * t * ref + _safe_log(jnp.dot(p, u)))
-            u = u * u
-    return jnp.stack(out)
+    ks = jnp.arange(_JIT_K, dtype=jnp.float64)
+
+    def side(base, ref, sign):
+        def step(u, _):
+            return u * u, _safe_log(jnp.dot(p, u))
+
+        u0 = jnp.exp(jnp.where(has, base, -jnp.inf) * _JIT_T0)
+        _, logs = jax.lax.scan(step, u0, None, length=_JIT_K)
+        return sign * _JIT_T0 * 2.0**ks * ref + logs
+
+    return jnp.concatenate([side(eps - e_max, e_max, 1.0), side(e_min - eps, e_min, -1.0)])
 
 
 def _moments(p, eps):
@@ -339,9 +346,15 @@ def _combine(p_s, start_s, inf_s, p1, a, inf1, t, h):
     # keeps the tail -- where delta lives -- accurate to ~ t * 1e-16.
     m_s, v_s = _moments(p_s, eps_s)
     m_1, v_1 = _moments(p1, eps_1)
-    # Largest doubling t with E[exp(t (L - mean))] <= e^8: the bulk keeps a
-    # relative weight >= e^-8 after tilting (for Gaussian losses t ~ 4 / sd).
-    ok = (ts > 0) & (log_m - ts * (m_s + tf * m_1) <= _TILT_LOG) & (ts * n * h <= _TILT_MAX)
+    # Chernoff bound on the mass above the window (it wraps to the bottom).
+    top = (w + n).astype(jnp.float64) * h
+    log_tail = jnp.min(jnp.where(ts > 0, -ts * top + log_m, jnp.inf))
+    # Tilt: the largest doubling t with E[exp(t (L - mean))] <= e^8, so the
+    # bulk keeps a relative weight >= e^-8 (for Gaussian losses t ~ 4 / sd),
+    # and small enough that un-tilting the wrapped upper tail (a factor of
+    # exp(t n h)) leaves it below e^-46.
+    ok = (ts > 0) & (log_m - ts * (m_s + tf * m_1) <= _TILT_LOG)
+    ok = ok & (ts * n * h <= jnp.minimum(_TILT_MAX, -_TAIL_LOG - log_tail))
     lam = jnp.max(jnp.where(ok, ts, 0.0))
     ls_s = logsumexp(_safe_log(p_s) + lam * eps_s)
     ls_1 = logsumexp(_safe_log(p1) + lam * eps_1)
@@ -349,15 +362,21 @@ def _combine(p_s, start_s, inf_s, p1, a, inf1, t, h):
     p1_t = jnp.exp(_safe_log(p1) + lam * eps_1 - ls_1)
     z1 = jnp.fft.rfft(p1_t)
     mag, ang = jnp.abs(z1), jnp.angle(z1)
-    z1t = jnp.exp(tf * _safe_log(mag)) * jnp.exp(1j * (tf * ang))
-    z1t = jnp.where(t == 0, jnp.ones_like(z1t), z1t)
+    mag_t = jnp.where(t == 0, 1.0, jnp.exp(tf * _safe_log(mag)))
+    z1t = jax.lax.complex(mag_t * jnp.cos(tf * ang), mag_t * jnp.sin(tf * ang))
     r = jnp.fft.irfft(jnp.fft.rfft(ps_t) * z1t, n)
-    out = jnp.roll(r, -jnp.mod(w - start_s - t * a, n))
-    eps_o = (w + jnp.arange(n)).astype(jnp.float64) * h
-    out = jnp.maximum(out, 0.0) * jnp.exp(ls_s + tf * ls_1 - lam * eps_o)
-    # Chernoff bound on the mass above the window (it wrapped to the bottom).
-    top = (w + n).astype(jnp.float64) * h
-    log_tail = jnp.min(jnp.where(ts > 0, -ts * top + log_m, jnp.inf))
+    r = jnp.roll(r, -jnp.mod(w - start_s - t * a, n))
+    # Below the tilted peak, values under the round-off floor would be blown up
+    # by un-tilting: drop them and put their mass (the deficit) at the lowest
+    # kept point, i.e. round those losses up (pessimistic).
+    idx = jnp.arange(n)
+    floor = jnp.max(r) * jnp.maximum(_ROUNDOFF * (tf + 1.0), 1e-13)
+    keep = (r >= floor) | (idx > jnp.argmax(r))
+    eps_o = (w + idx).astype(jnp.float64) * h
+    out = jnp.where(keep, jnp.maximum(r, 0.0), 0.0) * jnp.exp(ls_s + tf * ls_1 - lam * eps_o)
+    finite = jnp.exp(jnp.log1p(-inf_s) + tf * jnp.log1p(-inf1))
+    deficit = jnp.maximum(finite - jnp.sum(out), 0.0)
+    out = out + jnp.where(idx == jnp.argmax(keep), deficit, 0.0)
     log_tail = jnp.where(t == 0, -jnp.inf, log_tail)
     inf = -jnp.expm1(jnp.log1p(-inf_s) + tf * jnp.log1p(-inf1)) + jnp.exp(log_tail)
     return out, w, jnp.clip(inf, 0.0, 1.0)
@@ -431,7 +450,7 @@ def suggest_discretization(event: ev.Event, n_bins: int = DEFAULT_BINS) -> float
     for leaf, t in ev.leaves(event):
         if t:
             width = max(width, _leaf_span(leaf))
-    return max(width, 1e-12) / (0.95 * n_bins)
+    return max(width, 1e-12) / (0.8 * n_bins)
 
 
 def auto_bins(event: ev.Event) -> int:

@@ -11,8 +11,10 @@ def _eps(sigma, q, steps, delta, accountant):
     )
 
 
-@pytest.mark.parametrize("accountant", ["rdp"])
-@pytest.mark.parametrize("target,q,steps", [(1.0, 0.01, 1000), (8.0, 0.004, 5000)])
+@pytest.mark.parametrize(
+    "accountant,target,q,steps",
+    [("rdp", 1.0, 0.01, 1000), ("rdp", 8.0, 0.004, 5000), ("pld", 2.0, 0.01, 1000)],
+)
 def test_noise_multiplier_round_trip(accountant, target, q, steps):
     s = acc.calibrate_noise_multiplier(target, 1e-5, q, steps, accountant=accountant, rtol=1e-3)
     assert _eps(s, q, steps, 1e-5, accountant) <= target

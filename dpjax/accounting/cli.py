@@ -1,0 +1,85 @@
+"""``dpjax epsilon`` and ``dpjax calibrate``: the accountant on the command line.
+
+The lead's dispatcher (``dpjax/cli.py``) calls ``register(subparsers)``.
+Privacy: DP-SGD with Poisson sampling (add/remove relation).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from dpjax.accounting import api, calibrate
+from dpjax.accounting import events as ev
+
+__all__ = ["register"]
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Adds the ``epsilon`` and ``calibrate`` subcommands."""
+    p = subparsers.add_parser(
+        "epsilon",
+        help="privacy spent by DP-SGD with Poisson sampling",
+        description="Epsilon of DP-SGD: Poisson sampling at rate q, noise multiplier sigma.",
+    )
+    p.add_argument("--q", type=float, required=True, help="sampling rate in (0, 1]")
+    p.add_argument("--sigma", type=float, required=True, help="noise multiplier > 0")
+    p.add_argument("--steps", type=int, required=True, help="number of steps >= 0")
+    p.add_argument("--delta", type=float, required=True, help="target delta in (0, 1)")
+    p.add_argument("--accountant", choices=("pld", "rdp", "all"), default="pld")
+    p.set_defaults(func=_epsilon)
+
+    c = subparsers.add_parser(
+        "calibrate",
+        help="noise multiplier for a target epsilon",
+        description="Smallest noise multiplier whose epsilon is <= the target (checked).",
+    )
+    c.add_argument("--epsilon", type=float, required=True, help="target epsilon > 0")
+    c.add_argument("--delta", type=float, required=True, help="target delta in (0, 1)")
+    c.add_argument("--q", type=float, required=True, help="sampling rate in (0, 1]")
+    c.add_argument("--steps", type=int, required=True, help="number of steps >= 1")
+    c.add_argument("--accountant", choices=("pld", "rdp", "all"), default="pld")
+    c.set_defaults(func=_calibrate)
+
+
+def _names(choice: str) -> tuple[str, ...]:
+    return api.ACCOUNTANTS if choice == "all" else (choice,)
+
+
+def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    line = lambda r: "  ".join(x.rjust(w) for x, w in zip(r, widths, strict=True))  # noqa: E731
+    return "\n".join([line(header), line(tuple("-" * w for w in widths)), *map(line, rows)])
+
+
+def _epsilon(args: argparse.Namespace) -> int:
+    event = ev.SelfComposed(ev.PoissonSampledGaussian(args.sigma, args.q), args.steps)
+    rows = []
+    for name in _names(args.accountant):
+        t = time.perf_counter()
+        eps = api.epsilon(event, args.delta, accountant=name)
+        rows.append((name, f"{eps:.6g}", f"{args.delta:.3g}", f"{time.perf_counter() - t:.3f}"))
+    print(
+        f"DP-SGD, Poisson sampling q={args.q:g}, noise multiplier {args.sigma:g}, "
+        f"{args.steps} steps (add/remove one example)"
+    )
+    print(_table(("accountant", "epsilon", "delta", "seconds"), rows))
+    return 0
+
+
+def _calibrate(args: argparse.Namespace) -> int:
+    rows = []
+    for name in _names(args.accountant):
+        t = time.perf_counter()
+        sigma = calibrate.calibrate_noise_multiplier(
+            args.epsilon, args.delta, args.q, args.steps, accountant=name
+        )
+        event = ev.SelfComposed(ev.PoissonSampledGaussian(sigma, args.q), args.steps)
+        eps = api.epsilon(event, args.delta, accountant=name)
+        rows.append((name, f"{sigma:.6g}", f"{eps:.6g}", f"{time.perf_counter() - t:.3f}"))
+    print(
+        f"target epsilon {args.epsilon:g}, delta {args.delta:.3g}, q={args.q:g}, "
+        f"{args.steps} steps (add/remove one example)"
+    )
+    print(_table(("accountant", "noise_multiplier", "epsilon", "seconds"), rows))
+    return 0
