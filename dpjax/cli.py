@@ -13,6 +13,7 @@ import sys
 # (module, attribute) of each subcommand's register function, in help order.
 _SUBCOMMANDS: tuple[str, ...] = (
     "dpjax.train",
+    "dpjax.accounting.cli",
     "dpjax.anonymize.cli",
 )
 

@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,6 +29,13 @@ def test_wheel_contains_and_imports_dpjax_kernels(tmp_path):
         cwd=tmp_path,
     )
     (wheel,) = wheels.glob("dpjax-*.whl")
+    with zipfile.ZipFile(wheel) as zf:
+        shipped = {n for n in zf.namelist() if n.endswith(".py")}
+    expected = {f"dpjax/{p.relative_to(ROOT / 'dpjax')}" for p in (ROOT / "dpjax").rglob("*.py")}
+    expected |= {
+        f"dpjax/kernels/{p.relative_to(ROOT / 'kernels')}" for p in (ROOT / "kernels").rglob("*.py")
+    }
+    assert expected <= shipped, f"missing from the wheel: {sorted(expected - shipped)}"
     target = tmp_path / "site"
     subprocess.run(
         [
