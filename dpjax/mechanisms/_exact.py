@@ -50,12 +50,13 @@ def rational_scale(scale: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
     Rounding up only adds noise, so a mechanism calibrated to ``scale`` stays private.
     """
-    x = np.nextafter(np.asarray(scale, np.float64), np.inf)
-    if np.any(~np.isfinite(x)) or np.any(x <= 0) or np.any(x > 2.0**28):
+    x0 = np.asarray(scale, np.float64)
+    if np.any(~np.isfinite(x0)) or np.any(x0 <= 2.0**-30) or np.any(x0 > 2.0**28):
         raise ValueError(
-            f"discrete Laplace scale must be in (0, 2**28], got {np.asarray(scale)!r}; "
+            f"discrete Laplace scale must be in (2**-30, 2**28], got {np.asarray(scale)!r}; "
             "use grid_laplace for larger noise"
         )
+    x = np.nextafter(x0, np.inf)
     j = np.clip(np.floor(np.log2(2.0**24 / x)), 0, 30)
     s = np.exp2(j)
     t = np.ceil(x * s)
@@ -69,12 +70,13 @@ def gaussian_params(sigma2: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndar
     ``sigma * d`` in [1024, 2048) (or 1), and ``m = ceil(sigma^2 d / t)``.
     Returns int32 arrays (t, m, d); the sampled variance parameter is t*m/d >= sigma^2.
     """
-    v = np.nextafter(np.asarray(sigma2, np.float64), np.inf)
-    if np.any(~np.isfinite(v)) or np.any(v <= 0) or np.any(v > MAX_SIGMA**2):
+    v0 = np.asarray(sigma2, np.float64)
+    if np.any(~np.isfinite(v0)) or np.any(v0 <= 2.0**-30) or np.any(v0 > MAX_SIGMA**2):
         raise ValueError(
-            f"discrete Gaussian sigma must be in (0, {MAX_SIGMA:g}], got sigma^2={np.asarray(sigma2)!r};"
-            " use grid_gaussian for larger noise"
+            f"discrete Gaussian sigma must be in (0, {MAX_SIGMA:g}], "
+            f"got sigma^2={np.asarray(sigma2)!r}; use grid_gaussian for larger noise"
         )
+    v = np.nextafter(v0, np.inf)
     sigma = np.sqrt(v)
     t = np.floor(sigma) + 1
     d = np.exp2(np.clip(np.floor(np.log2(1024.0 / sigma)) + 1, 0, 30))

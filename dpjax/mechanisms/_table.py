@@ -70,7 +70,7 @@ def check_columns(df: pd.DataFrame, columns: Sequence[str], *, numeric: Sequence
 def check_bounds(bounds: Any) -> tuple[float, float]:
     """Public clamping bounds ``(lower, upper)``: finite, lower < upper."""
     if bounds is None:
-        raise ValueError("bounds must be given as (lower, upper); dpjax never infers them from data")
+        raise ValueError("bounds must be given as (lower, upper); they are never read from data")
     try:
         lo, hi = bounds
     except (TypeError, ValueError):

@@ -364,7 +364,8 @@ def _moments(df, key, q: _Query, by, index, nz: _Noise, l_inf, l0, alpha) -> pd.
     sq_lo = np.where((m_lo < 0) & (m_hi > 0), 0.0, np.minimum(m_lo**2, m_hi**2))
     sq_hi = np.maximum(m_lo**2, m_hi**2)
     var = np.clip(np.maximum(qq, 0.0) / n_pt - m_pt**2, 0.0, r * r)
-    return _frame(by, index, var, np.clip(e2_lo - sq_hi, 0, r * r), np.clip(e2_hi - sq_lo, 0, r * r))
+    v_lo, v_hi = np.clip(e2_lo - sq_hi, 0, r * r), np.clip(e2_hi - sq_lo, 0, r * r)
+    return _frame(by, index, var, v_lo, v_hi)
 
 
 def _quantiles(df, key, q: _Query, by, index, nz: _Noise, l_inf, l0) -> pd.DataFrame:
