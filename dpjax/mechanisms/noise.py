@@ -93,8 +93,8 @@ def laplace(key: jax.Array, value: Any, sensitivity: Any, epsilon: Any) -> jax.A
     eps = _host("epsilon", epsilon, V.positive)
     v = _float_value(value)
     shape = _batch_shape(v, sens, eps)
-    scale = jnp.asarray(sens / eps, v.dtype)
-    return v + scale * jax.random.laplace(key, shape, v.dtype)
+    scale = jnp.broadcast_to(jnp.asarray(sens / eps, v.dtype), shape)
+    return jnp.broadcast_to(v, shape) + scale * jax.random.laplace(key, shape, v.dtype)
 
 
 def gaussian(key: jax.Array, value: Any, sigma: Any) -> jax.Array:
@@ -115,7 +115,8 @@ def gaussian(key: jax.Array, value: Any, sigma: Any) -> jax.Array:
     sig = _host("sigma", sigma, V.positive)
     v = _float_value(value)
     shape = _batch_shape(v, sig)
-    return v + jnp.asarray(sig, v.dtype) * jax.random.normal(key, shape, v.dtype)
+    sig = jnp.broadcast_to(jnp.asarray(sig, v.dtype), shape)
+    return jnp.broadcast_to(v, shape) + sig * jax.random.normal(key, shape, v.dtype)
 
 
 def classic_gaussian_sigma(sensitivity: float, epsilon: float, delta: float) -> float:
@@ -205,7 +206,7 @@ def discrete_laplace(key: jax.Array, value: Any, sensitivity: Any, epsilon: Any)
     v = _int_value(value)
     shape = _batch_shape(v, sens, eps)
     t, s = _exact.rational_scale(sens / eps)
-    return v + _exact.sample_discrete_laplace(key, t, s, shape)
+    return jnp.broadcast_to(v, shape) + _exact.sample_discrete_laplace(key, t, s, shape)
 
 
 def discrete_gaussian(key: jax.Array, value: Any, sensitivity: Any, rho: Any) -> jax.Array:
@@ -227,7 +228,8 @@ def discrete_gaussian(key: jax.Array, value: Any, sensitivity: Any, rho: Any) ->
     v = _int_value(value)
     shape = _batch_shape(v, sens, rho)
     t, m, d = _exact.gaussian_params(sens**2 / (2.0 * rho))
-    return v + _exact.sample_discrete_gaussian(key, t, m, d, shape)
+    noise = _exact.sample_discrete_gaussian(key, t, m, d, shape)
+    return jnp.broadcast_to(v, shape) + noise
 
 
 def grid_for(noise_scale: float) -> float:
