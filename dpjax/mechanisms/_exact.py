@@ -24,6 +24,7 @@ the distribution by total variation below 2**-300, far below any delta.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
@@ -91,6 +92,7 @@ def _mask(n: jax.Array) -> jax.Array:
     return jnp.where(nm1 == 0, jnp.uint32(0), jnp.uint32(0xFFFFFFFF) >> shift)
 
 
+@functools.partial(jax.jit, static_argnums=(1, 6))
 def _run(key, shape, t, s, m, d, gaussian: bool) -> jax.Array:
     i32 = jnp.int32
     t, s, m, d = (jnp.broadcast_to(jnp.asarray(a, i32), shape) for a in (t, s, m, d))

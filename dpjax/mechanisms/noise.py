@@ -123,7 +123,7 @@ def classic_gaussian_sigma(sensitivity: float, epsilon: float, delta: float) -> 
     """sigma = D sqrt(2 ln(1.25/delta)) / eps (Dwork, Roth 2014, Theorem A.1; eps < 1).
 
     >>> round(classic_gaussian_sigma(1.0, 0.5, 1e-5), 3)
-    9.689
+    9.69
     """
     V.positive("sensitivity", sensitivity)
     V.in_range("epsilon", epsilon, 0.0, 1.0, lo_closed=False, hi_closed=False)

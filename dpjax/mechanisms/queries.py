@@ -308,8 +308,8 @@ def _run(df, key, q: _Query, nz: _Noise, cost, *, sel, delta, unit, l_inf, l0, c
 def _grouped(df: pd.DataFrame, by: list[str], index, values: pd.Series) -> np.ndarray:
     if not by:
         return np.asarray([values.sum()], np.float64)
-    return values.groupby([df[c] for c in by]).sum().reindex(index, fill_value=0).to_numpy(
-        np.float64
+    return (
+        values.groupby([df[c] for c in by]).sum().reindex(index, fill_value=0).to_numpy(np.float64)
     )
 
 

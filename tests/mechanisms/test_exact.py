@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from dpjax.mechanisms import _exact
+
 from ._stats import ALPHA, chisquare_pvalue
 
 N = 100_000

@@ -82,7 +82,9 @@ def test_grid_laplace_noise_is_discrete_laplace_on_the_grid():
     pmf = cdf(support + 1) - cdf(support)
     assert chisquare_pvalue(z, support, pmf) > ALPHA
     p2 = math.exp(-1.0 / (scale * 4 / 3))
-    cdf2 = lambda j: np.where(j <= 0, p2 ** (-64.0 * j + 1) / (1 + p2), 1 - p2 ** (64.0 * j) / (1 + p2))
+    cdf2 = lambda j: np.where(
+        j <= 0, p2 ** (-64.0 * j + 1) / (1 + p2), 1 - p2 ** (64.0 * j) / (1 + p2)
+    )
     assert chisquare_pvalue(z, support, cdf2(support + 1) - cdf2(support)) < ALPHA
 
 

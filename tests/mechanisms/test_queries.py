@@ -37,8 +37,9 @@ def coverage(stat, privacy, shrink=1.0, reps=25):
     df = table()
     hits = []
     for r in range(reps):
-        rel = M.aggregate(df, stat, None if stat == "count" else "x", key=jax.random.key(r),
-                          bounds=BOUNDS, by="g", groups=GROUPS, confidence=0.9, **privacy)  # fmt: skip
+        col = None if stat == "count" else "x"
+        rel = M.aggregate(df, stat, col, key=jax.random.key(r), bounds=BOUNDS, by="g",
+                          groups=GROUPS, confidence=0.9, **privacy)  # fmt: skip
         t = rel.table
         assert list(t["g"]) == GROUPS
         mid, half = (t.ci_low + t.ci_high) / 2, (t.ci_high - t.ci_low) / 2 * shrink

@@ -21,8 +21,8 @@ def rnm_probs(scores, scale):
     lap = stats.laplace(scale=scale)
     out = []
     for i, si in enumerate(scores):
-        f = lambda x, i=i, si=si: lap.pdf(x - si) * np.prod(
-            [lap.cdf(x - sj) for j, sj in enumerate(scores) if j != i]
+        f = lambda x, i=i, si=si: (
+            lap.pdf(x - si) * np.prod([lap.cdf(x - sj) for j, sj in enumerate(scores) if j != i])
         )
         out.append(integrate.quad(f, -60 * scale, 60 * scale, points=list(scores), limit=200)[0])
     return np.array(out)
