@@ -26,10 +26,13 @@ from __future__ import annotations
 
 import functools
 import math
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from dpjax import _validate as V
 
 __all__ = [
     "MAX_SIGMA",
@@ -37,6 +40,8 @@ __all__ = [
     "gaussian_params",
     "sample_discrete_laplace",
     "sample_discrete_gaussian",
+    "discrete_laplace_noise",
+    "discrete_gaussian_noise",
 ]
 
 MAX_SIGMA = 2048.0  # largest discrete Gaussian sigma the int32 sampler supports
@@ -92,14 +97,36 @@ def _mask(n: jax.Array) -> jax.Array:
     return jnp.where(nm1 == 0, jnp.uint32(0), jnp.uint32(0xFFFFFFFF) >> shift)
 
 
+CHUNK = 2**14  # elements per while loop: small enough to stay in cache
+
+
 @functools.partial(jax.jit, static_argnums=(1, 6))
 def _run(key, shape, t, s, m, d, gaussian: bool) -> jax.Array:
+    """Samples ``shape`` values, in chunks of CHUNK elements run one after another.
+
+    Each chunk's loop runs until its slowest element is done; small chunks keep
+    both that maximum and the working set small.
+    """
     i32 = jnp.int32
-    t, s, m, d = (jnp.broadcast_to(jnp.asarray(a, i32), shape) for a in (t, s, m, d))
+    n = math.prod(shape)
+    params = [jnp.broadcast_to(jnp.asarray(a, i32), shape).reshape(-1) for a in (t, s, m, d)]
+    if n <= CHUNK:
+        return _loop(key, (n,), *params, gaussian).reshape(shape)
+    c = -(-n // CHUNK)
+    params = [jnp.pad(a, (0, c * CHUNK - n), constant_values=1).reshape(c, CHUNK) for a in params]
+    keys = jax.random.split(key, c)
+    out = jax.lax.map(lambda a: _loop(a[0], (CHUNK,), *a[1:], gaussian), (keys, *params))
+    return out.reshape(-1)[:n].reshape(shape)
+
+
+def _loop(key, shape, t, s, m, d, gaussian: bool) -> jax.Array:
+    i32 = jnp.int32
     big_d = 2 * t * m * d  # acceptance denominator of Algorithm 3 (gaussian only)
     mask_t = _mask(t)
     mask_bd = _mask(jnp.maximum(big_d, 1))
     vmax = (jnp.int32(2**31 - 1) - t) // t
+    log2_s = 31 - jax.lax.clz(s)  # s and d are powers of two
+    a_cap = jax.lax.shift_right_logical(_MAX_A + m, 31 - jax.lax.clz(d))
     zero = jnp.zeros(shape, i32)
     one = jnp.ones(shape, i32)
 
@@ -115,7 +142,7 @@ def _run(key, shape, t, s, m, d, gaussian: bool) -> jax.Array:
         ok_k, hit_k = rk < k, rk == 0  # Bernoulli(1/k) when ok_k
         rt = (w0 & mask_t).astype(i32)
         rd = (w0 & mask_bd).astype(i32)
-        k_odd = (k % 2) == 1
+        k_odd = (k & 1) == 1
 
         # _U: U uniform on [0, t).
         n_ph = jnp.where((ph == _U) & (rt < t), _D, ph)
@@ -148,7 +175,7 @@ def _run(key, shape, t, s, m, d, gaussian: bool) -> jax.Array:
         reset_k = reset_k | (done1 & k_odd)
 
         # _SIGN: X = U + t V, Y = floor(X / s), random sign, reject (-, 0).
-        xabs = (u + t * v) // s
+        xabs = jax.lax.shift_right_logical(u + t * v, log2_s)  # s is a power of two
         neg = (w1 >> 31) == 1
         at_sign = ph == _SIGN
         reject0 = at_sign & neg & (xabs == 0)
@@ -157,11 +184,16 @@ def _run(key, shape, t, s, m, d, gaussian: bool) -> jax.Array:
         if gaussian:
             # Algorithm 3: accept Y with prob exp(-(|Y| - sigma^2/t)^2 / (2 sigma^2)),
             # = exp(-A^2 / D) with A = | |Y| d - m |, D = 2 t m d.
-            too_big = xabs > (_MAX_A + m) // d
+            too_big = xabs > a_cap
             a = jnp.abs(jnp.where(too_big, zero, xabs) * d - m)
             too_big = too_big | (a > _MAX_A)
             a2 = a * a
-            q0, r0 = a2 // big_d, a2 % big_d
+            # a2 // D by float32 division, corrected exactly (the estimate is off by <= 1).
+            q0 = jnp.floor(a2.astype(jnp.float32) / big_d.astype(jnp.float32)).astype(i32)
+            r0 = a2 - q0 * big_d
+            for _ in range(2):
+                q0, r0 = jnp.where(r0 < 0, q0 - 1, q0), jnp.where(r0 < 0, r0 + big_d, r0)
+                q0, r0 = jnp.where(r0 >= big_d, q0 + 1, q0), jnp.where(r0 >= big_d, r0 - big_d, r0)
             go = at_sign & ~reject0
             n_ph = jnp.where(go, jnp.where(too_big, _U, jnp.where(q0 > 0, _E1, _E2)), n_ph)
             n_q = jnp.where(go, q0, n_q)
@@ -183,22 +215,43 @@ def _run(key, shape, t, s, m, d, gaussian: bool) -> jax.Array:
     return jax.lax.while_loop(cond, body, init)[5]
 
 
-def sample_discrete_laplace(key: jax.Array, t, s, shape: tuple[int, ...]) -> jax.Array:
-    """Exact discrete Laplace: P[Y = y] proportional to exp(-|y| s / t), int32.
+def discrete_laplace_noise(key: jax.Array, t, s, shape: tuple[int, ...]) -> jax.Array:
+    """Discrete Laplace noise with scale t/s (int32 arrays from :func:`rational_scale`)."""
+    return _run(key, tuple(shape), t, s, 1, 1, False)
 
-    Canonne, Kamath, Steinke 2020, Algorithm 2. ``t`` and ``s`` are positive
-    int32 arrays broadcastable to ``shape`` (the scale is t/s).
+
+def discrete_gaussian_noise(key: jax.Array, t, m, d, shape: tuple[int, ...]) -> jax.Array:
+    """Discrete Gaussian noise with sigma^2 = t*m/d (int32 arrays from :func:`gaussian_params`)."""
+    return _run(key, tuple(shape), t, 1, m, d, True)
+
+
+def sample_discrete_laplace(key: jax.Array, scale: Any, shape: tuple[int, ...]) -> jax.Array:
+    """Exact discrete Laplace samples, int32: P[Y = y] proportional to exp(-|y| / scale).
+
+    Canonne, Kamath, Steinke 2020, Algorithm 2. ``scale`` (a concrete scalar or
+    array broadcastable to ``shape``, in (2**-30, 2**28]) is rounded up to a
+    rational t/s with s a power of two, relative change below 2**-20.
+
+    >>> import jax
+    >>> sample_discrete_laplace(jax.random.key(0), 2.0, (3,)).dtype
+    dtype('int32')
     """
-    return _run(key, tuple(shape), t, s, 1, 1, gaussian=False)
+    t, s = rational_scale(np.asarray(scale))
+    return discrete_laplace_noise(V.prng_key("key", key), t, s, shape)
 
 
-def sample_discrete_gaussian(key: jax.Array, t, m, d, shape: tuple[int, ...]) -> jax.Array:
-    """Exact discrete Gaussian: P[Y = y] proportional to exp(-y^2 / (2 sigma^2)), int32.
+def sample_discrete_gaussian(key: jax.Array, sigma: Any, shape: tuple[int, ...]) -> jax.Array:
+    """Exact discrete Gaussian samples, int32: P[Y = y] proportional to exp(-y^2 / (2 sigma^2)).
 
-    Canonne, Kamath, Steinke 2020, Algorithm 3, with sigma^2 = t*m/d as given
-    by :func:`gaussian_params`.
+    Canonne, Kamath, Steinke 2020, Algorithm 3. ``sigma`` (concrete, in
+    (2**-15, 2048]) is rounded up as in :func:`gaussian_params`.
+
+    >>> import jax
+    >>> sample_discrete_gaussian(jax.random.key(0), 3.0, (2, 2)).shape
+    (2, 2)
     """
-    return _run(key, tuple(shape), t, 1, m, d, gaussian=True)
+    t, m, d = gaussian_params(np.asarray(sigma, np.float64) ** 2)
+    return discrete_gaussian_noise(V.prng_key("key", key), t, m, d, shape)
 
 
 def discrete_laplace_tail(scale: float, k: int) -> float:

@@ -206,7 +206,7 @@ def discrete_laplace(key: jax.Array, value: Any, sensitivity: Any, epsilon: Any)
     v = _int_value(value)
     shape = _batch_shape(v, sens, eps)
     t, s = _exact.rational_scale(sens / eps)
-    return jnp.broadcast_to(v, shape) + _exact.sample_discrete_laplace(key, t, s, shape)
+    return jnp.broadcast_to(v, shape) + _exact.discrete_laplace_noise(key, t, s, shape)
 
 
 def discrete_gaussian(key: jax.Array, value: Any, sensitivity: Any, rho: Any) -> jax.Array:
@@ -228,7 +228,7 @@ def discrete_gaussian(key: jax.Array, value: Any, sensitivity: Any, rho: Any) ->
     v = _int_value(value)
     shape = _batch_shape(v, sens, rho)
     t, m, d = _exact.gaussian_params(sens**2 / (2.0 * rho))
-    noise = _exact.sample_discrete_gaussian(key, t, m, d, shape)
+    noise = _exact.discrete_gaussian_noise(key, t, m, d, shape)
     return jnp.broadcast_to(v, shape) + noise
 
 
@@ -279,7 +279,7 @@ def grid_laplace(
     g = _grid_check(grid, float(sensitivity) / float(epsilon))
     sens_g = math.ceil(float(sensitivity) / g) + 1
     t, s = _exact.rational_scale(np.asarray(sens_g / float(epsilon)))
-    noise = _exact.sample_discrete_laplace(key, t, s, v.shape)
+    noise = _exact.discrete_laplace_noise(key, t, s, v.shape)
     return _grid_release(v, g, noise)
 
 
@@ -305,5 +305,5 @@ def grid_gaussian(
     g = _grid_check(grid, 2.0 * sigma)  # sigma_g in [512, 1024) grid units
     sens_g = math.ceil(float(sensitivity) / g) + 1
     t, m, d = _exact.gaussian_params(np.asarray(sens_g**2 / (2.0 * float(rho))))
-    noise = _exact.sample_discrete_gaussian(key, t, m, d, v.shape)
+    noise = _exact.discrete_gaussian_noise(key, t, m, d, v.shape)
     return _grid_release(v, g, noise)

@@ -48,8 +48,8 @@ from dpjax.mechanisms.noise import grid_for
 __all__ = ["Release", "QuerySession", "aggregate", "STATISTICS"]
 
 STATISTICS = ("count", "sum", "mean", "variance", "histogram", "quantiles")
-_dlap = jax.jit(_exact.sample_discrete_laplace, static_argnums=3)
-_dgauss = jax.jit(_exact.sample_discrete_gaussian, static_argnums=4)
+_dlap = _exact.discrete_laplace_noise  # jitted inside
+_dgauss = _exact.discrete_gaussian_noise
 
 
 @dataclasses.dataclass(frozen=True)

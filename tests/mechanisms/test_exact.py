@@ -24,13 +24,13 @@ def dgauss_pmf(support, sigma2):
 
 def draw_dlap(seed, scale, n=N):
     t, s = _exact.rational_scale(np.asarray(scale))
-    x = _exact.sample_discrete_laplace(jax.random.key(seed), t, s, (n,))
+    x = _exact.discrete_laplace_noise(jax.random.key(seed), t, s, (n,))
     return np.asarray(x), float(t) / float(s)
 
 
 def draw_dgauss(seed, sigma, n=N):
     t, m, d = _exact.gaussian_params(np.asarray(sigma**2))
-    x = _exact.sample_discrete_gaussian(jax.random.key(seed), t, m, d, (n,))
+    x = _exact.discrete_gaussian_noise(jax.random.key(seed), t, m, d, (n,))
     return np.asarray(x), float(t) * float(m) / float(d)
 
 
@@ -67,8 +67,8 @@ def test_discrete_gaussian_large_sigma_moments():
 
 def test_samplers_are_deterministic_given_key_and_broadcast_parameters():
     t, s = _exact.rational_scale(np.array([1.0, 10.0, 100.0]))
-    a = _exact.sample_discrete_laplace(jax.random.key(5), t, s, (2000, 3))
-    b = _exact.sample_discrete_laplace(jax.random.key(5), t, s, (2000, 3))
+    a = _exact.discrete_laplace_noise(jax.random.key(5), t, s, (2000, 3))
+    b = _exact.discrete_laplace_noise(jax.random.key(5), t, s, (2000, 3))
     np.testing.assert_array_equal(a, b)
     spread = np.abs(np.asarray(a)).mean(axis=0)  # per-column scale follows its parameter
     assert spread[0] < spread[1] < spread[2]
@@ -94,3 +94,12 @@ def test_rounding_is_upward_only():
     sig2 = rng.uniform(1e-3, 2000.0**2, 1000)
     tt, m, d = _exact.gaussian_params(sig2)
     assert np.all(tt.astype(np.float64) * m / d >= sig2)
+
+
+def test_public_samplers_take_float_parameters():
+    x = np.asarray(_exact.sample_discrete_laplace(jax.random.key(0), [1.0, 100.0], (3000, 2)))
+    assert np.abs(x[:, 0]).mean() < np.abs(x[:, 1]).mean()
+    y = np.asarray(_exact.sample_discrete_gaussian(jax.random.key(0), 5.0, (3000,)))
+    assert abs(y.std() - 5.0) < 0.5
+    with pytest.raises(ValueError, match="key must be a PRNG key"):
+        _exact.sample_discrete_gaussian(None, 5.0, (3,))
