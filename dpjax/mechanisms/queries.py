@@ -80,24 +80,27 @@ def _pad(n: int) -> int:
     return max(8, 1 << (n - 1).bit_length())  # few distinct shapes, few compilations
 
 
-def _release(key: jax.Array, x: np.ndarray, l1: float, l2: float, nz: _Noise, alpha: float):
+def _release(key, x, l1, l2, nz: _Noise, alpha: float, integer: bool = False):
     """Grid release of float64 ``x`` with L1 (pure) / L2 (zCDP) sensitivity.
 
+    Counts (``integer``: exact integer values and sensitivities) use the integer
+    grid directly, so the noise is the plain discrete Laplace / Gaussian.
     Returns (noisy values, CI half-widths) in float64; the interval
     [value - h, value + h] holds the exact x with probability >= 1 - alpha.
     """
     n = len(x)
     if nz.epsilon is not None:
-        g = grid_for(l1 / nz.epsilon)
-        sens_g = math.ceil(l1 / g) + 1
+        g = 1.0 if integer else grid_for(l1 / nz.epsilon)
+        sens_g = round(l1) if integer else math.ceil(l1 / g) + 1
         t, s = _exact.rational_scale(np.asarray(sens_g / nz.epsilon))
         z = np.asarray(_dlap(key, t, s, (_pad(n),)))[:n]
         p = math.exp(-float(s) / float(t))  # P[|Z| >= k] = 2 p^k / (1 + p)
         k = max(0, math.ceil(math.log(alpha * (1.0 + p) / 2.0) / math.log(p)) - 1)
     else:
         sigma = l2 / math.sqrt(2.0 * nz.rho)
-        g = grid_for(2.0 * sigma)
-        sens_g = math.ceil(l2 / g) + 1
+        integer = integer and sigma <= _exact.MAX_SIGMA / 2
+        g = 1.0 if integer else grid_for(2.0 * sigma)
+        sens_g = l2 if integer else math.ceil(l2 / g) + 1
         t, m, d = _exact.gaussian_params(np.asarray(sens_g**2 / (2.0 * nz.rho)))
         z = np.asarray(_dgauss(key, t, m, d, (_pad(n),)))[:n]
         sig2 = float(t) * float(m) / float(d)
@@ -107,7 +110,7 @@ def _release(key: jax.Array, x: np.ndarray, l1: float, l2: float, nz: _Noise, al
         tail = np.cumsum(w[::-1])[::-1] / w.sum()  # tail[k] = P[|Z| >= k]
         k = int(np.argmax(np.append(tail[1:], 0.0) <= alpha))  # smallest k: P[|Z| > k] <= alpha
     base = np.round(x / g)  # exact: g is a power of two
-    return (base + z) * g, (k + 0.5) * g
+    return (base + z) * g, (k + (0.0 if integer else 0.5)) * g
 
 
 def _select_groups(key, counts: pd.Series, l0: int, nz: _Noise, delta: float) -> pd.Index:
@@ -329,14 +332,14 @@ def _moments(df, key, q: _Query, by, index, nz: _Noise, l_inf, l0, alpha) -> pd.
     ones = pd.Series(np.ones(len(df)), index=df.index)
     keys = jax.random.split(key, 3)
 
-    def noisy(i, series, linf_value, parts, a):
+    def noisy(i, series, linf_value, parts, a, integer=False):
         # L0 groups each change by <= linf_value: L1 = L0 linf, L2 = sqrt(L0) linf.
         x = _grouped(df, by, index, series)
         return _release(keys[i], x, l0 * linf_value, math.sqrt(l0) * linf_value,
-                        nz.split(parts), a)  # fmt: skip
+                        nz.split(parts), a, integer)  # fmt: skip
 
     if q.statistic == "count":
-        v, h = noisy(0, ones, l_inf, 1, alpha)
+        v, h = noisy(0, ones, l_inf, 1, alpha, integer=True)
         return _frame(by, index, v, v - h, v + h)
     lo, hi = q.bounds
     x = df[q.column].astype(np.float64).clip(lo, hi)
@@ -346,7 +349,7 @@ def _moments(df, key, q: _Query, by, index, nz: _Noise, l_inf, l0, alpha) -> pd.
     mid, r = (lo + hi) / 2.0, (hi - lo) / 2.0
     parts = 2 if q.statistic == "mean" else 3
     a = alpha / parts  # union bound over the noisy sums
-    n, hn = noisy(0, ones, l_inf, parts, a)
+    n, hn = noisy(0, ones, l_inf, parts, a, integer=True)
     s, hs = noisy(1, x - mid, l_inf * r, parts, a)
     n_lo, n_hi = np.maximum(n - hn, 0.0), n + hn
     n_pt = np.maximum(n, 1.0)
