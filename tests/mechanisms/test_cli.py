@@ -94,3 +94,15 @@ def test_query_requires_a_statistic_and_a_budget(csv):
         parse(["query", str(path), "--epsilon", "1"])
     with pytest.raises(SystemExit):
         parse(["query", str(path), "--count"])
+
+
+def test_dispatcher_runs_query_and_maps_errors_to_exit_code_2(csv, capsys, monkeypatch):
+    from dpjax import cli as dispatcher
+
+    monkeypatch.setattr(dispatcher, "_SUBCOMMANDS", ("dpjax.mechanisms.cli",))
+    path, _ = csv
+    argv = ["query", str(path), "--count", "--epsilon", "1", "--seed", "0"]
+    assert dispatcher.main(argv) == 0
+    assert capsys.readouterr().out.startswith("count  [epsilon=1")
+    assert dispatcher.main(["query", str(path), "--count", "--epsilon", "0"]) == 2
+    assert "epsilon must be > 0" in capsys.readouterr().err

@@ -27,3 +27,17 @@ def test_public_names_are_pinned():
     }  # fmt: skip
     assert set(m.__all__) == expected
     assert all(callable(getattr(m, name)) for name in expected)
+
+
+def test_user_guide_examples_run():
+    import pathlib
+    import re
+
+    from dpjax import mechanisms as M
+
+    doc = pathlib.Path(__file__).resolve().parents[2] / "docs" / "mechanisms.md"
+    blocks = re.findall(r"```python\n(.*?)```", doc.read_text(), re.S)
+    assert len(blocks) == 2
+    exec(blocks[0], {})
+    with pytest.raises(M.BudgetExceededError, match="only 0.1"):
+        exec(blocks[1], {})  # its last line overspends the budget, as the comment says
