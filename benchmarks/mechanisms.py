@@ -17,6 +17,7 @@ subpackage stubbed out, which the results note.
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import json
 import os
 import platform
@@ -35,6 +36,7 @@ from dpjax import mechanisms as M
 
 HERE = Path(__file__).resolve().parent
 EPSILONS = (0.1, 1.0, 10.0)
+REPS, REPS_QUICK = 200, 20
 BOUNDS = (0.0, 100.0)
 
 
@@ -104,10 +106,14 @@ def throughput(opendp, dpl, quick):
             r["opendp"] = "missing"
         elif opendp_fn is not None:
             r["opendp"] = n_lib / timed(opendp_fn, 1)
+        else:
+            r["opendp"] = "none (its float noise is always float-safe)"
         if dpl is None:
             r["diffprivlib"] = "missing"
         elif dpl_fn is not None:
             r["diffprivlib"] = n_lib / timed(dpl_fn, 1)
+        else:
+            r["diffprivlib"] = "none (no float-safe Gaussian)"
         for lib in ("opendp", "diffprivlib"):
             if isinstance(r.get(lib), float):
                 r[f"ratio_vs_{lib}"] = r["dpjax"] / r[lib]
@@ -152,7 +158,7 @@ def throughput(opendp, dpl, quick):
 
 
 def accuracy(opendp, dpl, quick):
-    reps = 20 if quick else 100
+    reps = REPS_QUICK if quick else REPS
     rng = np.random.default_rng(0)
     data = rng.uniform(*BOUNDS, 10_000)
     truth = {"count": len(data), "sum": data.sum(), "mean": data.mean()}
@@ -168,16 +174,18 @@ def accuracy(opendp, dpl, quick):
                 rel = M.aggregate({"x": data}, stat, col, key=k, epsilon=eps, bounds=BOUNDS)
                 errs.append(abs(float(rel.table.value[0]) - truth[stat]))
             r["dpjax"] = float(np.mean(errs))
+            r["dpjax_se"] = float(np.std(errs) / np.sqrt(reps))
             if opendp is None:
                 r["opendp"] = "missing"
             else:
-                r["opendp"] = float(np.mean([abs(v - truth[stat]) for v in _opendp(opendp, stat,
-                                             data, eps, reps)]))  # fmt: skip
+                e = [abs(v - truth[stat]) for v in _opendp(opendp, stat, data, eps, reps)]
+                r["opendp"], r["opendp_se"] = float(np.mean(e)), float(np.std(e) / np.sqrt(reps))
             if dpl is None:
                 r["diffprivlib"] = "missing"
             else:
-                r["diffprivlib"] = float(np.mean([abs(_dpl(dpl, stat, data, eps) - truth[stat])
-                                                  for _ in range(reps)]))  # fmt: skip
+                e = [abs(_dpl(dpl, stat, data, eps) - truth[stat]) for _ in range(reps)]
+                r["diffprivlib"] = float(np.mean(e))
+                r["diffprivlib_se"] = float(np.std(e) / np.sqrt(reps))
             for lib in ("opendp", "diffprivlib"):
                 if isinstance(r[lib], float):
                     r[f"mae_ratio_vs_{lib}"] = r["dpjax"] / r[lib] if r[lib] > 0 else None
@@ -228,11 +236,11 @@ def machine(opendp_err, dpl_err, dpl_note):
         pass
     versions = {"python": platform.python_version(), "jax": jax.__version__,
                 "numpy": np.__version__, "dpjax": dpjax.__version__}  # fmt: skip
-    for mod in ("opendp", "diffprivlib", "sklearn"):
+    for dist in ("opendp", "diffprivlib", "scikit-learn", "pandas", "scipy"):
         try:
-            versions[mod] = __import__(mod).__version__
-        except Exception:  # noqa: BLE001
-            versions[mod] = "missing"
+            versions[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            versions[dist] = "missing"
     return {
         "cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform(),
         "jax_devices": [str(d) for d in jax.devices()], "load_average": os.getloadavg(),
@@ -247,6 +255,13 @@ def fmt(v, digits=3):
     if v is None:
         return "n/a"
     return f"{v:.{digits}g}" if abs(v) < 1e4 else f"{v:,.0f}"
+
+
+def pm(r, lib):
+    """MAE with its standard error over the repetitions."""
+    if f"{lib}_se" not in r:
+        return fmt(r[lib])
+    return f"{fmt(r[lib])} ± {fmt(r[lib + '_se'], 2)}"
 
 
 def markdown(res):
@@ -276,7 +291,8 @@ def markdown(res):
         )
     lines += ["", "Pairs: " + "; ".join(r["note"] for r in res["throughput"]) + ".", ""]
     lines += [
-        "## Accuracy (mean absolute error over repetitions; n = 10,000 values in [0, 100])",
+        f"## Accuracy (mean absolute error ± standard error over {res['reps']} repetitions; "
+        "n = 10,000 values in [0, 100])",
         "",
         "| statistic | epsilon | dpjax | OpenDP | diffprivlib | dpjax / OpenDP | "
         "dpjax / diffprivlib |",
@@ -284,8 +300,8 @@ def markdown(res):
     ]
     for r in res["accuracy"]:
         lines.append(
-            f"| {r['statistic']} | {r['epsilon']:g} | {fmt(r['dpjax'])} | {fmt(r['opendp'])} | "
-            f"{fmt(r['diffprivlib'])} | {fmt(r.get('mae_ratio_vs_opendp'))} | "
+            f"| {r['statistic']} | {r['epsilon']:g} | {pm(r, 'dpjax')} | {pm(r, 'opendp')} | "
+            f"{pm(r, 'diffprivlib')} | {fmt(r.get('mae_ratio_vs_opendp'))} | "
             f"{fmt(r.get('mae_ratio_vs_diffprivlib'))} |"
         )
     lines += ["", *res["notes"], ""]
@@ -321,15 +337,16 @@ def main(argv=None):
     res = {
         "date": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
         "quick": args.quick,
+        "reps": REPS_QUICK if args.quick else REPS,
         "machine": machine(o_err, d_err, d_note),
     }
     res["throughput"] = throughput(opendp, dpl, args.quick)
     res["accuracy"] = accuracy(opendp, dpl, args.quick)
     res["notes"] = NOTES
-    out = HERE / "results" / ("mechanisms_quick.json" if args.quick else "mechanisms.json")
-    out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps(res, indent=2) + "\n")
-    if not args.quick:
+    if not args.quick:  # a smoke run writes nothing
+        out = HERE / "results" / "mechanisms.json"
+        out.parent.mkdir(exist_ok=True)
+        out.write_text(json.dumps(res, indent=2) + "\n")
         (HERE / "RESULTS_mechanisms.md").write_text(markdown(res))
     print(markdown(res))
     return 0
