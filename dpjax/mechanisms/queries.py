@@ -28,6 +28,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 from scipy import special
@@ -113,6 +114,12 @@ def _release(key, x, l1, l2, nz: _Noise, alpha: float, integer: bool = False):
     return (base + z) * g, (k + (0.0 if integer else 0.5)) * g
 
 
+def _uniform64(key: jax.Array, n: int) -> np.ndarray:
+    """Uniform float64 on (0, 1) with 53 random bits (float32 would cut the noise's tails)."""
+    w = np.asarray(jax.random.bits(key, (2, _pad(n)), jnp.uint32))[:, :n].astype(np.uint64)
+    return (((w[0] >> np.uint64(6)) << np.uint64(27)) + (w[1] >> np.uint64(5)) + 0.5) / 2.0**53
+
+
 def _select_groups(key, counts: pd.Series, l0: int, nz: _Noise, delta: float) -> pd.Index:
     """DP partition selection: keep groups whose noisy count of units clears a threshold.
 
@@ -122,7 +129,7 @@ def _select_groups(key, counts: pd.Series, l0: int, nz: _Noise, delta: float) ->
     sqrt(2 rho), threshold 1 + sigma Phi^-1(1 - delta / L0).
     """
     V.open_unit("delta (needed for partition selection without public groups)", delta)
-    u = np.asarray(jax.random.uniform(key, (_pad(len(counts)),), minval=1e-12))[: len(counts)]
+    u = _uniform64(key, len(counts))
     if nz.epsilon is not None:
         b = l0 / nz.epsilon
         noise = -b * np.sign(u - 0.5) * np.log1p(-2.0 * np.abs(u - 0.5))
