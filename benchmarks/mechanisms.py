@@ -322,16 +322,29 @@ NOTES = [
     "discrete Laplace noise on the integers; sums grid Laplace, whose rounding costs about "
     "0.1% extra noise (sensitivity ceil(D/g) + 1 grid steps). A ratio of n/a means the "
     "other library's MAE was 0 over the repetitions.",
-    "- diffprivlib's count_nonzero is not a Laplace release: it uses its truncated "
-    "geometric mechanism clipped to [0, n], and its MAE can be lower than a two-sided "
-    "discrete Laplace's.",
+    "- diffprivlib's count (count_nonzero -> sum) truncates its geometric noise to "
+    "[0, n], n the array length taken as public. Here every element is counted, so the "
+    "true count sits at the upper end and the positive half of the noise is clipped: its "
+    "count MAE is about half of a two-sided mechanism's by the design of this test.",
+    "- The 10x throughput goal: met on this run for the float-safe releases and plain "
+    "float noise; not for exact discrete Laplace on integers at scale 1 (the sampler's "
+    "loop runs until the slowest element of each 16k chunk is done, two threefry words "
+    "per element and step). The machine was shared (load average above 12 on 2 cores), "
+    "so absolute rates vary between runs; ratios come from one run.",
 ]
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="small sizes (a smoke run)")
+    ap.add_argument("--render", action="store_true", help="rewrite the markdown from the JSON")
     args = ap.parse_args(argv)
+    if args.render:  # same measurements, current notes
+        res = json.loads((HERE / "results" / "mechanisms.json").read_text())
+        res["notes"] = NOTES
+        (HERE / "results" / "mechanisms.json").write_text(json.dumps(res, indent=2) + "\n")
+        (HERE / "RESULTS_mechanisms.md").write_text(markdown(res))
+        return 0
     opendp, o_err = load_opendp()
     dpl, d_err, d_note = load_diffprivlib()
     res = {
