@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import functools
 import math
+from fractions import Fraction
 from typing import Any
 
 import jax
@@ -53,17 +54,37 @@ _MAX_A = 46340  # floor(sqrt(2**31 - 1)): A*A still fits int32
 _U, _D, _V, _SIGN, _E1, _E2, _DONE = range(7)
 
 
-def rational_scale(scale: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Rounds scales up to rationals ``t / s`` (s a power of two, t <= 2**24 where possible).
+def rational_scale(scale: Any, divisor: Any = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """Rounds ``scale / divisor`` up to rationals ``t / s`` (s a power of two, t <= 2**24).
 
-    Rounding up only adds noise, so a mechanism calibrated to ``scale`` stays private.
+    Rounding up only adds noise, so a mechanism calibrated to the scale stays
+    private. For up to 256 distinct values the quotient is taken exactly (floats
+    are binary rationals), so e.g. scale 1 becomes t = s = 2**24 and the
+    sampler's uniform draws on [0, t) need no rejection; larger arrays round the
+    float64 quotient up by one ulp first.
     """
-    x0 = np.asarray(scale, np.float64)
+    num, den = np.broadcast_arrays(np.asarray(scale, np.float64), np.asarray(divisor, np.float64))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        x0 = num / den
     if np.any(~np.isfinite(x0)) or np.any(x0 <= 2.0**-30) or np.any(x0 > 2.0**28):
         raise ValueError(
-            f"discrete Laplace scale must be in (2**-30, 2**28], got {np.asarray(scale)!r}; "
+            f"discrete Laplace scale must be in (2**-30, 2**28], got {x0!r}; "
             "use grid_laplace for larger noise"
         )
+    pairs = np.stack([num.reshape(-1), den.reshape(-1)], axis=1)
+    uniq, inverse = np.unique(pairs, axis=0, return_inverse=True)
+    if len(uniq) <= 256:
+        ts, ss = [], []
+        for a, b in uniq:
+            x = Fraction(float(a)) / Fraction(float(b))
+            j = min(30, max(0, math.floor(math.log2(2.0**24 / float(x)))))
+            while j > 0 and math.ceil(x * 2**j) > 2**24:
+                j -= 1  # float log2 may be off by one near powers of two
+            ts.append(math.ceil(x * 2**j))
+            ss.append(2**j)
+        t = np.asarray(ts, np.int64)[inverse.reshape(-1)].reshape(x0.shape)
+        s = np.asarray(ss, np.int64)[inverse.reshape(-1)].reshape(x0.shape)
+        return t.astype(np.int32), s.astype(np.int32)
     x = np.nextafter(x0, np.inf)
     j = np.clip(np.floor(np.log2(2.0**24 / x)), 0, 30)
     s = np.exp2(j)

@@ -205,7 +205,7 @@ def discrete_laplace(key: jax.Array, value: Any, sensitivity: Any, epsilon: Any)
     eps = _host("epsilon", epsilon, V.positive)
     v = _int_value(value)
     shape = _batch_shape(v, sens, eps)
-    t, s = _exact.rational_scale(sens / eps)
+    t, s = _exact.rational_scale(sens, eps)
     return jnp.broadcast_to(v, shape) + _exact.discrete_laplace_noise(key, t, s, shape)
 
 
@@ -278,7 +278,7 @@ def grid_laplace(
     v = _float_value(value)
     g = _grid_check(grid, float(sensitivity) / float(epsilon))
     sens_g = math.ceil(float(sensitivity) / g) + 1
-    t, s = _exact.rational_scale(np.asarray(sens_g / float(epsilon)))
+    t, s = _exact.rational_scale(sens_g, float(epsilon))
     noise = _exact.discrete_laplace_noise(key, t, s, v.shape)
     return _grid_release(v, g, noise)
 

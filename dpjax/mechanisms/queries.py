@@ -93,7 +93,7 @@ def _release(key, x, l1, l2, nz: _Noise, alpha: float, integer: bool = False):
     if nz.epsilon is not None:
         g = 1.0 if integer else grid_for(l1 / nz.epsilon)
         sens_g = round(l1) if integer else math.ceil(l1 / g) + 1
-        t, s = _exact.rational_scale(np.asarray(sens_g / nz.epsilon))
+        t, s = _exact.rational_scale(sens_g, nz.epsilon)
         z = np.asarray(_dlap(key, t, s, (_pad(n),)))[:n]
         p = math.exp(-float(s) / float(t))  # P[|Z| >= k] = 2 p^k / (1 + p)
         k = max(0, math.ceil(math.log(alpha * (1.0 + p) / 2.0) / math.log(p)) - 1)

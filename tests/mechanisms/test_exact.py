@@ -87,10 +87,18 @@ def test_gaussian_params_reject_out_of_range(sigma2):
 
 
 def test_rounding_is_upward_only():
+    from fractions import Fraction
+
     rng = np.random.default_rng(0)
     scales = rng.uniform(1e-3, 1e6, 1000)
-    t, s = _exact.rational_scale(scales)
+    t, s = _exact.rational_scale(scales)  # float path (many distinct values)
     assert np.all(t.astype(np.float64) / s >= scales)
+    sens, eps = rng.uniform(0.1, 100, 50), rng.uniform(0.01, 10, 50)
+    t, s = _exact.rational_scale(sens, eps)  # exact path
+    for a, b, ti, si in zip(sens, eps, t, s, strict=True):
+        assert Fraction(int(ti), int(si)) >= Fraction(a) / Fraction(b)
+        assert Fraction(int(ti), int(si)) <= Fraction(a) / Fraction(b) * (1 + Fraction(1, 2**22))
+    assert _exact.rational_scale(1.0, 1.0) == (2**24, 2**24)  # exact: no rejection waste
     sig2 = rng.uniform(1e-3, 2000.0**2, 1000)
     tt, m, d = _exact.gaussian_params(sig2)
     assert np.all(tt.astype(np.float64) * m / d >= sig2)
