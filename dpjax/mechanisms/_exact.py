@@ -12,9 +12,10 @@ The three algorithms run as one flat state machine inside a ``lax.while_loop``:
 each element advances one step per iteration and stops when it has its sample.
 Nesting the loops would make every inner loop run as long as its slowest
 element; the flat form costs about the slowest element's total number of steps.
-Large batches run in chunks of ``CHUNK`` elements (``lax.map``), each chunk's
-loop stopping at its own slowest element. Throughput is bounded by drawing two
-threefry words per element and step (about 75 steps for the slowest of 16k).
+Each loop lane produces ``PER_LANE`` outputs in turn (fixed slots), so the loop
+runs about as long as the slowest lane's total, which concentrates near
+PER_LANE times the mean run length. Throughput is bounded by drawing two
+threefry words per lane and step.
 
 Arithmetic is int32 (dpjax does not switch on x64). Guards keep it exact: a
 discrete Laplace scale t/s needs t, s <= 2**30; a discrete Gaussian keeps
@@ -120,44 +121,51 @@ def _mask(n: jax.Array) -> jax.Array:
     return jnp.where(nm1 == 0, jnp.uint32(0), jnp.uint32(0xFFFFFFFF) >> shift)
 
 
-CHUNK = 2**14  # elements per while loop: small enough to stay in cache
+PER_LANE = 16  # outputs produced one after another by each lane of the loop
 
 
 @functools.partial(jax.jit, static_argnums=(1, 6))
 def _run(key, shape, t, s, m, d, gaussian: bool) -> jax.Array:
-    """Samples ``shape`` values, in chunks of CHUNK elements run one after another.
+    """Samples ``shape`` values; each loop lane draws PER_LANE of them in turn.
 
-    Each chunk's loop runs until its slowest element is done; small chunks keep
-    both that maximum and the working set small.
+    A lane's outputs are complete, independent runs of the sampler written to
+    fixed slots (never ordered by completion, which would bias them). The loop
+    stops when the slowest lane is done; summing PER_LANE run lengths per lane
+    makes that maximum far closer to the mean than one run per lane would.
     """
     i32 = jnp.int32
     n = math.prod(shape)
+    per = PER_LANE if n >= 64 * PER_LANE else 1
+    lanes = -(-n // per)
     params = [jnp.broadcast_to(jnp.asarray(a, i32), shape).reshape(-1) for a in (t, s, m, d)]
-    if n <= CHUNK:
-        return _loop(key, (n,), *params, gaussian).reshape(shape)
-    c = -(-n // CHUNK)
-    params = [jnp.pad(a, (0, c * CHUNK - n), constant_values=1).reshape(c, CHUNK) for a in params]
-    keys = jax.random.split(key, c)
-    out = jax.lax.map(lambda a: _loop(a[0], (CHUNK,), *a[1:], gaussian), (keys, *params))
+    params = [
+        jnp.pad(a, (0, lanes * per - n), constant_values=1).reshape(lanes, per) for a in params
+    ]
+    out = _loop(key, lanes, per, *params, gaussian)
     return out.reshape(-1)[:n].reshape(shape)
 
 
-def _loop(key, shape, t, s, m, d, gaussian: bool) -> jax.Array:
+def _loop(key, lanes: int, per: int, tt, ss, mm, dd, gaussian: bool) -> jax.Array:
     i32 = jnp.int32
-    big_d = 2 * t * m * d  # acceptance denominator of Algorithm 3 (gaussian only)
-    mask_t = _mask(t)
-    mask_bd = _mask(jnp.maximum(big_d, 1))
-    vmax = (jnp.int32(2**31 - 1) - t) // t
-    log2_s = 31 - jax.lax.clz(s)  # s and d are powers of two
-    a_cap = jax.lax.shift_right_logical(_MAX_A + m, 31 - jax.lax.clz(d))
+    shape = (lanes,)
+    rows = jnp.arange(lanes)
     zero = jnp.zeros(shape, i32)
     one = jnp.ones(shape, i32)
 
     def cond(st):
-        return jnp.any(st[1] != _DONE)
+        return jnp.any(st[1] < per)
 
     def body(st):
-        key, ph, u, k, v, y, q, r = st
+        key, slot, out, ph, u, k, v, y, q, r = st
+        cur = jnp.minimum(slot, per - 1)
+        # This lane's current output's parameters (shared scalars need no lookup).
+        t, s, m, d = (a if a.ndim == 0 else a[rows, cur] for a in (tt, ss, mm, dd))
+        big_d = 2 * t * m * d  # acceptance denominator of Algorithm 3 (gaussian only)
+        mask_t = _mask(t)
+        mask_bd = _mask(jnp.maximum(big_d, 1))
+        vmax = (jnp.int32(2**31 - 1) - t) // t
+        log2_s = 31 - jax.lax.clz(s)  # s and d are powers of two
+        a_cap = jax.lax.shift_right_logical(_MAX_A + m, 31 - jax.lax.clz(d))
         key, sub = jax.random.split(key)
         w = jax.random.bits(sub, (2, *shape), jnp.uint32)
         w0, w1 = w[0], w[1]
@@ -232,10 +240,18 @@ def _loop(key, shape, t, s, m, d, gaussian: bool) -> jax.Array:
         n_ph = jnp.where(step & ~hit, jnp.where(k_odd, _DONE, _U), n_ph)
 
         n_k = jnp.where(reset_k, one, n_k)
-        return key, n_ph, n_u, n_k, n_v, n_y, n_q, n_r
 
-    init = (key, jnp.full(shape, _U, i32), zero, one, zero, zero, zero, zero)
-    return jax.lax.while_loop(cond, body, init)[5]
+        # A finished run fills this lane's slot; the lane starts its next output.
+        fin = (n_ph == _DONE) & (slot < per)
+        out = out.at[rows, cur].set(jnp.where(fin, n_y, out[rows, cur]))
+        slot = slot + fin.astype(i32)
+        n_ph = jnp.where(fin & (slot < per), _U, n_ph)
+        n_k = jnp.where(fin, one, n_k)
+        return key, slot, out, n_ph, n_u, n_k, n_v, n_y, n_q, n_r
+
+    init = (key, zero, jnp.zeros((lanes, per), i32), jnp.full(shape, _U, i32), zero, one,
+            zero, zero, zero, zero)  # fmt: skip
+    return jax.lax.while_loop(cond, body, init)[2]
 
 
 def discrete_laplace_noise(key: jax.Array, t, s, shape: tuple[int, ...]) -> jax.Array:
