@@ -321,10 +321,10 @@ def goal_notes(res):
         + "; ".join(met)
         + ". Not met for "
         + ("; ".join(missed) or "none")
-        + ". The exact samplers loop until the slowest "
-        "element of each 16k chunk is done, drawing two threefry words per element and "
-        "step; the machine was shared (load average above 11 on 2 cores), so absolute "
-        "rates vary between runs, and ratios come from one run.",
+        + ". The exact samplers run one loop whose "
+        "lanes each produce 16 outputs in turn, until the slowest lane is done, drawing "
+        "two threefry words per lane and step; the machine was shared (load average above "
+        "11 on 2 cores), so absolute rates vary between runs, and ratios come from one run.",
     ]
 
 
