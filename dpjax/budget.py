@@ -74,7 +74,9 @@ class PrivacyBudget:
         if replace_one:
             raise ValueError("PrivacyBudget: only add/remove (Poisson) accounting is supported")
         if math.isnan(q):
-            raise ValueError("PrivacyBudget needs the sampling rate: build the optimizer with sampling_rate=q")
+            raise ValueError(
+                "PrivacyBudget needs the sampling rate: build the optimizer with sampling_rate=q"
+            )
         acct_delta = self.delta - steps * trunc
         if sigma == 0.0 or acct_delta <= 0.0:
             return math.inf

@@ -226,7 +226,9 @@ class Checkpointer:
         if step is None:
             return steps[-1]
         if step not in steps:
-            raise CheckpointError(f"no checkpoint for step {step} in {self.directory}; have {steps}")
+            raise CheckpointError(
+                f"no checkpoint for step {step} in {self.directory}; have {steps}"
+            )
         return step
 
     def restore(

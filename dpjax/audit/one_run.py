@@ -71,18 +71,30 @@ def one_run_audit(
     inc = np.asarray(included, bool).ravel()
     m = s.size
     if inc.size != m or m == 0:
-        raise ValueError(f"scores and included must be non-empty and equal in size, got {m}, {inc.size}")
+        raise ValueError(
+            f"scores and included must be non-empty and equal in size, got {m}, {inc.size}"
+        )
     if not np.all(np.isfinite(s)):
         raise ValueError("scores must be finite")
-    kp = max(1, m // 10) if num_positive is None else _validate.non_negative_int("num_positive", num_positive)
-    kn = max(1, m // 10) if num_negative is None else _validate.non_negative_int("num_negative", num_negative)
+    kp = (
+        max(1, m // 10)
+        if num_positive is None
+        else _validate.non_negative_int("num_positive", num_positive)
+    )
+    kn = (
+        max(1, m // 10)
+        if num_negative is None
+        else _validate.non_negative_int("num_negative", num_negative)
+    )
     if kp + kn > m or kp + kn == 0:
         raise ValueError(f"num_positive + num_negative must be in [1, {m}], got {kp + kn}")
     order = np.argsort(s, kind="stable")
     correct = int(np.sum(inc[order[m - kp :]])) if kp else 0
     correct += int(np.sum(~inc[order[:kn]]))
     eps = one_run_epsilon(m, kp + kn, correct, delta, confidence=confidence)
-    return OneRunAudit(eps, float(delta), float(confidence), m, kp + kn, correct, float(claimed_epsilon))
+    return OneRunAudit(
+        eps, float(delta), float(confidence), m, kp + kn, correct, float(claimed_epsilon)
+    )
 
 
 def audit_dp_sgd_one_run(
@@ -140,7 +152,10 @@ def audit_dp_sgd_one_run(
     x_can = jnp.concatenate([jnp.eye(m, dtype=jnp.float32), jnp.zeros((m, dim), jnp.float32)], 1)
     x = jnp.concatenate([x_reg, x_can])
     y = jnp.concatenate(
-        [jax.random.normal(k_y, (n,), jnp.float32), jnp.full((m,), -canary_gradient_norm, jnp.float32)]
+        [
+            jax.random.normal(k_y, (n,), jnp.float32),
+            jnp.full((m,), -canary_gradient_norm, jnp.float32),
+        ]
     )
     present = jnp.concatenate([jnp.ones((n,), jnp.float32), included.astype(jnp.float32)])
 
@@ -167,7 +182,9 @@ def audit_dp_sgd_one_run(
     def train(w, state, keys):
         def step(carry, k):
             w, state = carry
-            mask = present * jax.random.bernoulli(k, sampling_rate, present.shape).astype(jnp.float32)
+            mask = present * jax.random.bernoulli(k, sampling_rate, present.shape).astype(
+                jnp.float32
+            )
             upd, state = tx.update(summed(w, mask), state, w)
             return (optax.apply_updates(w, upd), state), None
 
@@ -181,5 +198,10 @@ def audit_dp_sgd_one_run(
     )
     claimed = accounting.epsilon(event, delta, accountant=accountant)
     return one_run_audit(
-        scores, np.asarray(included), delta, confidence=confidence, claimed_epsilon=claimed, **guesses
+        scores,
+        np.asarray(included),
+        delta,
+        confidence=confidence,
+        claimed_epsilon=claimed,
+        **guesses,
     )
