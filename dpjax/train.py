@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ["TrainConfig", "TrainingDivergedError", "train", "register"]
+__all__ = ["TrainConfig", "TrainingDivergedError", "train", "load_trained", "register"]
 
 
 class TrainingDivergedError(FloatingPointError):
@@ -53,6 +53,12 @@ class TrainConfig:
     secure: bool = False  # keys from OS entropy instead of seed
 
 
+def _digest(tree: Any) -> str:
+    from dpjax.checkpoint import _digest, _to_storable
+
+    return _digest(_to_storable(tree)[0])
+
+
 def _validate_config(cfg: TrainConfig) -> None:
     from dpjax import _validate
 
@@ -78,9 +84,11 @@ def _validate_config(cfg: TrainConfig) -> None:
         raise ValueError("resume and checkpoint_every need checkpoint_dir")
 
 
-def train(cfg: TrainConfig) -> dict[str, Any]:
+def train(cfg: TrainConfig, *, _load_only: bool = False) -> dict[str, Any]:
     """Runs private training; returns the run record (also written as JSON)."""
     _validate_config(cfg)
+    if _load_only and not (cfg.resume and cfg.checkpoint_dir):
+        raise ValueError("loading needs resume=True and checkpoint_dir")
     t_start = time.perf_counter()
     import jax
     import jax.numpy as jnp
@@ -91,9 +99,9 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
 
     import dpjax
     from dpjax import accounting, models
-    from dpjax.data.digits import load_digits
+    from dpjax.data import digits
 
-    data = load_digits()
+    data = digits.load_digits()
     n = len(data.y_train)
     if cfg.batch_size > n:
         raise ValueError(
@@ -216,6 +224,9 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                 raise CheckpointMismatchError(
                     f"checkpoint step {start} holds a privacy state at step {count}"
                 )
+            if _load_only:
+                ckpt.close()
+                return {"model": model, "optimizer": optimizer, "metadata": meta}
         elif have is not None:
             raise ValueError(
                 f"checkpoint_dir {cfg.checkpoint_dir} already holds checkpoints (latest step "
@@ -328,6 +339,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         "wall_seconds": wall,
         "loop_seconds": time.perf_counter() - t_loop,
         "history": history,
+        "params_sha256": _digest(nnx.to_pure_dict(nnx.state(model))),
         "stopped_by_budget": stopped,
         "budget": None if budget is None else {"epsilon": budget.epsilon, "delta": budget.delta},
         "resumed_from": start if cfg.resume else None,
@@ -349,6 +361,32 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     out.write_text(json.dumps(record, indent=2))
     record["output"] = str(out)
     return record
+
+
+def load_trained(checkpoint_dir: str | Path) -> dict[str, Any]:
+    """The model and optimizer of the latest checkpoint a ``dpjax train`` run wrote.
+
+    Rebuilds them from the run configuration stored in the checkpoint and
+    restores them with every check of ``dpjax.checkpoint`` (structure,
+    privacy configuration, checksum). Returns ``{"model", "optimizer",
+    "metadata"}``; ``dpjax.privacy_spent(result["optimizer"].opt_state, delta)``
+    gives the privacy spent up to that checkpoint.
+    """
+    from dpjax.checkpoint import Checkpointer
+
+    with Checkpointer(checkpoint_dir) as ck:
+        meta = ck.read_metadata()
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    saved = {k: v for k, v in meta["extra"].get("config", {}).items() if k in fields}
+    cfg = dataclasses.replace(
+        TrainConfig(**saved),
+        checkpoint_dir=str(checkpoint_dir),
+        resume=True,
+        progress=False,
+        output=None,
+        budget_epsilon=None,
+    )
+    return train(cfg, _load_only=True)
 
 
 def _summary(r: dict[str, Any]) -> str:
