@@ -32,7 +32,9 @@ def test_round_trip_restores_arrays_and_typed_keys(tmp_path):
         assert jax.random.key_impl(got[k]) == jax.random.key_impl(s[k])
         np.testing.assert_array_equal(jax.random.key_data(got[k]), jax.random.key_data(s[k]))
     # The restored key draws the same numbers.
-    np.testing.assert_array_equal(jax.random.normal(got["key"], (4,)), jax.random.normal(s["key"], (4,)))
+    np.testing.assert_array_equal(
+        jax.random.normal(got["key"], (4,)), jax.random.normal(s["key"], (4,))
+    )
 
 
 def test_latest_and_max_to_keep(tmp_path):
@@ -98,7 +100,10 @@ def test_unfinished_save_is_not_a_checkpoint(tmp_path):
 
 
 def test_no_checkpoint_is_a_clear_error(tmp_path):
-    with Checkpointer(tmp_path) as ck, pytest.raises(CheckpointError, match="no complete checkpoint"):
+    with (
+        Checkpointer(tmp_path) as ck,
+        pytest.raises(CheckpointError, match="no complete checkpoint"),
+    ):
         ck.restore(_state())
 
 

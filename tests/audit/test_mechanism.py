@@ -18,7 +18,9 @@ def test_canary_scores_match_a_python_loop_over_trials():
     keys = jax.random.split(key, 2 * n)
     u = np.asarray(direction).ravel() / np.linalg.norm(np.asarray(direction))
     one = jax.jit(release)
-    ref = [float(np.asarray(one(keys[i], jnp.asarray(i < n), data)).ravel() @ u) for i in range(2 * n)]
+    ref = [
+        float(np.asarray(one(keys[i], jnp.asarray(i < n), data)).ravel() @ u) for i in range(2 * n)
+    ]
     np.testing.assert_allclose(np.concatenate([s_in, s_out]), ref, rtol=1e-5, atol=1e-6)
 
 

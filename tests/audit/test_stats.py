@@ -26,7 +26,9 @@ def _gaussian_dp_epsilon(mu, delta):
     """Exact epsilon of the Gaussian mechanism with shift mu (Dong, Roth, Su 2019)."""
 
     def d(eps):
-        return stats.norm.cdf(-eps / mu + mu / 2) - math.exp(eps) * stats.norm.cdf(-eps / mu - mu / 2)
+        return stats.norm.cdf(-eps / mu + mu / 2) - math.exp(eps) * stats.norm.cdf(
+            -eps / mu - mu / 2
+        )
 
     lo, hi = 0.0, 100.0
     for _ in range(200):
@@ -98,7 +100,10 @@ def _p_value_naive(m, r, v, eps, delta):
     return min(1.0, tail + 2 * m * delta * best)
 
 
-@pytest.mark.parametrize("m, r, v, eps, delta", [(100, 40, 30, 0.5, 0.0), (1000, 200, 150, 1.0, 1e-5), (500, 50, 50, 2.0, 1e-3)])
+@pytest.mark.parametrize(
+    "m, r, v, eps, delta",
+    [(100, 40, 30, 0.5, 0.0), (1000, 200, 150, 1.0, 1e-5), (500, 50, 50, 2.0, 1e-3)],
+)
 def test_one_run_p_value_matches_the_theorem_written_as_a_loop(m, r, v, eps, delta):
     assert one_run_p_value(m, r, v, eps, delta) == pytest.approx(
         _p_value_naive(m, r, v, eps, delta), rel=1e-9, abs=1e-15
