@@ -153,21 +153,36 @@ def train(cfg: TrainConfig, *, _load_only: bool = False) -> dict[str, Any]:
     x_test, y_test = jnp.asarray(data.x_test), jnp.asarray(data.y_test)
     inner_step = dpjax.nnx.make_train_step(grad_fn)
 
-    @nnx.jit
-    def step(model, optimizer, k):
+    # A functional step under jax.jit over the split (model, optimizer) state:
+    # it compiles several times faster here than nnx.jit, and the data are
+    # arguments, not closed-over constants (which XLA would constant-fold).
+    graphdef, _ = nnx.split((model, optimizer))
+
+    @jax.jit
+    def step_fn(state, k, x_train, y_train):
+        model, optimizer = nnx.merge(graphdef, state)
         batch = sampler.sample(k)
-        return inner_step(
+        stats = inner_step(
             model, optimizer, x_train[batch.indices], y_train[batch.indices], mask=batch.mask
         )
-
-    @nnx.jit
-    def accuracy(model, x, y):
-        return jnp.mean((jnp.argmax(model(x), -1) == y).astype(jnp.float32))
-
-    @nnx.jit
-    def params_finite(model):
         leaves = jax.tree.leaves(nnx.state(model, nnx.Param))
-        return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
+        finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
+        return nnx.state((model, optimizer)), stats, finite
+
+    def step(model, optimizer, k, x_train, y_train):
+        state, stats, finite = step_fn(nnx.state((model, optimizer)), k, x_train, y_train)
+        nnx.update((model, optimizer), state)
+        return stats, finite
+
+    model_def, _ = nnx.split(model)
+
+    @jax.jit
+    def accuracy_fn(state, x, y):
+        logits = nnx.merge(model_def, state)(x)
+        return jnp.mean((jnp.argmax(logits, -1) == y).astype(jnp.float32))
+
+    def accuracy(model, x, y):
+        return accuracy_fn(nnx.state(model), x, y)
 
     history: list[dict[str, Any]] = []
     start = 0
@@ -276,11 +291,11 @@ def train(cfg: TrainConfig, *, _load_only: bool = False) -> dict[str, Any]:
                 except BudgetExceededError as e:
                     stopped = str(e)
                     break
-            stats = step(model, optimizer, sample_keys[t])
+            stats, finite = step(model, optimizer, sample_keys[t], x_train, y_train)
             all_bad = int(stats.num_nonfinite) > 0 and int(stats.num_nonfinite) == int(
                 stats.batch_size
             )
-            if all_bad or not bool(params_finite(model)):
+            if all_bad or not bool(finite):
                 raise TrainingDivergedError(
                     f"training diverged at step {t + 1}: non-finite "
                     f"{'losses for the whole batch' if all_bad else 'parameters'}; "

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dpjax.checkpoint import CheckpointError, Checkpointer, CheckpointMismatchError
+from dpjax.checkpoint import Checkpointer, CheckpointError, CheckpointMismatchError
 
 PRIVACY = {"noise_multiplier": 1.1, "sampling_rate": 0.01, "l2_clip": 1.0}
 
