@@ -94,8 +94,10 @@ def canary_scores(
     num_trials = _validate.positive_int("num_trials", num_trials)
     chunk_size = _validate.positive_int("chunk_size", chunk_size)
     u = _flat(direction)
-    norm = jnp.linalg.norm(u)
-    u = u / jnp.where(norm > 0, norm, jnp.ones_like(norm))
+    norm = float(jnp.linalg.norm(u))
+    if not (norm > 0 and np.isfinite(norm)):
+        raise ValueError(f"direction must be a finite, non-zero vector, got norm {norm}")
+    u = u / jnp.asarray(norm, u.dtype)
 
     # A chunk size that divides the trials: lax.map then compiles one body, not two.
     chunks = -(-2 * num_trials // chunk_size)

@@ -46,6 +46,8 @@ def test_bad_input_is_a_clear_error():
         audit_dp_sgd(None, noise_multiplier=1.0)
     with pytest.raises(ValueError, match="noise_multiplier must be > 0"):
         audit_dp_sgd(jax.random.key(0), noise_multiplier=-1.0)
+    with pytest.raises(ValueError, match="non-zero"):
+        canary_scores(lambda k, c, d: jnp.zeros(2), jnp.zeros(2), jax.random.key(0), 4)
 
 
 @pytest.mark.slow
