@@ -1,14 +1,12 @@
 """Privacy budget enforcement and secure keys."""
 
-import json
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 import dpjax
-from dpjax import accounting, cli
+from dpjax import accounting
 from dpjax.budget import BudgetExceededError, PrivacyBudget
 from dpjax.random import secure_key
 
@@ -65,26 +63,6 @@ def test_budget_bad_input():
     state = dpjax.add_noise(dpjax.Sensitivity(1.0), 1.0, 10.0, jax.random.key(0)).init(jnp.zeros(2))
     with pytest.raises(ValueError, match="sampling rate"):
         PrivacyBudget(1.0, 1e-5).check(state)
-
-
-def test_cli_train_ends_at_the_budget_and_says_so(tmp_path, capsys):
-    out = tmp_path / "run.json"
-    argv = ["train", "--model", "mlp", "--epochs", "2", "--no-progress", "--secure"]
-    rc = cli.main([*argv, "--budget-epsilon", "2.0", "--output", str(out)])
-    assert rc == 0
-    text = capsys.readouterr().out
-    assert "stopped at the privacy budget" in text and "the step was not run" in text
-    rec = json.loads(out.read_text())
-    assert rec["epsilon"] <= 2.0 and rec["steps"] < 23
-    q, sigma = rec["sampling_rate"], rec["noise_multiplier"]
-    acct_delta = 1e-5 - (rec["steps"] + 1) * np_f32_up(rec)
-    assert _eps(sigma, q, rec["steps"] + 1, acct_delta) > 2.0  # the refused step
-    assert rec["config"]["secure"] is True
-
-
-def np_f32_up(rec):
-    # The per-step truncation probability as the optimizer state rounds it (up).
-    return float(dpjax.PoissonSampler(1437, rec["sampling_rate"]).truncation_prob) * (1 + 1e-6)
 
 
 def _noise_run(key, steps=8, d=4096):

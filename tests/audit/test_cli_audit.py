@@ -61,18 +61,3 @@ def test_audit_mia_writes_report_and_plot(tmp_path, capsys):
 def test_train_new_flags_bad_input(argv, match, capsys):
     assert cli.main(["train", "--no-progress", *argv]) == 2
     assert re.search(match, capsys.readouterr().err)
-
-
-def test_train_resume_from_another_runs_checkpoint_is_refused(tmp_path, capsys):
-    import jax.numpy as jnp
-
-    from dpjax.checkpoint import Checkpointer
-
-    d = tmp_path / "ck"
-    with Checkpointer(d) as ck:  # a checkpoint of something else entirely
-        ck.save(3, {"w": jnp.zeros(2)}, extra={"run": None})
-    rc = cli.main(
-        ["train", "--no-progress", "--model", "mlp", "--checkpoint-dir", str(d), "--resume"]
-    )
-    assert rc == 2
-    assert "another run configuration" in capsys.readouterr().err

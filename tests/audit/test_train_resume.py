@@ -1,5 +1,8 @@
 """Kill, interrupt, diverge, run out of memory, resume: same parameters, same epsilon.
 
+(One test function, so that the compiled code and the warm JAX runtime are
+shared; it ends with the privacy budget on the same training setup.)
+
 One scenario, in order, on one checkpoint directory, against an uninterrupted
 run with the same seed: a real SIGKILL of a ``dpjax train`` subprocess, a
 KeyboardInterrupt, a NaN loss and an out-of-memory error at the first step
@@ -7,6 +10,7 @@ after resuming; each leaves the last checkpoint intact and loadable, and the
 final resume reaches bit-identical parameters and the same epsilon.
 """
 
+import json
 import os
 import signal
 import subprocess
@@ -20,6 +24,7 @@ import pytest
 import tqdm.auto
 
 import dpjax
+from dpjax import accounting, cli
 from dpjax.checkpoint import Checkpointer, CheckpointMismatchError
 from dpjax.train import TrainConfig, TrainingDivergedError, load_trained, train
 
@@ -84,7 +89,7 @@ class _InterruptAfter5(tqdm.auto.tqdm):
 
 @pytest.mark.slow
 def test_killed_interrupted_and_failed_runs_resume_to_the_uninterrupted_result(
-    tmp_path, monkeypatch
+    tmp_path, monkeypatch, capsys
 ):
     d = tmp_path / "run"
     thread, killed = _start_and_kill_mid_run(d, tmp_path / "killed.json")
@@ -102,6 +107,9 @@ def test_killed_interrupted_and_failed_runs_resume_to_the_uninterrupted_result(
         train(_cfg(tmp_path, "run"))
     with pytest.raises(CheckpointMismatchError, match="privacy configuration"):
         train(_cfg(tmp_path, "run", resume=True, noise_multiplier=0.5))
+    base = ["train", "--model", "mlp", "--epochs", str(EPOCHS), "--seed", "3", "--no-progress"]
+    rc = cli.main([*base, "--lr", "0.5", "--checkpoint-dir", str(d), "--resume"])
+    assert rc == 2 and "another run configuration" in capsys.readouterr().err
 
     # KeyboardInterrupt five steps into the resumed run.
     with monkeypatch.context() as m:
@@ -147,3 +155,15 @@ def test_killed_interrupted_and_failed_runs_resume_to_the_uninterrupted_result(
     assert rec["params_sha256"] == ref["params_sha256"]
     assert _latest(d) == (ref_step, ref_sha)  # model, optimizer, keys, privacy state
     assert rec["history"] == ref["history"]
+
+    # The budget: the same setup under a smaller budget ends early, and says so.
+    out = tmp_path / "budget.json"
+    rc = cli.main([*base, "--secure", "--budget-epsilon", "1.5", "--output", str(out)])
+    text = capsys.readouterr().out
+    assert rc == 0 and "stopped at the privacy budget" in text and "not run" in text
+    b = json.loads(out.read_text())
+    assert b["epsilon"] <= 1.5 and 0 < b["steps"] < TOTAL and b["config"]["secure"]
+    q, sigma = b["sampling_rate"], b["noise_multiplier"]
+    trunc = float(np.float32(dpjax.PoissonSampler(1437, q).truncation_prob)) * (1 + 1e-6)
+    ev = accounting.SelfComposed(accounting.PoissonSampledGaussian(sigma, q), b["steps"] + 1)
+    assert accounting.epsilon(ev, 1e-5 - (b["steps"] + 1) * trunc) > 1.5  # the refused step
