@@ -12,10 +12,11 @@ accountant's, a broken one's rises above it.
 * ``one_run_audit`` / ``audit_dp_sgd_one_run``: one training run, many
   canaries (Steinke, Nasr, Jagielski 2023).
 * ``roc_curve``, ``lira_offline_scores``, ``membership_report``,
-  ``mia_digits``: membership inference on a trained model (loss threshold,
+  ``mia_digits``, ``mia_checkpoint``: membership inference on a trained model (loss threshold,
   offline LiRA; Carlini et al. 2022).
 """
 
+from dpjax.audit.experiment import mia_checkpoint as mia_checkpoint
 from dpjax.audit.experiment import mia_digits as mia_digits
 from dpjax.audit.mechanism import VARIANTS as VARIANTS
 from dpjax.audit.mechanism import MechanismAudit as MechanismAudit
@@ -56,6 +57,7 @@ __all__ = [
     "logit_confidence",
     "loss_threshold_scores",
     "membership_report",
+    "mia_checkpoint",
     "mia_digits",
     "one_run_audit",
     "one_run_epsilon",

@@ -3,7 +3,8 @@
   dpjax audit step      many runs of one DP-SGD step (or k), with/without a canary
   dpjax audit selftest  the correct step and three deliberately broken ones
   dpjax audit one-run   one training run with many random canaries
-  dpjax audit mia       membership inference (loss threshold, offline LiRA) on digits
+  dpjax audit mia       membership inference (loss threshold, offline LiRA) on digits,
+                        or on a model ``dpjax train --checkpoint-dir`` saved
 
 Exit status: 0 when every audit agrees with its claim (and, for selftest,
 every broken variant is caught), 1 otherwise.
@@ -124,9 +125,21 @@ def _one_run(args: argparse.Namespace) -> int:
 
 
 def _mia(args: argparse.Namespace) -> int:
-    from dpjax.audit.experiment import mia_digits
+    from dpjax.audit.experiment import mia_checkpoint, mia_digits
 
     out = Path(args.output_dir)
+    if args.checkpoint_dir:
+        rep = mia_checkpoint(args.checkpoint_dir, plot=out / "mia_roc.png")
+        r = rep["loss threshold"]
+        print(
+            f"dpjax audit mia: {rep['model']} from {args.checkpoint_dir} (step "
+            f"{rep['checkpoint_step']}, epsilon = {rep['epsilon']:.3f}), {rep['members']} "
+            f"members / {rep['non_members']} non-members\n"
+            f"  loss threshold  AUC {r['auc']:.3f}  TPR@0.1%FPR {r['tpr_at_0.1%_fpr']:.4f}  "
+            f"TPR@1%FPR {r['tpr_at_1%_fpr']:.4f}\n  plot            {rep['plot']}"
+        )
+        _write(str(out / "mia_report.json"), rep)
+        return 0
     rep = mia_digits(
         _key(args.seed),
         model=args.model,
@@ -203,6 +216,11 @@ def register(subparsers: Any) -> None:
     s.add_argument("--delta", type=float, default=1e-5)
     s.add_argument("--shadows", type=int, default=4)
     s.add_argument("--seed", type=int, default=0)
+    s.add_argument(
+        "--checkpoint-dir",
+        default=None,
+        help="attack the model a `dpjax train --checkpoint-dir` run saved (loss threshold)",
+    )
     s.add_argument("--output-dir", default="runs/audit", help="report and plot go here")
     s.set_defaults(func=_mia)
 

@@ -188,3 +188,48 @@ def mia_digits(
         }
     )
     return report
+
+
+def mia_checkpoint(checkpoint_dir: str | Path, *, plot: str | Path | None = None) -> dict[str, Any]:
+    """Loss-threshold membership inference on a model ``dpjax train`` checkpointed.
+
+    Members are the digits training split the run trained on, non-members the
+    held-out test split. (Offline LiRA needs shadow models trained the same
+    way; ``mia_digits`` runs that experiment end to end.)
+
+    Returns:
+      A JSON-able report with AUC and TPR at 0.1% / 1% FPR, the checkpoint
+      step and the epsilon spent up to it (at the run's delta).
+    """
+    import optax
+
+    from dpjax.data.digits import load_digits
+    from dpjax.privacy import privacy_spent
+    from dpjax.train import load_trained
+
+    out = load_trained(checkpoint_dir)
+    model, meta = out["model"], out["metadata"]
+    d = load_digits()
+
+    def losses(x, y):
+        logits = model(jnp.asarray(x))
+        return np.asarray(optax.softmax_cross_entropy_with_integer_labels(logits, jnp.asarray(y)))
+
+    report = mia.membership_report(
+        {"loss threshold": mia.loss_threshold_scores(losses(d.x_train, d.y_train))},
+        {"loss threshold": mia.loss_threshold_scores(losses(d.x_test, d.y_test))},
+        plot=plot,
+    )
+    delta = float(meta["extra"]["config"]["delta"])
+    spent = privacy_spent(out["optimizer"].opt_state, float(meta["privacy"]["accountant_delta"]))
+    report.update(
+        {
+            "members": len(d.y_train),
+            "non_members": len(d.y_test),
+            "checkpoint_step": meta["step"],
+            "epsilon": spent.epsilon,
+            "delta": delta,
+            "model": meta["extra"]["config"]["model"],
+        }
+    )
+    return report
