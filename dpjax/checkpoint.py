@@ -1,0 +1,302 @@
+"""Atomic checkpoints of a private training run, refused when they do not match.
+
+A checkpoint holds, in one orbax step directory: the model and optimizer
+states (the optimizer state carries the privacy state -- ``DPNoiseState``'s
+step count, noise key and privacy parameters -- so parameters and privacy
+spent are saved together and cannot drift apart), any other PRNG keys, and
+JSON metadata: the step, a description of the state's structure (paths,
+shapes, dtypes), the privacy configuration and its hash, and a SHA-256 of
+every array's bytes.
+
+Writes are atomic: orbax writes into a temporary directory and renames it
+when complete, so a crash or kill mid-save leaves the previous checkpoint as
+the latest one. Restores verify the structure, the privacy configuration and
+the checksum before handing anything back.
+
+Typed PRNG keys are stored as their key data (``jax.random.key_data``) and
+rewrapped with the template's implementation on restore. Anyone holding a
+checkpoint holds the noise key and can reproduce future noise: keep
+checkpoints as private as the training data.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+
+from dpjax import _validate
+
+__all__ = [
+    "CheckpointError",
+    "CheckpointMismatchError",
+    "Checkpointer",
+    "config_hash",
+    "describe_tree",
+]
+
+PyTree = Any
+FORMAT_VERSION = 1
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, unreadable or corrupted."""
+
+
+class CheckpointMismatchError(CheckpointError):
+    """A checkpoint belongs to another model or another privacy configuration."""
+
+
+def _is_key(x: Any) -> bool:
+    return isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
+
+
+def _path_str(path) -> str:
+    return jax.tree_util.keystr(path, simple=True, separator="/")
+
+
+def config_hash(config: dict[str, Any]) -> str:
+    """SHA-256 of a JSON-able configuration, keys sorted (stable across runs).
+
+    >>> config_hash({"b": 1, "a": 0.5}) == config_hash({"a": 0.5, "b": 1})
+    True
+    """
+    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
+
+
+def _to_storable(tree: PyTree) -> tuple[PyTree, dict[str, str]]:
+    """Typed keys -> key data; returns the tree and {path: key impl}."""
+    impls: dict[str, str] = {}
+
+    def conv(path, x):
+        if _is_key(x):
+            impls[_path_str(path)] = str(jax.random.key_impl(x))
+            return np.asarray(jax.random.key_data(x))
+        return np.asarray(x)
+
+    return jax.tree_util.tree_map_with_path(conv, tree), impls
+
+
+def describe_tree(tree: PyTree) -> list[list[str]]:
+    """``[path, shape, dtype]`` of every leaf (typed keys as their key data)."""
+    storable, impls = _to_storable(tree)
+    out = []
+    for path, x in jax.tree_util.tree_flatten_with_path(storable)[0]:
+        p = _path_str(path)
+        dtype = f"key<{impls[p]}>" if p in impls else str(x.dtype)
+        out.append([p, str(tuple(x.shape)), dtype])
+    return out
+
+
+def _digest(storable: PyTree) -> str:
+    h = hashlib.sha256()
+    for path, x in jax.tree_util.tree_flatten_with_path(storable)[0]:
+        a = np.ascontiguousarray(np.asarray(x))
+        h.update(_path_str(path).encode())
+        h.update(str(a.dtype).encode())
+        h.update(str(a.shape).encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def _first_difference(expected: list, found: list) -> str:
+    for e, f in zip(expected, found, strict=False):
+        if e != f:
+            return f"expected leaf {e}, checkpoint has {f}"
+    return f"expected {len(expected)} arrays, checkpoint has {len(found)}"
+
+
+class Checkpointer:
+    """Saves and restores complete training states under one directory.
+
+    Args:
+      directory: where step directories go (created if absent).
+      max_to_keep: the newest checkpoints kept, >= 1.
+
+    Example:
+      >>> import tempfile, jax, jax.numpy as jnp
+      >>> ckpt = Checkpointer(tempfile.mkdtemp())
+      >>> state = {"w": jnp.ones(3), "key": jax.random.key(0)}
+      >>> ckpt.save(5, state, privacy={"noise_multiplier": 1.0})
+      >>> restored, meta = ckpt.restore(state, privacy={"noise_multiplier": 1.0})
+      >>> meta["step"], bool((restored["w"] == 1).all())
+      (5, True)
+      >>> ckpt.close()
+    """
+
+    def __init__(self, directory: str | Path, *, max_to_keep: int = 3):
+        import orbax.checkpoint as ocp
+
+        self._ocp = ocp
+        self.directory = Path(directory).absolute()
+        max_to_keep = _validate.positive_int("max_to_keep", max_to_keep)
+        logging.getLogger("absl").setLevel(logging.WARNING)
+        self._manager = ocp.CheckpointManager(
+            self.directory,
+            options=ocp.CheckpointManagerOptions(
+                max_to_keep=max_to_keep, enable_async_checkpointing=False, create=True
+            ),
+        )
+
+    def close(self) -> None:
+        self._manager.close()
+
+    def __enter__(self) -> Checkpointer:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def steps(self) -> list[int]:
+        """Steps of the complete checkpoints on disk, oldest first."""
+        self._manager.reload()
+        return sorted(self._manager.all_steps())
+
+    def latest_step(self) -> int | None:
+        steps = self.steps()
+        return steps[-1] if steps else None
+
+    def save(
+        self,
+        step: int,
+        state: PyTree,
+        *,
+        privacy: dict[str, Any] | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
+        """Writes ``state`` as checkpoint ``step``, atomically.
+
+        Args:
+          step: the training step the state is at (the number of steps taken).
+          state: a pytree of arrays (typed keys allowed).
+          privacy: the privacy configuration (JSON-able); its hash is checked
+            on restore.
+          extra: other JSON-able metadata (the run configuration).
+        """
+        step = _validate.non_negative_int("step", step)
+        storable, impls = _to_storable(jax.device_get(state))
+        meta = {
+            "format": FORMAT_VERSION,
+            "step": step,
+            "structure": describe_tree(state),
+            "key_impls": impls,
+            "privacy": privacy or {},
+            "privacy_hash": config_hash(privacy or {}),
+            "sha256": _digest(storable),
+            "extra": extra or {},
+        }
+        ocp = self._ocp
+        self._manager.save(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardSave(storable), meta=ocp.args.JsonSave(meta)
+            ),
+            force=True,
+        )
+        self._manager.wait_until_finished()
+
+    def read_metadata(self, step: int | None = None) -> dict[str, Any]:
+        """The JSON metadata of checkpoint ``step`` (default: the latest)."""
+        step = self._resolve(step)
+        ocp = self._ocp
+        try:
+            out = self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+            meta = dict(out["meta"])
+        except Exception as e:  # orbax raises many kinds on damaged files
+            raise CheckpointError(
+                f"checkpoint step {step} in {self.directory} is corrupted or unreadable "
+                f"(metadata): {type(e).__name__}: {e}"
+            ) from e
+        if meta.get("format") != FORMAT_VERSION:
+            raise CheckpointError(
+                f"checkpoint step {step}: unknown format {meta.get('format')!r} "
+                f"(expected {FORMAT_VERSION})"
+            )
+        return meta
+
+    def _resolve(self, step: int | None) -> int:
+        steps = self.steps()
+        if not steps:
+            raise CheckpointError(f"no complete checkpoint in {self.directory}")
+        if step is None:
+            return steps[-1]
+        if step not in steps:
+            raise CheckpointError(
+                f"no checkpoint for step {step} in {self.directory}; have {steps}"
+            )
+        return step
+
+    def restore(
+        self,
+        template: PyTree,
+        *,
+        step: int | None = None,
+        privacy: dict[str, Any] | None = None,
+    ) -> tuple[PyTree, dict[str, Any]]:
+        """Loads checkpoint ``step`` (default: the latest) shaped like ``template``.
+
+        Args:
+          template: a state with the expected structure, shapes and dtypes
+            (a freshly initialized one); typed keys in it are restored as
+            typed keys of the same implementation.
+          step: which checkpoint.
+          privacy: the expected privacy configuration; a checkpoint written
+            under another one is refused.
+
+        Returns:
+          ``(state, metadata)``.
+
+        Raises:
+          CheckpointMismatchError: another model structure or privacy config.
+          CheckpointError: no checkpoint, or a corrupted one (checksum or
+            file damage).
+        """
+        step = self._resolve(step)
+        meta = self.read_metadata(step)
+        expected = describe_tree(template)
+        if meta["structure"] != expected:
+            raise CheckpointMismatchError(
+                f"checkpoint step {step} in {self.directory} holds another model/optimizer "
+                f"structure: {_first_difference(expected, meta['structure'])}"
+            )
+        if privacy is not None and meta["privacy_hash"] != config_hash(privacy):
+            diff = {
+                k: (meta["privacy"].get(k), privacy.get(k))
+                for k in sorted(set(privacy) | set(meta["privacy"]))
+                if meta["privacy"].get(k) != privacy.get(k)
+            }
+            raise CheckpointMismatchError(
+                f"checkpoint step {step} in {self.directory} was written under another privacy "
+                f"configuration (checkpoint, now): {diff}; resuming would mis-account privacy"
+            )
+        storable_t, impls = _to_storable(jax.device_get(template))
+        abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), storable_t)
+        ocp = self._ocp
+        try:
+            out = self._manager.restore(
+                step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract))
+            )
+            loaded = jax.tree.map(np.asarray, out["state"])
+        except Exception as e:
+            raise CheckpointError(
+                f"checkpoint step {step} in {self.directory} is corrupted or unreadable: "
+                f"{type(e).__name__}: {e}"
+            ) from e
+        if _digest(loaded) != meta["sha256"]:
+            raise CheckpointError(
+                f"checkpoint step {step} in {self.directory} is corrupted: checksum mismatch"
+            )
+
+        def back(path, x, t):
+            p = _path_str(path)
+            if p in impls:
+                return jax.random.wrap_key_data(x, impl=jax.random.key_impl(t))
+            return jax.numpy.asarray(x)
+
+        state = jax.tree_util.tree_map_with_path(back, loaded, template)
+        return state, meta

@@ -1,0 +1,54 @@
+"""Keys seeded from the operating system's entropy (the ``secure`` option).
+
+``secure_key()`` draws the key data with :mod:`secrets` (the OS CSPRNG,
+``getrandom``/``/dev/urandom``), so no seed exists that an attacker could
+guess, log or reuse, and two runs never share noise except with negligible
+probability.
+
+Trade-offs, stated plainly:
+
+* JAX's PRNG (Threefry-2x32 by default, or ``rbg``) is a counter-based
+  generator designed for statistical quality and reproducibility, not a
+  certified cryptographically secure PRNG; seeding it from the OS makes the
+  key unpredictable, it does not make the generator a CSPRNG. Threefry keys
+  carry 64 bits of entropy (``impl="threefry2x32"``); ``rbg`` keys 128.
+* Noise is drawn in floating point, which leaks through its low-order bits
+  in principle (Mironov 2012, On Significance of the Least Significant Bits
+  for Differential Privacy); data releases should use ``dpjax.mechanisms``.
+* A secure run is not reproducible from a seed. Its key lives in the
+  optimizer state and in checkpoints, which therefore must be protected like
+  the data: whoever holds the key can recompute (and subtract) the noise.
+"""
+
+from __future__ import annotations
+
+import secrets
+
+import jax
+import numpy as np
+
+__all__ = ["secure_key"]
+
+_KEY_WORDS = {"threefry2x32": 2, "rbg": 4, "unsafe_rbg": 4}
+
+
+def secure_key(impl: str = "threefry2x32") -> jax.Array:
+    """A typed PRNG key whose data comes from the OS entropy source.
+
+    Args:
+      impl: the JAX PRNG implementation: ``"threefry2x32"`` (64-bit key) or
+        ``"rbg"`` (128-bit key).
+
+    Returns:
+      A typed key (``jax.random.key``-like) of that implementation.
+
+    Example:
+      >>> import jax
+      >>> k1, k2 = secure_key(), secure_key()
+      >>> bool((jax.random.key_data(k1) != jax.random.key_data(k2)).any())
+      True
+    """
+    if impl not in _KEY_WORDS:
+        raise ValueError(f"impl must be one of {tuple(_KEY_WORDS)}, got {impl!r}")
+    words = np.frombuffer(secrets.token_bytes(4 * _KEY_WORDS[impl]), dtype=np.uint32)
+    return jax.random.wrap_key_data(words.copy(), impl=impl)

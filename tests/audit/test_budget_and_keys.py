@@ -1,0 +1,107 @@
+"""Privacy budget enforcement and secure keys."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import dpjax
+from dpjax import accounting
+from dpjax.budget import BudgetExceededError, PrivacyBudget
+from dpjax.random import secure_key
+
+
+def _tx(sigma=1.0, q=0.01, trunc=0.0, key=None):
+    return dpjax.add_noise(
+        dpjax.Sensitivity(1.0),
+        sigma,
+        10.0,
+        jax.random.key(0) if key is None else key,
+        sampling_rate=q,
+        truncation_prob=trunc,
+    )
+
+
+def _eps(sigma, q, steps, delta):
+    ev = accounting.SelfComposed(accounting.PoissonSampledGaussian(sigma, q), steps)
+    return accounting.epsilon(ev, delta)
+
+
+def test_the_step_that_would_exceed_the_budget_is_refused_before_it_runs():
+    tx = _tx(sigma=1.0, q=0.05)
+    g = {"w": jnp.zeros(2)}
+    state = tx.init(g)
+    budget = PrivacyBudget(epsilon=1.5, delta=1e-5)
+    taken = 0
+    with pytest.raises(BudgetExceededError, match="would spend epsilon") as e:
+        for _ in range(10_000):
+            budget.check(state)
+            _, state = tx.update(g, state)
+            taken += 1
+    assert str(taken + 1) in str(e.value)
+    assert int(state.count) == taken  # the refused step changed nothing
+    # The accountant, step by step: the last step taken fits, the next does not.
+    assert _eps(1.0, 0.05, taken, 1e-5) <= 1.5 < _eps(1.0, 0.05, taken + 1, 1e-5)
+    assert budget.max_steps(state) == taken
+    assert dpjax.privacy_spent(state, 1e-5).epsilon <= 1.5
+
+
+def test_truncation_probability_is_charged_to_the_budget_delta():
+    state = _tx(sigma=2.0, q=0.01, trunc=2e-9).init({"w": jnp.zeros(2)})
+    plain = _tx(sigma=2.0, q=0.01).init({"w": jnp.zeros(2)})
+    b = PrivacyBudget(epsilon=2.0, delta=1e-5)
+    assert b.max_steps(state) < b.max_steps(plain)
+    want = _eps(2.0, 0.01, 1000, 1e-5 - 1000 * 2e-9)
+    assert b.epsilon_after(state, 1000) == pytest.approx(want, rel=1e-5)
+
+
+def test_budget_bad_input():
+    with pytest.raises(ValueError, match="epsilon must be > 0"):
+        PrivacyBudget(epsilon=0.0, delta=1e-5)
+    with pytest.raises(ValueError, match="delta must be in"):
+        PrivacyBudget(epsilon=1.0, delta=0.0)
+    state = dpjax.add_noise(dpjax.Sensitivity(1.0), 1.0, 10.0, jax.random.key(0)).init(jnp.zeros(2))
+    with pytest.raises(ValueError, match="sampling rate"):
+        PrivacyBudget(1.0, 1e-5).check(state)
+
+
+def _noise_run(key, steps=8, d=4096):
+    g = {"w": jnp.zeros(d)}
+    tx = _tx(key=key)
+    state = tx.init(g)
+    draws = []
+    for _ in range(steps):
+        out, state = tx.update(g, state)
+        draws.append(np.asarray(out["w"], np.float64))
+    return np.stack(draws)
+
+
+def test_two_secure_runs_never_share_noise():
+    # Every step's noise vector of one secure run against every step's of the
+    # other: never equal, never correlated beyond chance (6 standard errors).
+    a, b = _noise_run(secure_key()), _noise_run(secure_key())
+    corr = np.corrcoef(np.concatenate([a, b]))[:8, 8:]
+    assert np.max(np.abs(corr)) < 6 / np.sqrt(a.shape[1])
+    assert max(np.mean(x == y) for x in a for y in b) < 0.01
+    # Same-seed runs, by contrast, share all of it (so the test can fail).
+    c, d = _noise_run(jax.random.key(1)), _noise_run(jax.random.key(1))
+    np.testing.assert_array_equal(c, d)
+
+
+def test_secure_key_uses_os_entropy(monkeypatch):
+    import secrets
+
+    calls = []
+    real = secrets.token_bytes
+
+    def spy(n):
+        calls.append(n)
+        return real(n)
+
+    monkeypatch.setattr(secrets, "token_bytes", spy)
+    k = secure_key()
+    r = secure_key("rbg")
+    assert calls == [8, 16]
+    assert jax.random.key_data(k).shape == (2,) and jax.random.key_data(r).shape == (4,)
+    with pytest.raises(ValueError, match="impl must be one of"):
+        secure_key("md5")

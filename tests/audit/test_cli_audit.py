@@ -1,0 +1,63 @@
+"""``dpjax audit ...`` and the new ``dpjax train`` flags, through the command line."""
+
+import json
+import re
+
+import pytest
+
+from dpjax import cli
+from dpjax.audit.cli import main as audit_main
+
+
+def test_audit_of_poisson_steps_reports_bound_and_claim(tmp_path, capsys):
+    # Two Poisson-sampled steps (q = 0.5) at sigma = 1: the accountant claims 5.38.
+    out = tmp_path / "a.json"
+    argv = ["audit", "step", "--trials", "4000", "--steps", "2", "--sampling-rate", "0.5"]
+    rc = audit_main([*argv, "--output", str(out)])
+    text = capsys.readouterr().out
+    assert rc == 0, text
+    assert re.search(r"epsilon lower bound\s+[\d.]+\s+claimed\s+[\d.]+\s+ok", text)
+    rec = json.loads(out.read_text())
+    assert rec["consistent"] and rec["epsilon_lower_bound"] <= rec["claimed_epsilon"]
+
+
+@pytest.mark.parametrize(
+    "argv, match",
+    [
+        (["audit", "step", "--trials", "0"], "num_trials must be >= 1"),
+        (["audit", "step", "--noise-multiplier", "-1"], "noise_multiplier must be > 0"),
+        (["audit", "one-run", "--canaries", "0"], "num_canaries must be >= 1"),
+    ],
+)
+def test_audit_bad_input_is_a_clear_error(argv, match, capsys):
+    assert audit_main(argv) == 2
+    assert re.search(match, capsys.readouterr().err)
+
+
+@pytest.mark.slow
+def test_audit_mia_writes_report_and_plot(tmp_path, capsys):
+    rc = audit_main(
+        ["audit", "mia", "--epochs", "1", "--shadows", "2", "--output-dir", str(tmp_path)]
+    )
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "offline LiRA" in text and "TPR@0.1%FPR" in text
+    rep = json.loads((tmp_path / "mia_report.json").read_text())
+    for name in ("loss threshold", "offline LiRA"):
+        assert 0.0 <= rep[name]["auc"] <= 1.0
+        assert 0.0 <= rep[name]["tpr_at_0.1%_fpr"] <= rep[name]["tpr_at_1%_fpr"] <= 1.0
+    assert rep["members"] + rep["non_members"] == 1797 and rep["epsilon"] <= 3.0
+    assert (tmp_path / "mia_roc.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize(
+    "argv, match",
+    [
+        (["--resume"], "resume and checkpoint_every need checkpoint_dir"),
+        (["--checkpoint-every", "0", "--checkpoint-dir", "x"], "checkpoint_every must be >= 1"),
+        (["--budget-epsilon", "-1"], "budget_epsilon must be > 0"),
+    ],
+)
+def test_train_new_flags_bad_input(argv, match, capsys):
+    assert cli.main(["train", "--no-progress", *argv]) == 2
+    assert re.search(match, capsys.readouterr().err)
