@@ -22,9 +22,17 @@ if _ilu.find_spec("dpjax.kernels") is None:
     _spec.loader.exec_module(_mod)
 
 from dpjax import accounting as accounting  # noqa: E402
+from dpjax import anonymize as anonymize  # noqa: E402
+from dpjax import audit as audit  # noqa: E402
 from dpjax import linen as linen  # noqa: E402
+from dpjax import mechanisms as mechanisms  # noqa: E402
 from dpjax import models as models  # noqa: E402
 from dpjax import nnx as nnx  # noqa: E402
+from dpjax.budget import BudgetExceededError as BudgetExceededError  # noqa: E402
+from dpjax.budget import PrivacyBudget as PrivacyBudget  # noqa: E402
+from dpjax.checkpoint import Checkpointer as Checkpointer  # noqa: E402
+from dpjax.checkpoint import CheckpointError as CheckpointError  # noqa: E402
+from dpjax.checkpoint import CheckpointMismatchError as CheckpointMismatchError  # noqa: E402
 from dpjax.grad import ClippedGradFn as ClippedGradFn  # noqa: E402
 from dpjax.grad import ClipStats as ClipStats  # noqa: E402
 from dpjax.grad import Sensitivity as Sensitivity  # noqa: E402
@@ -35,6 +43,7 @@ from dpjax.optimizers import dp_chain as dp_chain  # noqa: E402
 from dpjax.optimizers import dp_sgd as dp_sgd  # noqa: E402
 from dpjax.privacy import PrivacySpent as PrivacySpent  # noqa: E402
 from dpjax.privacy import privacy_spent as privacy_spent  # noqa: E402
+from dpjax.random import secure_key as secure_key  # noqa: E402
 from dpjax.sampling import AccountingWarning as AccountingWarning  # noqa: E402
 from dpjax.sampling import Batch as Batch  # noqa: E402
 from dpjax.sampling import PoissonSampler as PoissonSampler  # noqa: E402
@@ -66,6 +75,15 @@ __all__ = [
     "dp_chain",
     "dp_sgd",
     "accounting",
+    "anonymize",
+    "audit",
+    "mechanisms",
+    "BudgetExceededError",
+    "PrivacyBudget",
+    "CheckpointError",
+    "CheckpointMismatchError",
+    "Checkpointer",
+    "secure_key",
     "linen",
     "models",
     "nnx",

@@ -14,7 +14,9 @@ import sys
 _SUBCOMMANDS: tuple[str, ...] = (
     "dpjax.train",
     "dpjax.accounting.cli",
+    "dpjax.mechanisms.cli",
     "dpjax.anonymize.cli",
+    "dpjax.audit.cli",
 )
 
 

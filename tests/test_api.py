@@ -33,6 +33,15 @@ EXPECTED = {
     "privacy_spent",
     "accounting",
     "models",
+    "anonymize",
+    "audit",
+    "mechanisms",
+    "BudgetExceededError",
+    "PrivacyBudget",
+    "CheckpointError",
+    "CheckpointMismatchError",
+    "Checkpointer",
+    "secure_key",
 }
 
 
