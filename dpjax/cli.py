@@ -10,6 +10,9 @@ import argparse
 import importlib
 import sys
 
+from dpjax.budget import BudgetExceededError
+from dpjax.checkpoint import CheckpointError
+
 # (module, attribute) of each subcommand's register function, in help order.
 _SUBCOMMANDS: tuple[str, ...] = (
     "dpjax.train",
@@ -35,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (ValueError, TypeError) as e:
+    except (ValueError, TypeError, BudgetExceededError, CheckpointError) as e:
         print(f"dpjax {args.command}: error: {e}", file=sys.stderr)
         return 2
 

@@ -28,12 +28,9 @@ import dataclasses
 import math
 
 from dpjax import _validate as V
+from dpjax.budget import BudgetExceededError  # one error for every budget in dpjax
 
 __all__ = ["PrivacyCost", "PrivacyFilter", "BudgetExceededError"]
-
-
-class BudgetExceededError(ValueError):
-    """Raised when a query's cost does not fit in what is left of the budget."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,7 +67,7 @@ class PrivacyFilter:
     >>> f.charge(PrivacyCost(epsilon=0.7))
     Traceback (most recent call last):
     ...
-    dpjax.mechanisms.budget.BudgetExceededError: query needs epsilon=0.7 but only 0.6 of 1 is left
+    dpjax.budget.BudgetExceededError: query needs epsilon=0.7 but only 0.6 of 1 is left
     """
 
     epsilon: float | None = None
