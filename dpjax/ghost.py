@@ -22,8 +22,10 @@ Li, Tramer, Liang, Hashimoto 2022, ghost norms).
 Known layers: ``nnx.Linear`` / ``nn.Dense`` (any number of leading axes),
 ``nnx.Conv`` / ``nn.Conv`` (1-3 spatial dims, ``feature_group_count=1``, no
 mask or input dilation, ``SAME``/``VALID``/explicit padding), ``nnx.Embed`` /
-``nn.Embed``. Norm layers and anything else take the per-example path (a norm
-layer's scale and bias are ``d`` numbers per example, as cheap as any kernel).
+``nn.Embed``, ``nnx.LayerNorm`` / ``nn.LayerNorm`` and ``nnx.RMSNorm`` /
+``nn.RMSNorm`` over the last axis (scale gradient ``sum_t x_hat_t b_t``, with
+``x_hat`` recomputed from the captured input). Anything else takes the
+per-example ``vmap`` path.
 
 Limitation: a known layer's parameters must reach the loss only through that
 layer's call. A parameter read directly elsewhere (for example a tied output
@@ -47,6 +49,7 @@ from flax import linen as nn
 from flax import nnx
 
 from dpjax.kernels import ghost as gk
+from dpjax.kernels.dtypes import wide_float
 
 PyTree = Any
 
@@ -104,7 +107,7 @@ class _Tape:
                 out.append((role, self.index[id(v)]))
         return tuple(out)
 
-    def layer(self, kind, roles, config, x, call):
+    def layer(self, kind, roles, config, x, call, act=None):
         if not roles:
             return call()
         if self.mode == "discover":
@@ -126,7 +129,7 @@ class _Tape:
             return out
         z = self.zs[self.active_count]
         self.active_count += 1
-        self.acts.append(x)
+        self.acts.append(x if act is None else act())
         return out + z
 
 
@@ -167,6 +170,37 @@ def _conv_config(mod, x) -> tuple[Any, ...] | None:
     return (ks, _bcast(mod.strides, nd), pad, _bcast(mod.kernel_dilation, nd))
 
 
+def _axes_last(axes) -> bool:
+    return axes in (-1, (-1,), [-1])
+
+
+def _norm_config(mod, kind: str, x, kwargs) -> tuple[Any, ...] | None:
+    """``(is_layer_norm, epsilon, use_fast_variance)`` for a supported norm layer."""
+    if (
+        kwargs.get("mask") is not None
+        or not _axes_last(getattr(mod, "reduction_axes", None))
+        or not _axes_last(getattr(mod, "feature_axes", None))
+        or getattr(mod, "axis_name", None) is not None
+        or jnp.ndim(x) < 1
+    ):
+        return None
+    return (kind == "layernorm", float(mod.epsilon), bool(getattr(mod, "use_fast_variance", True)))
+
+
+def _x_hat(x, config) -> jax.Array:
+    """The normalized input, as flax computes it (statistics in float32+, last axis)."""
+    is_layer, eps, fast = config
+    x = x.astype(wide_float(x.dtype))
+    if is_layer:
+        mean = jnp.mean(x, axis=-1, keepdims=True)
+        if fast:
+            var = jnp.maximum(0.0, jnp.mean(x * x, axis=-1, keepdims=True) - mean * mean)
+        else:
+            var = jnp.mean((x - mean) ** 2, axis=-1, keepdims=True)
+        return (x - mean) * jax.lax.rsqrt(var + eps)
+    return x * jax.lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + eps)
+
+
 def _value(v):
     return v.get_value() if isinstance(v, nnx.Variable) else v
 
@@ -182,13 +216,9 @@ def _nnx_call(kind: str, cls: type) -> Callable[..., Any]:
         if tape is None or type(self) is not cls or not args:
             return orig(self, *args, **kwargs)
         x = args[0]
-        if kind == "embed":
-            named = {"embedding": _value(self.embedding)}
-        else:
-            named = {"kernel": _value(self.kernel), "bias": _value(getattr(self, "bias", None))}
-        roles = tape.lookup(named)
-        config = _conv_config(self, x) if kind == "conv" else ()
-        return tape.layer(kind, roles, config, x, lambda: orig(self, *args, **kwargs))
+        names = _ROLES.get(kind, ("kernel", "bias"))
+        roles = tape.lookup({k: _value(getattr(self, k, None)) for k in names})
+        return _dispatch(tape, kind, self, roles, x, kwargs, lambda: orig(self, *args, **kwargs))
 
     return wrapped
 
@@ -205,8 +235,30 @@ def _nnx_attend(cls: type) -> Callable[..., Any]:
     return wrapped
 
 
-_NNX_KINDS = ((nnx.Linear, "dense"), (nnx.Conv, "conv"), (nnx.Embed, "embed"))
-_LINEN_KINDS = {nn.Dense: "dense", nn.Conv: "conv", nn.Embed: "embed"}
+_NNX_KINDS = (
+    (nnx.Linear, "dense"),
+    (nnx.Conv, "conv"),
+    (nnx.Embed, "embed"),
+    (nnx.LayerNorm, "layernorm"),
+    (nnx.RMSNorm, "rmsnorm"),
+)
+_LINEN_KINDS = {
+    nn.Dense: "dense",
+    nn.Conv: "conv",
+    nn.Embed: "embed",
+    nn.LayerNorm: "layernorm",
+    nn.RMSNorm: "rmsnorm",
+}
+_ROLES = {"embed": ("embedding",), "layernorm": ("scale", "bias"), "rmsnorm": ("scale",)}
+
+
+def _dispatch(tape: _Tape, kind: str, mod, roles, x, kwargs, call):
+    if kind in ("layernorm", "rmsnorm"):
+        config = _norm_config(mod, kind, x, kwargs)
+        act = None if config is None else (lambda: _x_hat(x, config))
+        return tape.layer("norm", roles, config, x, call, act)
+    config = _conv_config(mod, x) if kind == "conv" else ()
+    return tape.layer(kind, roles, config, x, call)
 
 
 def _linen_interceptor(next_fun, args, kwargs, context):
@@ -222,10 +274,8 @@ def _linen_interceptor(next_fun, args, kwargs, context):
     if not args:
         return next_fun(*args, **kwargs)
     x = args[0]
-    names = ("embedding",) if kind == "embed" else ("kernel", "bias")
-    roles = tape.lookup({k: params.get(k) for k in names})
-    config = _conv_config(mod, x) if kind == "conv" else ()
-    return tape.layer(kind, roles, config, x, lambda: next_fun(*args, **kwargs))
+    roles = tape.lookup({k: params.get(k) for k in _ROLES.get(kind, ("kernel", "bias"))})
+    return _dispatch(tape, kind, mod, roles, x, kwargs, lambda: next_fun(*args, **kwargs))
 
 
 @contextlib.contextmanager
@@ -286,6 +336,8 @@ def _site_method(s: Site, role: str) -> str:
         return "ghost:bias"
     if s.kind == "embed":
         return "ghost:embedding"
+    if s.kind == "norm":
+        return "ghost:norm-scale"
     if s.kind == "dense":
         t = math.prod(s.in_shape[:-1])
         d_in, d_out = s.in_shape[-1], s.out_shape[-1]
@@ -435,6 +487,8 @@ def ghost_parts(
                 sq[i] = gk.bias_sq_norms(b)
             elif s.kind == "embed":
                 sq[i] = gk.embedding_sq_norms(a, b, jnp.shape(leaves[i])[0])
+            elif s.kind == "norm":
+                sq[i] = gk.leaf_sq_norms(gk.norm_affine_grads(a, b)[0])
             else:
                 sq[i] = gk.dense_sq_norms(a, b)
 
@@ -452,6 +506,8 @@ def ghost_parts(
                     g = gk.bias_weighted_grad(b, weights[i])
                 elif s.kind == "embed":
                     g = gk.embedding_weighted_grad(a, b, weights[i], shape[0])
+                elif s.kind == "norm":
+                    g = gk.weighted_sum(gk.norm_affine_grads(a, b)[0], weights[i])
                 elif s.kind == "conv":
                     g = gk.conv_patch_grad_to_kernel(
                         gk.dense_weighted_grad(a, b, weights[i]), shape
