@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = {
     "cpu": {
         "gpt": dict(vocab=512, d=128, layers=2, heads=4, seq=64, batches=[8, 32]),
-        "mlp": dict(d_in=512, hidden=2048, depth=2, classes=10, batches=[32, 128]),
+        "mlp": dict(d_in=512, hidden=1024, depth=2, classes=10, batches=[32, 128]),
         "steps": 5,
     },
     "gpu": {
@@ -55,7 +55,10 @@ def build(model: str, cfg: dict):
                 self.heads = heads
                 self.ln1, self.ln2 = nnx.LayerNorm(d, rngs=rngs), nnx.LayerNorm(d, rngs=rngs)
                 self.q, self.k, self.v, self.o = (nnx.Linear(d, d, rngs=rngs) for _ in range(4))
-                self.fc1, self.fc2 = nnx.Linear(d, 4 * d, rngs=rngs), nnx.Linear(4 * d, d, rngs=rngs)
+                self.fc1, self.fc2 = (
+                    nnx.Linear(d, 4 * d, rngs=rngs),
+                    nnx.Linear(4 * d, d, rngs=rngs),
+                )
 
             def __call__(self, h):
                 b, t, d = h.shape
@@ -97,9 +100,8 @@ def build(model: str, cfg: dict):
         class WideMLP(nnx.Module):
             def __init__(self, d_in, hidden, depth, classes, rngs):
                 sizes = [d_in] + [hidden] * depth
-                self.layers = nnx.List(
-                    [nnx.Linear(a, b, rngs=rngs) for a, b in zip(sizes[:-1], sizes[1:])]
-                )
+                pairs = zip(sizes[:-1], sizes[1:], strict=True)
+                self.layers = nnx.List([nnx.Linear(a, b, rngs=rngs) for a, b in pairs])
                 self.head = nnx.Linear(hidden, classes, rngs=rngs)
 
             def __call__(self, x):
@@ -143,7 +145,9 @@ def run_case(spec: dict) -> dict:
     if spec["method"] == "nonprivate":
 
         def step(p, x, y):
-            g = jax.grad(lambda p: jnp.mean(jax.vmap(lambda xi, yi: loss(p, xi[None], yi[None]))(x, y)))(p)
+            g = jax.grad(
+                lambda p: jnp.mean(jax.vmap(lambda xi, yi: loss(p, xi[None], yi[None]))(x, y))
+            )(p)
             return jax.tree.map(lambda a, b: a - lr * b, p, g)
     else:
         fn = dpjax.clipped_grad(loss, 1.0, method=spec["method"])
@@ -264,17 +268,36 @@ def ratios(results: list[dict]) -> list[dict]:
     return rows
 
 
-def largest_fitting_batch(device: str, method: str, start: int, limit: int, budget: int) -> int:
-    """Doubles the batch while the compiled step's temp + argument bytes fit ``budget``."""
-    best, n = 0, start
-    while n <= limit:
-        r = subprocess_case(
-            dict(device=device, model="gpt", method=method, batch=n, compile_only=True), 240
+def fit_batches(device: str, budget: int) -> dict:
+    """Largest GPT batch whose compiled step fits ``budget`` bytes, per method.
+
+    The compiled step's temp + argument bytes grow linearly in the batch, so two
+    compile-only cases (batch 8 and 16) give the line; the ghost prediction at
+    8x the vmap maximum is then checked by compiling it.
+    """
+    out = {}
+    for method in ("vmap", "ghost"):
+        pts = []
+        for n in (8, 16):
+            r = subprocess_case(
+                dict(device=device, model="gpt", method=method, batch=n, compile_only=True), 240
+            )
+            if "error" in r:
+                return dict(out, error=r["error"])
+            pts.append(r["temp_bytes"] + r["arg_bytes"])
+        slope = max((pts[1] - pts[0]) / 8, 1.0)
+        out[method] = dict(
+            bytes_at_8=pts[0], bytes_at_16=pts[1], predicted_max=int(8 + (budget - pts[0]) / slope)
         )
-        if "error" in r or r["temp_bytes"] + r["arg_bytes"] > budget:
-            break
-        best, n = n, n * 2
-    return best
+    target = 8 * out["vmap"]["predicted_max"]
+    r = subprocess_case(
+        dict(device=device, model="gpt", method="ghost", batch=target, compile_only=True), 240
+    )
+    fits = "error" not in r and r["temp_bytes"] + r["arg_bytes"] <= budget
+    out["ghost_at_8x_vmap_max"] = dict(
+        batch=target, fits=fits, bytes=r.get("temp_bytes", -1) + r.get("arg_bytes", 0)
+    )
+    return out
 
 
 def write_markdown(path: Path, payload: dict) -> None:
@@ -293,7 +316,9 @@ def write_markdown(path: Path, payload: dict) -> None:
     ]
     for r in payload["rows"]:
         if "error" in r:
-            lines.append(f"| {r['model']} | {r['batch']} | {r['method']} | error: {r['error'][:80]} |")
+            lines.append(
+                f"| {r['model']} | {r['batch']} | {r['method']} | error: {r['error'][:80]} |"
+            )
             continue
         lines.append(
             f"| {r['model']} | {r['batch']} | {r['method']} | {r['step_s']:.4f} | "
@@ -301,7 +326,11 @@ def write_markdown(path: Path, payload: dict) -> None:
             f"{r['temp_mib']:.1f} | {r['temp_ratio']:.2f} |"
         )
     if "fit" in payload:
-        lines += ["", f"Largest batch that compiles within the device memory: {payload['fit']}"]
+        lines += [
+            "",
+            "Largest GPT batch within 90% of device memory (compiled sizes): "
+            + json.dumps(payload["fit"]),
+        ]
     lines += ["", *payload.get("notes", [])]
     path.write_text("\n".join(lines) + "\n")
 
@@ -321,7 +350,9 @@ def main() -> None:
     for model in args.models.split(","):
         for batch in CONFIGS[args.device][model]["batches"]:
             for method in ("nonprivate", "vmap", "ghost"):
-                r = subprocess_case(dict(device=args.device, model=model, method=method, batch=batch), 600)
+                r = subprocess_case(
+                    dict(device=args.device, model=model, method=method, batch=batch), 600
+                )
                 print(json.dumps({k: v for k, v in r.items() if k != "step_s_all"}), flush=True)
                 results.append(r)
     payload = dict(
@@ -340,14 +371,16 @@ def main() -> None:
         import jax
 
         budget = int(0.9 * (jax.devices()[0].memory_stats() or {}).get("bytes_limit", 80 * 2**30))
-        vm = largest_fitting_batch("gpu", "vmap", 4, 512, budget)
-        gh = largest_fitting_batch("gpu", "ghost", max(8 * vm, 8), 8 * max(8 * vm, 8), budget)
-        payload["fit"] = dict(vmap=vm, ghost_at_least=gh, ratio=(gh / vm if vm else None))
+        payload["fit"] = fit_batches("gpu", budget)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     name = "ghost.json" if args.device == "cpu" else "ghost_gpu.json"
     (out / name).write_text(json.dumps(payload, indent=1) + "\n")
-    md = ROOT / "benchmarks" / ("RESULTS_ghost.md" if args.device == "cpu" else "RESULTS_ghost_gpu.md")
+    md = (
+        ROOT
+        / "benchmarks"
+        / ("RESULTS_ghost.md" if args.device == "cpu" else "RESULTS_ghost_gpu.md")
+    )
     write_markdown(md, payload)
     print(f"wrote {out / name} and {md}")
 

@@ -64,7 +64,9 @@ class Site:
 
     kind: str  # "dense" | "conv" | "embed"
     roles: tuple[tuple[str, int], ...]  # (role, leaf index): kernel/bias/embedding
-    config: tuple[Any, ...] | None  # conv: (kernel_size, strides, padding, dilation); None = unsupported
+    config: (
+        tuple[Any, ...] | None
+    )  # conv: (kernel_size, strides, padding, dilation); None = unsupported
     in_shape: tuple[int, ...]  # per-example input shape
     out_shape: tuple[int, ...]  # per-example output shape
     out_dtype: Any
@@ -381,8 +383,7 @@ def discover(
         for _, i in s.roles:
             uses[i] = uses.get(i, 0) + 1
     active = tuple(
-        s.config is not None
-        and all(uses[i] == 1 and i not in tape.other_use for _, i in s.roles)
+        s.config is not None and all(uses[i] == 1 and i not in tape.other_use for _, i in s.roles)
         for s in tape.sites
     )
     methods = ["vmap"] * len(leaves)
@@ -397,7 +398,10 @@ def discover(
 
 def describe(plan: GhostPlan, params: PyTree) -> dict[str, str]:
     """``{parameter path: method}``, e.g. ``{"head/kernel": "ghost:dense-outer"}``."""
-    paths = ["/".join(_key_name(k) for k in p) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+    paths = [
+        "/".join(_key_name(k) for k in p)
+        for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]
+    ]
     paths = [p.removesuffix("/value") for p in paths]
     return dict(zip(paths, plan.methods, strict=True))
 

@@ -20,9 +20,9 @@ import jax.numpy as jnp
 
 from dpjax import _validate
 from dpjax.kernels import clip as clip_k
-from dpjax.kernels.dtypes import wide_float
 from dpjax.kernels import ghost as ghost_k
 from dpjax.kernels import per_example as pe
+from dpjax.kernels.dtypes import wide_float
 
 PyTree = Any
 

@@ -45,7 +45,7 @@ class NnxClippedGradFn:
         return fn(params, *batch, mask=mask)
 
     def plan(self, model: nnx.Module, *batch: Any) -> dict[str, str]:
-        """``{parameter path: method}`` for this model and batch shape (see ``ClippedGradFn.plan``)."""
+        """``{parameter path: method}`` for this model and batch (see ``ClippedGradFn.plan``)."""
         fn, params = self._bind(model)
         return fn.plan(params, *batch)
 

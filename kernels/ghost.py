@@ -119,7 +119,8 @@ def dense_weighted_grad(a: jax.Array, b: jax.Array, w: jax.Array) -> jax.Array:
 
 def bias_sq_norms(b: jax.Array) -> jax.Array:
     """Per-example ``||sum_t B_i[t]||^2`` for a bias added at every position, ``(n,)``."""
-    g = _ein("ntd->nd", _as_3d(b))
+    b = _as_3d(b)
+    g = jnp.sum(b, axis=1, dtype=_acc(b))
     return _ein("nd,nd->n", g, g)
 
 
@@ -209,7 +210,7 @@ def norm_affine_grads(x_hat: jax.Array, b: jax.Array) -> tuple[jax.Array, jax.Ar
     they are materialized (cheaper than any Gram form).
     """
     x_hat, b = _as_3d(x_hat), _as_3d(b)
-    return _ein("ntd,ntd->nd", x_hat, b), _ein("ntd->nd", b)
+    return _ein("ntd,ntd->nd", x_hat, b), jnp.sum(b, axis=1, dtype=_acc(b))
 
 
 def leaf_sq_norms(g: jax.Array) -> jax.Array:

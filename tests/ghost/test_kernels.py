@@ -13,7 +13,8 @@ TOL = dict(rtol=100 * EPS, atol=10 * EPS)
 
 def per_example_grads(f, w, xs, b):
     """Per-example gradient of <f(w, x_i), b_i> with respect to w, by autodiff."""
-    return jax.vmap(jax.grad(lambda w, x, bi: jnp.vdot(f(w, x), bi)), (None, 0, 0))(w, xs, b)
+    grad = jax.grad(lambda w, x, bi: jnp.vdot(f(w, x), bi))
+    return jax.jit(jax.vmap(grad, (None, 0, 0)))(w, xs, b)
 
 
 def sq(g):
@@ -116,5 +117,8 @@ def test_bf16_inputs_accumulate_in_float32(key):
         assert got.dtype == jnp.float32
         np.testing.assert_allclose(got, ref, rtol=1e-5)
     assert gk.dense_weighted_grad(a, b, w).dtype == jnp.float32
+    np.testing.assert_allclose(gk.bias_sq_norms(b), gk.bias_sq_norms(b.astype(jnp.float32)))
+    assert gk.bias_weighted_grad(b, w).dtype == jnp.float32
+    assert all(g.dtype == jnp.float32 for g in gk.norm_affine_grads(b, b))
     assert gk.leaf_sq_norms(a).dtype == jnp.float32
     assert gk.weighted_sum(a, w).dtype == jnp.float32
