@@ -36,8 +36,8 @@ CONFIGS = {
     "gpu": {
         # ~97M parameters: 12 x 7.1M blocks + 2 x 6.3M embedding / head.
         "gpt": dict(vocab=8192, d=768, layers=12, heads=12, seq=256, batches=[32]),
-        "mlp": dict(d_in=1024, hidden=4096, depth=3, classes=10, batches=[256]),
-        "steps": 10,
+        "mlp": dict(d_in=1024, hidden=4096, depth=3, classes=10, batches=[128]),
+        "steps": 8,
     },
 }
 
@@ -244,6 +244,19 @@ def machine(device: str) -> dict:
     return info
 
 
+def combine(runs: list[dict]) -> dict:
+    """Median step time and peak over the rounds of one case (errors if any round failed)."""
+    ok = [r for r in runs if "error" not in r]
+    if len(ok) < len(runs):
+        return next(r for r in runs if "error" in r)
+    out = dict(ok[0])
+    for k in ("step_s", "peak_bytes", "compile_s"):
+        out[k] = statistics.median(r[k] for r in ok)
+    out["step_s_rounds"] = [r["step_s"] for r in ok]
+    out["peak_bytes_rounds"] = [r["peak_bytes"] for r in ok]
+    return out
+
+
 def ratios(results: list[dict]) -> list[dict]:
     base = {
         (r["model"], r["batch"]): r
@@ -269,14 +282,14 @@ def ratios(results: list[dict]) -> list[dict]:
 
 
 def fit_batches(device: str, budget: int) -> dict:
-    """Largest GPT batch whose compiled step fits ``budget`` bytes, per method.
+    """The vmap path's largest GPT batch within ``budget`` bytes, and ghost at 8x that.
 
     The compiled step's temp + argument bytes grow linearly in the batch, so two
-    compile-only cases (batch 8 and 16) give the line; the ghost prediction at
-    8x the vmap maximum is then checked by compiling it.
+    compile-only cases (batch 8 and 16) give the vmap line; ghost clipping at
+    8x the predicted vmap maximum is then compiled and its size compared.
     """
     out = {}
-    for method in ("vmap", "ghost"):
+    for method in ("vmap",):
         pts = []
         for n in (8, 16):
             r = subprocess_case(
@@ -306,9 +319,10 @@ def write_markdown(path: Path, payload: dict) -> None:
         "",
         f"Machine: {json.dumps(payload['machine'])}",
         "",
-        f"Command: `{payload['command']}`. Each case ran in its own process; times are "
-        "medians of the timed steps; ratios are to the non-private step of the same "
-        "model and batch, measured in this run.",
+        f"Command: `{payload['command']}`. Each case ran in its own process, "
+        f"{payload['rounds']} interleaved rounds; s/step is the median over rounds of each "
+        "round's median timed step, peak the median over rounds; ratios are to the "
+        "non-private step of the same model and batch, measured in this run.",
         "",
         "| model | batch | method | s/step | time / non-private | peak MiB | peak / non-private "
         "| XLA temp MiB | temp / non-private |",
@@ -340,25 +354,31 @@ def main() -> None:
     ap.add_argument("--device", choices=["cpu", "gpu"], default="cpu")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     ap.add_argument("--models", default="gpt,mlp")
+    ap.add_argument("--rounds", type=int, default=3, help="subprocess runs per case (median)")
     ap.add_argument("--no-fit", action="store_true", help="GPU: skip the largest-batch search")
     ap.add_argument("--case", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.case:
         print(json.dumps(run_case(json.loads(args.case))))
         return
-    results = []
-    for model in args.models.split(","):
-        for batch in CONFIGS[args.device][model]["batches"]:
-            for method in ("nonprivate", "vmap", "ghost"):
-                r = subprocess_case(
-                    dict(device=args.device, model=model, method=method, batch=batch), 600
-                )
-                print(json.dumps({k: v for k, v in r.items() if k != "step_s_all"}), flush=True)
-                results.append(r)
+    specs = [
+        dict(device=args.device, model=model, method=method, batch=batch)
+        for model in args.models.split(",")
+        for batch in CONFIGS[args.device][model]["batches"]
+        for method in ("nonprivate", "vmap", "ghost")
+    ]
+    runs: list[list[dict]] = [[] for _ in specs]
+    for _ in range(args.rounds):  # interleaved rounds: load drifts hit every method alike
+        for spec, acc in zip(specs, runs, strict=True):
+            r = subprocess_case(spec, 600)
+            print(json.dumps({k: v for k, v in r.items() if k != "step_s_all"}), flush=True)
+            acc.append(r)
+    results = [combine(acc) for acc in runs]
     payload = dict(
         machine=machine(args.device),
         command="python benchmarks/ghost.py " + " ".join(sys.argv[1:]),
         configs=CONFIGS[args.device],
+        rounds=args.rounds,
         results=results,
         rows=ratios(results),
         notes=[

@@ -62,11 +62,11 @@ _LOCAL = threading.local()
 class Site:
     """One intercepted layer call, as seen in the discovery trace."""
 
-    kind: str  # "dense" | "conv" | "embed"
-    roles: tuple[tuple[str, int], ...]  # (role, leaf index): kernel/bias/embedding
-    config: (
-        tuple[Any, ...] | None
-    )  # conv: (kernel_size, strides, padding, dilation); None = unsupported
+    kind: str  # "dense" | "conv" | "embed" | "norm"
+    roles: tuple[tuple[str, int], ...]  # (role, leaf index): kernel/bias/embedding/scale
+    # conv: (kernel_size, strides, padding, dilation); norm: (is_layer_norm, eps,
+    # fast_variance); dense/embed: (); None: a configuration the kernels do not cover.
+    config: tuple[Any, ...] | None
     in_shape: tuple[int, ...]  # per-example input shape
     out_shape: tuple[int, ...]  # per-example output shape
     out_dtype: Any

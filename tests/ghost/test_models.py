@@ -179,3 +179,28 @@ def test_bad_method_raises():
         dpjax.clipped_grad(lambda p, x: jnp.sum(p * x), 1.0, method="fast")
     with pytest.raises(ValueError, match="compute_dtype must be a floating dtype"):
         dpjax.clipped_grad(lambda p, x: jnp.sum(p * x), 1.0, compute_dtype=jnp.int32)
+
+
+def test_nnx_private_train_step_with_ghost_equals_vmap(key):
+    x = jax.random.randint(key, (N, gm.T), 0, gm.VOCAB)
+    y = jax.random.randint(key, (N,), 0, gm.CLASSES)
+    loss = lambda m, xb, yb: gm.xent_logits(m(xb), yb)
+    states = {}
+    for method in ("vmap", "ghost"):
+        model = gm.Encoder(rngs=nnx.Rngs(0))
+        grad_fn = dpjax.nnx.clipped_grad(loss, 0.5, method=method)
+        tx = dpjax.dp_sgd(
+            0.1,
+            sensitivity=grad_fn,
+            noise_multiplier=0.5,
+            expected_batch_size=float(N),
+            sampling_rate=0.1,
+            key=jax.random.key(3),
+        )
+        opt = nnx.Optimizer(model, tx, wrt=nnx.Param)
+        step = nnx.jit(dpjax.nnx.make_train_step(grad_fn))
+        for _ in range(2):
+            stats = step(model, opt, x, y)
+        assert int(stats.batch_size) == N
+        states[method] = nnx.state(model, nnx.Param)
+    assert_tree_close(states["ghost"], states["vmap"], rtol=1e-4, atol=1e-5)
