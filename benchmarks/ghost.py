@@ -354,13 +354,17 @@ def main() -> None:
     ap.add_argument("--device", choices=["cpu", "gpu"], default="cpu")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     ap.add_argument("--models", default="gpt,mlp")
-    ap.add_argument("--rounds", type=int, default=3, help="subprocess runs per case (median)")
+    ap.add_argument("--rounds", type=int, help="subprocess runs per case (median); 3 CPU, 1 GPU")
     ap.add_argument("--no-fit", action="store_true", help="GPU: skip the largest-batch search")
     ap.add_argument("--case", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.case:
         print(json.dumps(run_case(json.loads(args.case))))
         return
+    if args.device == "gpu":  # the parent only reads device facts: never preallocate here
+        os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+    if args.rounds is None:
+        args.rounds = 3 if args.device == "cpu" else 1
     specs = [
         dict(device=args.device, model=model, method=method, batch=batch)
         for model in args.models.split(",")

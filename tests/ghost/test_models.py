@@ -181,6 +181,7 @@ def test_bad_method_raises():
         dpjax.clipped_grad(lambda p, x: jnp.sum(p * x), 1.0, compute_dtype=jnp.int32)
 
 
+@pytest.mark.slow
 def test_nnx_private_train_step_with_ghost_equals_vmap(key):
     x = jax.random.randint(key, (N, gm.T), 0, gm.VOCAB)
     y = jax.random.randint(key, (N,), 0, gm.CLASSES)
