@@ -20,7 +20,9 @@ import jax.numpy as jnp
 
 from dpjax import _validate
 from dpjax.kernels import clip as clip_k
+from dpjax.kernels import ghost as ghost_k
 from dpjax.kernels import per_example as pe
+from dpjax.kernels.dtypes import wide_float
 
 PyTree = Any
 
@@ -28,6 +30,10 @@ __all__ = ["Sensitivity", "ClipStats", "ClippedGradFn", "clipped_grad"]
 
 RELATIONS = ("add_remove", "replace_one")
 CLIPPINGS = ("flat", "per_layer", "automatic")
+METHODS = ("vmap", "ghost", "auto")
+# method="auto" uses ghost clipping when at least this fraction of the
+# parameters (by count) avoids per-example gradients.
+AUTO_GHOST_FRACTION = 0.5
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,20 +84,37 @@ class ClippedGradFn:
         sensitivity: Sensitivity,
         clipping: str,
         microbatch_size: int | None,
+        method: str = "vmap",
+        plan_fn: Callable[..., dict[str, str]] | None = None,
     ):
         self._fn = fn
+        self._plan_fn = plan_fn
         self.sensitivity = sensitivity
         self.clipping = clipping
         self.microbatch_size = microbatch_size
+        self.method = method
 
     def __call__(self, params: PyTree, *batch: Any, mask: jax.Array | None = None):
         return self._fn(params, *batch, mask=mask)
+
+    def plan(self, params: PyTree, *batch: Any) -> dict[str, str]:
+        """``{parameter path: method}`` this function uses for these shapes.
+
+        Methods: ``"vmap"`` (per-example gradient), ``"ghost:dense-outer"``
+        (``||a||^2 ||b||^2``), ``"ghost:dense-gram"`` / ``"ghost:conv-gram"``
+        (Gram form), ``"ghost:dense-direct"`` / ``"ghost:conv-direct"``
+        (per-example product of input and output gradient, no parameter copy
+        from autodiff), ``"ghost:embedding"``, ``"ghost:bias"``. Traces shapes
+        only; nothing is computed.
+        """
+        assert self._plan_fn is not None
+        return self._plan_fn(params, *batch)
 
     def __repr__(self) -> str:
         return (
             f"ClippedGradFn(l2_clip={self.sensitivity.l2_clip}, relation="
             f"{self.sensitivity.relation!r}, clipping={self.clipping!r}, "
-            f"microbatch_size={self.microbatch_size})"
+            f"microbatch_size={self.microbatch_size}, method={self.method!r})"
         )
 
 
@@ -128,6 +151,8 @@ def clipped_grad(
     microbatch_size: int | None = None,
     keep_batch_dim: bool = True,
     stability: float = 0.01,
+    method: str = "vmap",
+    compute_dtype: Any = None,
 ) -> ClippedGradFn:
     """Transforms a per-example loss into the sum of clipped per-example gradients.
 
@@ -142,21 +167,33 @@ def clipped_grad(
         parameter leaves to C / sqrt(L), total sensitivity C) or
         ``"automatic"`` (``g * C / (||g|| + stability)``, Bu et al. 2023).
       relation: the neighbouring relation, ``"add_remove"`` or ``"replace_one"``.
-      microbatch_size: compute per-example gradients this many at a time
-        (``lax.scan``); peak memory is then bounded by the microbatch.
+      microbatch_size: compute per-example quantities this many examples at a
+        time (``lax.scan``); peak memory is then bounded by the microbatch.
       keep_batch_dim: feed examples with a leading axis of size 1.
       stability: gamma of automatic clipping, > 0.
+      method: ``"vmap"`` (per-example gradients by ``vmap(grad)``),
+        ``"ghost"`` (norms from layer inputs and output gradients of known
+        Flax layers, clipped sums by book-keeping, ``vmap`` only for other
+        parameters; see ``dpjax.ghost``) or ``"auto"`` (ghost when at least
+        half the parameters are covered by its kernels). All give the same
+        result to float rounding.
+      compute_dtype: e.g. ``jnp.bfloat16``: floating parameters and inputs are
+        cast to it inside the per-example computation (activations and
+        per-example gradients in that dtype); norms and sums accumulate in
+        float32 and the result has the parameters' dtype. ``None``: no cast.
 
     Returns:
       A ``ClippedGradFn`` ``f(params, *batch, mask=None) -> (grads, stats)``:
       ``grads`` is shaped like ``params`` and holds ``sum_i m_i c_i g_i``.
-      ``f.sensitivity`` is the ``Sensitivity`` that ``dpjax.add_noise`` needs.
+      ``f.sensitivity`` is the ``Sensitivity`` that ``dpjax.add_noise`` needs;
+      ``f.plan(params, *batch)`` lists the method used for each parameter.
 
     Privacy:
       Under ``add_remove`` adding or removing one example changes ``grads`` by
       at most C in L2 norm (2C under ``replace_one``), for any mask, because
       every example's clipped gradient has norm <= C and padding or
-      non-finite examples contribute exactly zero.
+      non-finite examples contribute exactly zero. This holds for every
+      ``method``: each computes the same per-example norms.
 
     Example:
       >>> import jax, jax.numpy as jnp, dpjax
@@ -166,51 +203,91 @@ def clipped_grad(
       >>> g.shape, int(stats.batch_size)
       ((3,), 4)
     """
+    from dpjax import ghost  # Flax is imported only when ghost clipping is used.
+
     sensitivity = Sensitivity(l2_clip=l2_clip, relation=relation)
     _validate.one_of("clipping", clipping, CLIPPINGS)
+    _validate.one_of("method", method, METHODS)
     if microbatch_size is not None:
         microbatch_size = _validate.positive_int("microbatch_size", microbatch_size)
     _validate.positive("stability", stability)
+    if compute_dtype is not None and not jnp.issubdtype(compute_dtype, jnp.floating):
+        raise ValueError(f"compute_dtype must be a floating dtype or None, got {compute_dtype}")
     vg = pe.per_example_value_and_grad(loss_fn, has_aux=has_aux, keep_batch_dim=keep_batch_dim)
+    opts = dict(has_aux=has_aux, keep_batch_dim=keep_batch_dim, compute_dtype=compute_dtype)
 
-    def factors_for(grads, norms):
-        if clipping == "flat":
-            return clip_k.clip_factors(norms, l2_clip)
-        if clipping == "automatic":
-            return clip_k.automatic_factors(norms, l2_clip, stability)
-        leaf_clip = l2_clip / math.sqrt(len(jax.tree.leaves(grads)))
+    def cast(tree):
+        if compute_dtype is None:
+            return tree
         return jax.tree.map(
-            lambda s: clip_k.clip_factors(jnp.sqrt(s), leaf_clip),
-            clip_k.squared_norms_per_leaf(grads),
+            lambda x: x.astype(compute_dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x,
+            jax.tree.map(jnp.asarray, tree),
         )
 
-    def chunk(params, batch, mask):
-        losses, aux, grads = vg(params, *batch)
-        norms = clip_k.global_norms(grads)
+    def vmap_parts(params, batch):
+        losses, aux, grads = vg(cast(params), *cast(batch))
+        g_leaves = jax.tree.leaves(grads)
+
+        def summer(weights, finite):
+            return [
+                ghost_k.weighted_sum(clip_k.zero_nonfinite(g, finite), w)
+                for g, w in zip(g_leaves, weights, strict=True)
+            ]
+
+        return losses, aux, [ghost_k.leaf_sq_norms(g) for g in g_leaves], summer
+
+    def use_ghost(plan) -> bool:
+        if method == "auto":
+            return plan.ghost_fraction >= AUTO_GHOST_FRACTION
+        return method == "ghost"
+
+    def factors_for(sq, norms, finite):
+        if clipping == "flat":
+            return [clip_k.clip_factors(norms, l2_clip)] * len(sq)
+        if clipping == "automatic":
+            return [clip_k.automatic_factors(norms, l2_clip, stability)] * len(sq)
+        leaf_clip = l2_clip / math.sqrt(len(sq))
+        return [
+            clip_k.clip_factors(jnp.sqrt(jnp.where(finite, s, jnp.zeros_like(s))), leaf_clip)
+            for s in sq
+        ]
+
+    def chunk(params, batch, mask, plan):
+        if plan is not None and use_ghost(plan):
+            losses, aux, sq, summer = ghost.ghost_parts(loss_fn, params, batch, plan, **opts)
+        else:
+            losses, aux, sq, summer = vmap_parts(params, batch)
+        if not sq:
+            raise ValueError("global_norms: the gradient pytree has no leaves")
+        norms = jnp.sqrt(sum(sq[1:], sq[0]))
         finite = jnp.isfinite(norms) & jnp.isfinite(losses)
-        grads = clip_k.zero_nonfinite(grads, finite)
         norms = jnp.where(finite, norms, jnp.zeros_like(norms))
         keep = (mask > 0) & finite
         keep_f = keep.astype(norms.dtype)
-        factors = factors_for(grads, norms)
-        if isinstance(factors, jax.Array):
-            weights = factors * keep_f
-        else:
-            weights = jax.tree.map(lambda f: f * keep_f, factors)
-        summed = clip_k.weighted_sum(grads, weights)
+        weights = [f * keep_f for f in factors_for(sq, norms, finite)]
+        summed = jax.tree.unflatten(jax.tree.structure(params), summer(weights, finite))
         losses = jnp.where(keep, losses, jnp.zeros_like(losses))
         per_example = (losses, norms, keep, (mask > 0) & ~finite, aux)
         return summed, per_example
+
+    def make_plan(params, batch):
+        if method == "vmap":
+            return None
+        return ghost.discover(loss_fn, params, batch, **opts)
 
     def fn(params, *batch, mask=None):
         n = _batch_size(batch)
         mask = _check_mask(mask, n)
         if microbatch_size is None or microbatch_size >= n:
-            summed, per_ex = chunk(params, batch, mask)
+            summed, per_ex = chunk(params, batch, mask, make_plan(params, batch))
         else:
-            init = jax.tree.map(jnp.zeros_like, params)
+            init = jax.tree.map(
+                lambda p: jnp.zeros(jnp.shape(p), wide_float(jnp.result_type(p))), params
+            )
+            head = jax.tree.map(lambda x: x[:microbatch_size], batch)
+            plan = make_plan(params, head)
             summed, per_ex = pe.scan_chunks(
-                lambda b, m: chunk(params, b, m), batch, mask, microbatch_size, init
+                lambda b, m: chunk(params, b, m, plan), batch, mask, microbatch_size, init
             )
             per_ex = jax.tree.map(lambda x: x[:n], per_ex)
         summed = jax.tree.map(lambda s, p: s.astype(jnp.result_type(p)), summed, params)
@@ -228,4 +305,10 @@ def clipped_grad(
         )
         return summed, stats
 
-    return ClippedGradFn(fn, sensitivity, clipping, microbatch_size)
+    def plan_fn(params, *batch):
+        plan = ghost.discover(loss_fn, params, batch, **opts)
+        if method == "vmap" or not use_ghost(plan):
+            return {k: "vmap" for k in ghost.describe(plan, params)}
+        return ghost.describe(plan, params)
+
+    return ClippedGradFn(fn, sensitivity, clipping, microbatch_size, method, plan_fn)

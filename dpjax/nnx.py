@@ -32,13 +32,22 @@ class NnxClippedGradFn:
         probe = _clipped_grad(lambda p, *e: 0.0, **kwargs)
         self.sensitivity: Sensitivity = probe.sensitivity
 
-    def __call__(self, model: nnx.Module, *batch: Any, mask: jax.Array | None = None):
+    def _bind(self, model: nnx.Module):
         graphdef, params, rest = nnx.split(model, self._wrt, ...)
 
         def loss(p, *example):
             return self._loss_fn(nnx.merge(graphdef, p, rest), *example)
 
-        return _clipped_grad(loss, **self._kwargs)(params, *batch, mask=mask)
+        return _clipped_grad(loss, **self._kwargs), params
+
+    def __call__(self, model: nnx.Module, *batch: Any, mask: jax.Array | None = None):
+        fn, params = self._bind(model)
+        return fn(params, *batch, mask=mask)
+
+    def plan(self, model: nnx.Module, *batch: Any) -> dict[str, str]:
+        """``{parameter path: method}`` for this model and batch (see ``ClippedGradFn.plan``)."""
+        fn, params = self._bind(model)
+        return fn.plan(params, *batch)
 
 
 def clipped_grad(
@@ -51,7 +60,9 @@ def clipped_grad(
         the model.
       l2_clip: the clip norm C > 0.
       wrt: the NNX filter of the variables to differentiate (``nnx.Param``).
-      **kwargs: the other options of ``dpjax.clipped_grad``.
+      **kwargs: the other options of ``dpjax.clipped_grad``, e.g.
+        ``method="ghost"`` for ghost clipping of ``nnx.Linear``, ``nnx.Conv``
+        and ``nnx.Embed`` layers (no change to the model needed).
 
     Example:
       >>> import jax, jax.numpy as jnp, optax, dpjax

@@ -1,0 +1,524 @@
+"""Ghost clipping for Flax models: capture layer inputs and output gradients, no model change.
+
+During the traced per-example loss, known layers are intercepted: Linen
+through ``flax.linen.intercept_methods``, NNX by wrapping the ``__call__`` of
+the known layer classes for the duration of the trace (only while a capture
+is active on this thread; every other call goes straight through). An
+intercepted layer records its input ``a_i`` and adds a zero perturbation
+``z_i`` to its output; the gradient with respect to ``z_i`` is the output
+gradient ``b_i`` (the ``Module.perturb`` idea of Flax). Layer parameters are
+recognized by identity with the leaves of the differentiated ``params``, so
+any pytree of parameters works (an NNX ``State``, a Linen ``params`` dict).
+
+One backward pass (vmapped over examples) then gives the losses, every
+``b_i``, and per-example gradients only for parameters no kernel knows
+(custom layers, parameters shared between layers, layers used through other
+methods such as ``Embed.attend``): those fall back to per-example ``vmap``.
+Norms come from :mod:`dpjax.kernels.ghost` and the clipped sum of each known
+layer is one contraction ``A^T diag(c) B`` (Bu, Wang, Zha, Karypis 2023,
+Differentially Private Optimization on Large Model at Small Cost, Book-Keeping;
+Li, Tramer, Liang, Hashimoto 2022, ghost norms).
+
+Known layers: ``nnx.Linear`` / ``nn.Dense`` (any number of leading axes),
+``nnx.Conv`` / ``nn.Conv`` (1-3 spatial dims, ``feature_group_count=1``, no
+mask or input dilation, ``SAME``/``VALID``/explicit padding), ``nnx.Embed`` /
+``nn.Embed``, ``nnx.LayerNorm`` / ``nn.LayerNorm`` and ``nnx.RMSNorm`` /
+``nn.RMSNorm`` over the last axis (scale gradient ``sum_t x_hat_t b_t``, with
+``x_hat`` recomputed from the captured input). Anything else takes the
+per-example ``vmap`` path.
+
+Limitation: a known layer's parameters must reach the loss only through that
+layer's call. A parameter read directly elsewhere (for example a tied output
+projection written as ``x @ model.embed.embedding.value.T``) would have that
+use missed; weight tying through ``Embed.attend`` or calling one layer twice
+is detected and falls back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+from flax import nnx
+
+from dpjax.kernels import ghost as gk
+from dpjax.kernels.dtypes import wide_float
+
+PyTree = Any
+
+__all__ = ["GhostPlan", "Site", "discover", "ghost_parts", "describe"]
+
+_LOCAL = threading.local()
+
+
+@dataclasses.dataclass(frozen=True)
+class Site:
+    """One intercepted layer call, as seen in the discovery trace."""
+
+    kind: str  # "dense" | "conv" | "embed" | "norm"
+    roles: tuple[tuple[str, int], ...]  # (role, leaf index): kernel/bias/embedding/scale
+    # conv: (kernel_size, strides, padding, dilation); norm: (is_layer_norm, eps,
+    # fast_variance); dense/embed: (); None: a configuration the kernels do not cover.
+    config: tuple[Any, ...] | None
+    in_shape: tuple[int, ...]  # per-example input shape
+    out_shape: tuple[int, ...]  # per-example output shape
+    out_dtype: Any
+
+
+@dataclasses.dataclass(frozen=True)
+class GhostPlan:
+    """Which parameter leaves use which method, for one loss and batch shape."""
+
+    sites: tuple[Site, ...]
+    active: tuple[bool, ...]  # per site: handled by the ghost kernels
+    fallback: tuple[int, ...]  # leaf indices differentiated per example (vmap)
+    methods: tuple[str, ...]  # per leaf: the method in words
+    sizes: tuple[int, ...]  # per leaf: number of parameters
+
+    @property
+    def ghost_fraction(self) -> float:
+        """Fraction of parameters (by count) whose norms avoid per-example gradients."""
+        total = sum(self.sizes)
+        fb = sum(self.sizes[i] for i in self.fallback)
+        return 0.0 if total == 0 else 1.0 - fb / total
+
+
+class _Tape:
+    def __init__(self, mode: str, leaves: Sequence[Any], plan: GhostPlan | None = None, zs=()):
+        self.mode = mode
+        self.index = {id(x): i for i, x in enumerate(leaves)}
+        self.plan = plan
+        self.zs = list(zs)
+        self.sites: list[Site] = []
+        self.other_use: set[int] = set()
+        self.acts: list[jax.Array] = []
+        self.count = 0
+        self.active_count = 0
+
+    def lookup(self, named: dict[str, Any]) -> tuple[tuple[str, int], ...]:
+        out = []
+        for role, v in named.items():
+            if v is not None and id(v) in self.index:
+                out.append((role, self.index[id(v)]))
+        return tuple(out)
+
+    def layer(self, kind, roles, config, x, call, act=None):
+        if not roles:
+            return call()
+        if self.mode == "discover":
+            out = call()
+            self.sites.append(
+                Site(kind, roles, config, tuple(jnp.shape(x)), tuple(out.shape), out.dtype)
+            )
+            return out
+        assert self.plan is not None
+        i = self.count
+        self.count += 1
+        if i >= len(self.plan.sites) or self.plan.sites[i].roles != roles:
+            raise RuntimeError(
+                "ghost clipping: the model's layer calls differ between the discovery "
+                "trace and this trace (data-dependent Python control flow?); use method='vmap'"
+            )
+        out = call()
+        if not self.plan.active[i]:
+            return out
+        z = self.zs[self.active_count]
+        self.active_count += 1
+        self.acts.append(x if act is None else act())
+        return out + z
+
+
+def _active() -> _Tape | None:
+    return getattr(_LOCAL, "tape", None)
+
+
+def _bcast(x, nd):
+    if x is None:
+        x = 1
+    if isinstance(x, int):
+        return (x,) * nd
+    return tuple(x)
+
+
+def _conv_config(mod, x) -> tuple[Any, ...] | None:
+    ks = mod.kernel_size
+    ks = (ks,) if isinstance(ks, int) else tuple(ks)
+    nd = len(ks)
+    if (
+        mod.feature_group_count != 1
+        or getattr(mod, "mask", None) is not None
+        or _bcast(mod.input_dilation, nd) != (1,) * nd
+        or jnp.ndim(x) < nd + 2
+        or not 1 <= nd <= 3
+    ):
+        return None
+    pad = mod.padding
+    if isinstance(pad, str):
+        if pad not in ("SAME", "VALID"):
+            return None
+    elif isinstance(pad, int):
+        pad = ((pad, pad),) * nd
+    else:
+        pad = tuple((p, p) if isinstance(p, int) else tuple(p) for p in pad)
+        if len(pad) != nd or any(len(p) != 2 for p in pad):
+            return None
+    return (ks, _bcast(mod.strides, nd), pad, _bcast(mod.kernel_dilation, nd))
+
+
+def _axes_last(axes) -> bool:
+    return axes in (-1, (-1,), [-1])
+
+
+def _norm_config(mod, kind: str, x, kwargs) -> tuple[Any, ...] | None:
+    """``(is_layer_norm, epsilon, use_fast_variance)`` for a supported norm layer."""
+    if (
+        kwargs.get("mask") is not None
+        or not _axes_last(getattr(mod, "reduction_axes", None))
+        or not _axes_last(getattr(mod, "feature_axes", None))
+        or getattr(mod, "axis_name", None) is not None
+        or jnp.ndim(x) < 1
+    ):
+        return None
+    return (kind == "layernorm", float(mod.epsilon), bool(getattr(mod, "use_fast_variance", True)))
+
+
+def _x_hat(x, config) -> jax.Array:
+    """The normalized input, as flax computes it (statistics in float32+, last axis)."""
+    is_layer, eps, fast = config
+    x = x.astype(wide_float(x.dtype))
+    if is_layer:
+        mean = jnp.mean(x, axis=-1, keepdims=True)
+        if fast:
+            var = jnp.maximum(0.0, jnp.mean(x * x, axis=-1, keepdims=True) - mean * mean)
+        else:
+            var = jnp.mean((x - mean) ** 2, axis=-1, keepdims=True)
+        return (x - mean) * jax.lax.rsqrt(var + eps)
+    return x * jax.lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + eps)
+
+
+def _value(v):
+    return v.get_value() if isinstance(v, nnx.Variable) else v
+
+
+# ---- NNX: wrap the known classes' methods while a capture is active ----
+
+
+def _nnx_call(kind: str, cls: type) -> Callable[..., Any]:
+    orig = cls.__call__
+
+    def wrapped(self, *args, **kwargs):
+        tape = _active()
+        if tape is None or type(self) is not cls or not args:
+            return orig(self, *args, **kwargs)
+        x = args[0]
+        names = _ROLES.get(kind, ("kernel", "bias"))
+        roles = tape.lookup({k: _value(getattr(self, k, None)) for k in names})
+        return _dispatch(tape, kind, self, roles, x, kwargs, lambda: orig(self, *args, **kwargs))
+
+    return wrapped
+
+
+def _nnx_attend(cls: type) -> Callable[..., Any]:
+    orig = cls.attend
+
+    def wrapped(self, *args, **kwargs):
+        tape = _active()
+        if tape is not None:
+            tape.other_use.update(i for _, i in tape.lookup({"e": _value(self.embedding)}))
+        return orig(self, *args, **kwargs)
+
+    return wrapped
+
+
+_NNX_KINDS = (
+    (nnx.Linear, "dense"),
+    (nnx.Conv, "conv"),
+    (nnx.Embed, "embed"),
+    (nnx.LayerNorm, "layernorm"),
+    (nnx.RMSNorm, "rmsnorm"),
+)
+_LINEN_KINDS = {
+    nn.Dense: "dense",
+    nn.Conv: "conv",
+    nn.Embed: "embed",
+    nn.LayerNorm: "layernorm",
+    nn.RMSNorm: "rmsnorm",
+}
+_ROLES = {"embed": ("embedding",), "layernorm": ("scale", "bias"), "rmsnorm": ("scale",)}
+
+
+def _dispatch(tape: _Tape, kind: str, mod, roles, x, kwargs, call):
+    if kind in ("layernorm", "rmsnorm"):
+        config = _norm_config(mod, kind, x, kwargs)
+        act = None if config is None else (lambda: _x_hat(x, config))
+        return tape.layer("norm", roles, config, x, call, act)
+    config = _conv_config(mod, x) if kind == "conv" else ()
+    return tape.layer(kind, roles, config, x, call)
+
+
+def _linen_interceptor(next_fun, args, kwargs, context):
+    tape = _active()
+    mod = context.module
+    kind = _LINEN_KINDS.get(type(mod))
+    if tape is None or kind is None or context.method_name not in ("__call__", "attend"):
+        return next_fun(*args, **kwargs)
+    params = mod.variables.get("params", {}) if mod.scope is not None else {}
+    if context.method_name == "attend":
+        tape.other_use.update(i for _, i in tape.lookup({"e": params.get("embedding")}))
+        return next_fun(*args, **kwargs)
+    if not args:
+        return next_fun(*args, **kwargs)
+    x = args[0]
+    roles = tape.lookup({k: params.get(k) for k in _ROLES.get(kind, ("kernel", "bias"))})
+    return _dispatch(tape, kind, mod, roles, x, kwargs, lambda: next_fun(*args, **kwargs))
+
+
+@contextlib.contextmanager
+def _capture(tape: _Tape):
+    if _active() is not None:
+        raise RuntimeError("ghost clipping: nested captures are not supported")
+    saved = [(cls, cls.__call__) for cls, _ in _NNX_KINDS] + [(nnx.Embed, nnx.Embed.attend)]
+    _LOCAL.tape = tape
+    try:
+        for cls, kind in _NNX_KINDS:
+            cls.__call__ = _nnx_call(kind, cls)
+        nnx.Embed.attend = _nnx_attend(nnx.Embed)
+        with nn.intercept_methods(_linen_interceptor):
+            yield tape
+    finally:
+        _LOCAL.tape = None
+        nnx.Embed.attend = saved[-1][1]
+        for cls, fn in saved[:-1]:
+            cls.__call__ = fn
+
+
+# ---- the single-example loss under capture ----
+
+
+def _cast(tree: PyTree, dtype) -> PyTree:
+    if dtype is None:
+        return tree
+
+    def c(x):
+        x = jnp.asarray(x)
+        return x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x
+
+    return jax.tree.map(c, tree)
+
+
+def _scalar_loss(out, has_aux):
+    loss, aux = out if has_aux else (out, None)
+    loss = jnp.asarray(loss)
+    if loss.size != 1 or loss.ndim > 1:
+        raise ValueError(
+            "loss_fn must return a scalar loss for one example (shape () or (1,)), "
+            f"got shape {loss.shape}; write the loss for a single example, dpjax "
+            "vmaps it over the batch"
+        )
+    if not jnp.issubdtype(loss.dtype, jnp.floating):
+        raise TypeError(f"loss_fn must return a floating-point loss, got {loss.dtype}")
+    return jnp.reshape(loss, ()), aux
+
+
+def _example(example, keep_batch_dim, compute_dtype):
+    if keep_batch_dim:
+        example = jax.tree.map(lambda x: jnp.expand_dims(x, 0), example)
+    return _cast(example, compute_dtype)
+
+
+def _site_method(s: Site, role: str) -> str:
+    if role == "bias":
+        return "ghost:bias"
+    if s.kind == "embed":
+        return "ghost:embedding"
+    if s.kind == "norm":
+        return "ghost:norm-scale"
+    if s.kind == "dense":
+        t = math.prod(s.in_shape[:-1])
+        d_in, d_out = s.in_shape[-1], s.out_shape[-1]
+    else:
+        t = math.prod(s.out_shape[:-1])
+        d_in, d_out = s.in_shape[-1] * math.prod(s.config[0]), s.out_shape[-1]
+    if t == 1:
+        return f"ghost:{s.kind}-outer"
+    return f"ghost:{s.kind}-" + ("gram" if gk.use_ghost_form(t, d_in, d_out) else "direct")
+
+
+def discover(
+    loss_fn: Callable[..., Any],
+    params: PyTree,
+    batch: tuple[Any, ...],
+    *,
+    has_aux: bool = False,
+    keep_batch_dim: bool = True,
+    compute_dtype: Any = None,
+) -> GhostPlan:
+    """Traces the loss once (shapes only) and decides each parameter's method."""
+    leaves = jax.tree.leaves(params)
+    tapes: list[_Tape] = []
+
+    def f(params, *batch):
+        def one(*example):
+            ls = jax.tree.leaves(_cast(params, compute_dtype))
+            p = jax.tree.unflatten(jax.tree.structure(params), ls)
+            tape = _Tape("discover", ls)
+            with _capture(tape):
+                out = loss_fn(p, *_example(example, keep_batch_dim, compute_dtype))
+            tapes.append(tape)
+            return _scalar_loss(out, has_aux)[0]
+
+        return jax.vmap(one)(*batch)
+
+    jax.eval_shape(f, params, *batch)
+    tape = tapes[-1]
+    uses: dict[int, int] = {}
+    for s in tape.sites:
+        for _, i in s.roles:
+            uses[i] = uses.get(i, 0) + 1
+    active = tuple(
+        s.config is not None and all(uses[i] == 1 and i not in tape.other_use for _, i in s.roles)
+        for s in tape.sites
+    )
+    methods = ["vmap"] * len(leaves)
+    for s, a in zip(tape.sites, active, strict=True):
+        if a:
+            for role, i in s.roles:
+                methods[i] = _site_method(s, role)
+    fallback = tuple(i for i, m in enumerate(methods) if m == "vmap")
+    sizes = tuple(int(math.prod(jnp.shape(x))) for x in leaves)
+    return GhostPlan(tuple(tape.sites), active, fallback, tuple(methods), sizes)
+
+
+def describe(plan: GhostPlan, params: PyTree) -> dict[str, str]:
+    """``{parameter path: method}``, e.g. ``{"head/kernel": "ghost:dense-outer"}``."""
+    paths = [
+        "/".join(_key_name(k) for k in p)
+        for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]
+    ]
+    paths = [p.removesuffix("/value") for p in paths]
+    return dict(zip(paths, plan.methods, strict=True))
+
+
+def _key_name(k: Any) -> str:
+    for attr in ("key", "idx", "name"):
+        if hasattr(k, attr):
+            return str(getattr(k, attr))
+    return str(k)
+
+
+def _where_rows(keep: jax.Array, x: jax.Array) -> jax.Array:
+    k = jnp.reshape(keep, (keep.shape[0],) + (1,) * (x.ndim - 1))
+    return jnp.where(k, x, jnp.zeros_like(x))
+
+
+def _site_arrays(s: Site, a: jax.Array, b: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Per-example ``(A, B)`` in the dense layout ``(n, T, d)`` (ids ``(n, T)`` for embed)."""
+    n = a.shape[0]
+    if s.kind == "embed":
+        return jnp.reshape(a, (n, -1)), jnp.reshape(b, (n, -1, b.shape[-1]))
+    if s.kind == "conv":
+        ks, strides, pad, dil = s.config
+        x = jnp.reshape(a, (-1,) + a.shape[a.ndim - len(ks) - 1 :])
+        p = gk.conv_patches(x, ks, strides, pad, dil)
+        return jnp.reshape(p, (n, -1, p.shape[-1])), jnp.reshape(b, (n, -1, b.shape[-1]))
+    return jnp.reshape(a, (n, -1, a.shape[-1])), jnp.reshape(b, (n, -1, b.shape[-1]))
+
+
+def ghost_parts(
+    loss_fn: Callable[..., Any],
+    params: PyTree,
+    batch: tuple[Any, ...],
+    plan: GhostPlan,
+    *,
+    has_aux: bool = False,
+    keep_batch_dim: bool = True,
+    compute_dtype: Any = None,
+):
+    """One vmapped backward pass: losses, aux, per-leaf squared norms and a summer.
+
+    Returns:
+      ``(losses[n], aux, sq_norms, summer)``: ``sq_norms`` is a list with one
+      ``(n,)`` float32+ array per parameter leaf; ``summer(weights, finite)``
+      takes one ``(n,)`` weight vector per leaf and a ``(n,)`` boolean of
+      finite examples and returns the list of weighted sums (examples not
+      finite contribute exact zeros).
+    """
+    leaves, treedef = jax.tree.flatten(params)
+    fb = plan.fallback
+    active_sites = [s for s, a in zip(plan.sites, plan.active, strict=True) if a]
+
+    def single(fb_leaves, zs, example):
+        ls = jax.tree.leaves(_cast(params, compute_dtype))
+        ls = list(ls)
+        for i, v in zip(fb, fb_leaves, strict=True):
+            ls[i] = v
+        tape = _Tape("run", ls, plan, zs)
+        with _capture(tape):
+            out = loss_fn(jax.tree.unflatten(treedef, ls), *example)
+        if tape.count != len(plan.sites):
+            raise RuntimeError(
+                f"ghost clipping: {tape.count} layer calls traced, {len(plan.sites)} expected"
+            )
+        loss, aux = _scalar_loss(out, has_aux)
+        return loss, (aux, tape.acts)
+
+    def one(*example):
+        example = _example(example, keep_batch_dim, compute_dtype)
+        cast_leaves = jax.tree.leaves(_cast(params, compute_dtype))
+        zs = [jnp.zeros(s.out_shape, s.out_dtype) for s in active_sites]
+        fb_leaves = [cast_leaves[i] for i in fb]
+        (loss, (aux, acts)), (g_fb, bs) = jax.value_and_grad(single, (0, 1), has_aux=True)(
+            fb_leaves, zs, example
+        )
+        return loss, aux, acts, g_fb, bs
+
+    losses, aux, acts, g_fb, bs = jax.vmap(one)(*batch)
+
+    sq: list[Any] = [None] * len(leaves)
+    for i, g in zip(fb, g_fb, strict=True):
+        sq[i] = gk.leaf_sq_norms(g)
+    arrays = [_site_arrays(s, a, b) for s, a, b in zip(active_sites, acts, bs, strict=True)]
+    for s, (a, b) in zip(active_sites, arrays, strict=True):
+        for role, i in s.roles:
+            if role == "bias":
+                sq[i] = gk.bias_sq_norms(b)
+            elif s.kind == "embed":
+                sq[i] = gk.embedding_sq_norms(a, b, jnp.shape(leaves[i])[0])
+            elif s.kind == "norm":
+                sq[i] = gk.leaf_sq_norms(gk.norm_affine_grads(a, b)[0])
+            else:
+                sq[i] = gk.dense_sq_norms(a, b)
+
+    def summer(weights: Sequence[jax.Array], finite: jax.Array) -> list[jax.Array]:
+        out: list[Any] = [None] * len(leaves)
+        for i, g in zip(fb, g_fb, strict=True):
+            out[i] = gk.weighted_sum(_where_rows(finite, g), weights[i])
+        for s, (a, b) in zip(active_sites, arrays, strict=True):
+            b = _where_rows(finite, b)
+            if s.kind != "embed":
+                a = _where_rows(finite, a)
+            for role, i in s.roles:
+                shape = jnp.shape(leaves[i])
+                if role == "bias":
+                    g = gk.bias_weighted_grad(b, weights[i])
+                elif s.kind == "embed":
+                    g = gk.embedding_weighted_grad(a, b, weights[i], shape[0])
+                elif s.kind == "norm":
+                    g = gk.weighted_sum(gk.norm_affine_grads(a, b)[0], weights[i])
+                elif s.kind == "conv":
+                    g = gk.conv_patch_grad_to_kernel(
+                        gk.dense_weighted_grad(a, b, weights[i]), shape
+                    )
+                else:
+                    g = gk.dense_weighted_grad(a, b, weights[i])
+                out[i] = jnp.reshape(g, shape)
+        return out
+
+    return losses, aux, sq, summer
