@@ -43,6 +43,7 @@ class TrainConfig:
     accountant: str = "rdp"
     seed: int = 0
     microbatch_size: int | None = None
+    method: str = "vmap"  # per-example norms: "vmap", "ghost" or "auto"
     progress: bool = True
     output: str | None = None
     budget_epsilon: float | None = None  # stop before the step that would exceed it
@@ -65,6 +66,7 @@ def _validate_config(cfg: TrainConfig) -> None:
     _validate.one_of("model", cfg.model, ("cnn", "mlp"))
     _validate.one_of("optimizer", cfg.optimizer, ("sgd", "adam"))
     _validate.one_of("accountant", cfg.accountant, ("rdp", "pld"))
+    _validate.one_of("method", cfg.method, ("vmap", "ghost", "auto"))
     _validate.positive_int("epochs", cfg.epochs)
     _validate.positive_int("batch_size", cfg.batch_size)
     _validate.positive("l2_clip", cfg.l2_clip)
@@ -135,7 +137,9 @@ def train(cfg: TrainConfig, *, _load_only: bool = False) -> dict[str, Any]:
     def loss_fn(m, x, y):
         return optax.softmax_cross_entropy_with_integer_labels(m(x), y)[0]
 
-    grad_fn = dpjax.nnx.clipped_grad(loss_fn, cfg.l2_clip, microbatch_size=cfg.microbatch_size)
+    grad_fn = dpjax.nnx.clipped_grad(
+        loss_fn, cfg.l2_clip, microbatch_size=cfg.microbatch_size, method=cfg.method
+    )
     make = dpjax.dp_adam if cfg.optimizer == "adam" else dpjax.dp_sgd
     opt_kw = {} if cfg.optimizer == "adam" else {"momentum": 0.9}
     tx = make(
@@ -445,6 +449,7 @@ def _run(args: argparse.Namespace) -> int:
         accountant=args.accountant,
         seed=args.seed,
         microbatch_size=args.microbatch_size,
+        method=args.method,
         progress=not args.no_progress,
         output=args.output,
         budget_epsilon=args.budget_epsilon,
@@ -497,6 +502,12 @@ def register(subparsers: Any) -> None:
     p.add_argument("--accountant", choices=("rdp", "pld"), default=d.accountant)
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--microbatch-size", type=int, default=None)
+    p.add_argument(
+        "--method",
+        choices=("vmap", "ghost", "auto"),
+        default=d.method,
+        help="per-example gradient norms: vmap, ghost clipping or auto",
+    )
     p.add_argument(
         "--budget-epsilon",
         type=float,
