@@ -49,6 +49,7 @@ from flax import linen as nn
 from flax import nnx
 
 from dpjax.kernels import ghost as gk
+from dpjax.kernels import per_example as pe
 from dpjax.kernels.dtypes import wide_float
 
 PyTree = Any
@@ -313,20 +314,6 @@ def _cast(tree: PyTree, dtype) -> PyTree:
     return jax.tree.map(c, tree)
 
 
-def _scalar_loss(out, has_aux):
-    loss, aux = out if has_aux else (out, None)
-    loss = jnp.asarray(loss)
-    if loss.size != 1 or loss.ndim > 1:
-        raise ValueError(
-            "loss_fn must return a scalar loss for one example (shape () or (1,)), "
-            f"got shape {loss.shape}; write the loss for a single example, dpjax "
-            "vmaps it over the batch"
-        )
-    if not jnp.issubdtype(loss.dtype, jnp.floating):
-        raise TypeError(f"loss_fn must return a floating-point loss, got {loss.dtype}")
-    return jnp.reshape(loss, ()), aux
-
-
 def _example(example, keep_batch_dim, compute_dtype):
     if keep_batch_dim:
         example = jax.tree.map(lambda x: jnp.expand_dims(x, 0), example)
@@ -372,7 +359,7 @@ def discover(
             with _capture(tape):
                 out = loss_fn(p, *_example(example, keep_batch_dim, compute_dtype))
             tapes.append(tape)
-            return _scalar_loss(out, has_aux)[0]
+            return pe.scalar_loss(out, has_aux)[0]
 
         return jax.vmap(one)(*batch)
 
@@ -466,7 +453,7 @@ def ghost_parts(
             raise RuntimeError(
                 f"ghost clipping: {tape.count} layer calls traced, {len(plan.sites)} expected"
             )
-        loss, aux = _scalar_loss(out, has_aux)
+        loss, aux = pe.scalar_loss(out, has_aux)
         return loss, (aux, tape.acts)
 
     def one(*example):

@@ -19,7 +19,22 @@ import jax.numpy as jnp
 
 PyTree = Any
 
-__all__ = ["per_example_value_and_grad", "pad_to_multiple", "scan_chunks"]
+__all__ = ["per_example_value_and_grad", "scalar_loss", "pad_to_multiple", "scan_chunks"]
+
+
+def scalar_loss(out: Any, has_aux: bool) -> tuple[jax.Array, Any]:
+    """Splits a one-example loss output into ``(loss[], aux)``; checks it is a float scalar."""
+    loss, aux = out if has_aux else (out, None)
+    loss = jnp.asarray(loss)
+    if loss.size != 1 or loss.ndim > 1:
+        raise ValueError(
+            "loss_fn must return a scalar loss for one example (shape () or (1,)), "
+            f"got shape {loss.shape}; write the loss for a single example, dpjax "
+            "vmaps it over the batch"
+        )
+    if not jnp.issubdtype(loss.dtype, jnp.floating):
+        raise TypeError(f"loss_fn must return a floating-point loss, got {loss.dtype}")
+    return jnp.reshape(loss, ()), aux
 
 
 def per_example_value_and_grad(
@@ -45,18 +60,7 @@ def per_example_value_and_grad(
     def single(params, *example):
         if keep_batch_dim:
             example = jax.tree.map(lambda x: jnp.expand_dims(x, 0), example)
-        out = loss_fn(params, *example)
-        loss, aux = out if has_aux else (out, None)
-        loss = jnp.asarray(loss)
-        if loss.size != 1 or loss.ndim > 1:
-            raise ValueError(
-                "loss_fn must return a scalar loss for one example (shape () or (1,)), "
-                f"got shape {loss.shape}; write the loss for a single example, dpjax "
-                "vmaps it over the batch"
-            )
-        if not jnp.issubdtype(loss.dtype, jnp.floating):
-            raise TypeError(f"loss_fn must return a floating-point loss, got {loss.dtype}")
-        return jnp.reshape(loss, ()), aux
+        return scalar_loss(loss_fn(params, *example), has_aux)
 
     def value_and_grad(params, *batch):
         def one(*example):

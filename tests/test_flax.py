@@ -56,31 +56,26 @@ def test_nnx_training_reduces_loss_and_tracks_privacy(key):
     assert spent.epsilon >= ref  # pessimistic float32 rounding of sigma and q
 
 
+def _snapshot(tree):
+    def host(v):
+        if jax.dtypes.issubdtype(v.dtype, jax.dtypes.prng_key):
+            return np.asarray(jax.random.key_data(v))
+        return np.asarray(v)
+
+    return jax.tree.map(host, tree)
+
+
 def test_failed_nnx_step_leaves_model_optimizer_and_privacy_unchanged(key):
     model, opt, grad_fn = _nnx_setup()
     step = nnx.jit(dpjax.nnx.make_train_step(grad_fn))
     x, y = _data(key)
     step(model, opt, x, y)
     before_model = jax.tree.map(np.asarray, nnx.state(model))
-    before_opt = jax.tree.map(
-        lambda v: (
-            np.asarray(jax.random.key_data(v))
-            if jax.dtypes.issubdtype(v.dtype, jax.dtypes.prng_key)
-            else np.asarray(v)
-        ),
-        nnx.state(opt),
-    )
+    before_opt = _snapshot(nnx.state(opt))
     with pytest.raises(ValueError, match="mask must have shape"):
         step(model, opt, x, y, mask=jnp.ones(5))
     after_model = jax.tree.map(np.asarray, nnx.state(model))
-    after_opt = jax.tree.map(
-        lambda v: (
-            np.asarray(jax.random.key_data(v))
-            if jax.dtypes.issubdtype(v.dtype, jax.dtypes.prng_key)
-            else np.asarray(v)
-        ),
-        nnx.state(opt),
-    )
+    after_opt = _snapshot(nnx.state(opt))
     jax.tree.map(np.testing.assert_array_equal, before_model, after_model)
     jax.tree.map(np.testing.assert_array_equal, before_opt, after_opt)
     assert dpjax.privacy_spent(opt.opt_state, 1e-5).steps == 1

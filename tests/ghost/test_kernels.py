@@ -4,7 +4,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 from dpjax.kernels import ghost as gk
 
 EPS = float(jnp.finfo(jnp.float32).eps)
