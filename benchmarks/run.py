@@ -35,7 +35,7 @@ EXTRA_SUITES = {"accounting": "accounting.py", "mechanisms": "mechanisms.py"}
 SUITES = ("training", *EXTRA_SUITES)
 
 
-def machine_description(device: str, rows: list[dict]) -> dict:
+def machine_description(device: str, rows: list[dict], dpjax_root: Path, label: str | None) -> dict:
     from machine import describe
 
     info = describe()
@@ -58,10 +58,17 @@ def machine_description(device: str, rows: list[dict]) -> dict:
     for exe, v in by_python.items():
         libs = ", ".join(f"{k} {val}" for k, val in v.items() if k not in ("executable",))
         info[f"libraries ({exe})"] = libs
+    sha = ""
     try:
-        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=BENCH, capture_output=True,
-                             text=True, timeout=10).stdout.strip()
-        info["dpjax commit"] = sha or "unknown"
+        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=dpjax_root,
+                             capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    info["dpjax benchmarked"] = label or f"{dpjax_root} at commit {sha or 'unknown'}"
+    try:
+        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=BENCH,
+                             capture_output=True, text=True, timeout=10).stdout.strip()
+        info["benchmark suite commit"] = sha or "unknown"
     except (OSError, subprocess.SubprocessError):
         pass
     return info
@@ -94,6 +101,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--peer-python", help="interpreter for the peers (default .venv-bench)")
     ap.add_argument("--timeout", type=float, help="per-case timeout in seconds")
     ap.add_argument("--extra-timeout", type=float, default=300.0)
+    ap.add_argument("--dpjax-root", type=Path, default=harness.REPO,
+                    help="checkout whose dpjax/ and kernels/ are benchmarked (default: this one)")
+    ap.add_argument("--dpjax-label", help="provenance of --dpjax-root for RESULTS.md")
     args = ap.parse_args(argv)
 
     suites = [s.strip() for s in args.only.split(",") if s.strip()]
@@ -124,7 +134,8 @@ def main(argv: list[str] | None = None) -> int:
             tag = f"{args.device}{'_toy' if args.toy else ''}"
             jsonl = args.results_dir / f"suite_{tag}.jsonl"
             t0 = time.perf_counter()
-            rows = harness.run_cases(case_list, args.device, steps, peer=peer, jsonl=jsonl)
+            rows = harness.run_cases(case_list, args.device, steps, peer=peer, jsonl=jsonl,
+                                     dpjax_root=args.dpjax_root.resolve())
             total = time.perf_counter() - t0
             report.add_ratios(rows)
             jsonl.write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -147,7 +158,8 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 notes += ["", "XLA flags: the defaults (no workaround flags set)."]
             md = args.md or BENCH / ("RESULTS_gpu.md" if args.device == "gpu" else "RESULTS.md")
-            text = report.markdown(rows, machine_description(args.device, rows),
+            text = report.markdown(rows, machine_description(args.device, rows, args.dpjax_root.resolve(),
+                                                       args.dpjax_label),
                                    device=args.device, notes=notes)
             md.parent.mkdir(parents=True, exist_ok=True)
             md.write_text(text)

@@ -32,13 +32,13 @@ METHODS = JAX_METHODS + TORCH_METHODS
 PEER_METHODS = frozenset(("jax_privacy",) + TORCH_METHODS)
 # Extra batch sizes of a sweep run only these (the plot's lines); the
 # headline batch size runs every method.
-SWEEP_METHODS = ("jax_nonprivate", "dpjax_vmap", "dpjax_ghost", "torch_nonprivate", "opacus_hooks")
+SWEEP_METHODS = ("jax_nonprivate", "dpjax_vmap", "dpjax_ghost", "opacus_hooks")
 FAMILY = {m: ("torch" if m in TORCH_METHODS else "jax") for m in METHODS}
 NONPRIVATE = {"jax": "jax_nonprivate", "torch": "torch_nonprivate"}
 
 # Steps per case: at least min_steps, then until budget_s of steps or max_steps.
 STEPS = {
-    "cpu": dict(min_steps=3, max_steps=15, budget_s=4.0, timeout_s=240.0),
+    "cpu": dict(min_steps=3, max_steps=10, budget_s=3.0, timeout_s=150.0),
     "gpu": dict(min_steps=5, max_steps=30, budget_s=1.5, timeout_s=90.0),
     "toy": dict(min_steps=2, max_steps=2, budget_s=0.0, timeout_s=120.0),
 }
@@ -91,17 +91,27 @@ def peer_python(device: str) -> str:
     return sys.executable
 
 
-def run_case(case: Case, device: str, steps: dict, peer: str) -> dict:
-    """Runs one case in a fresh subprocess; always returns a result row."""
+def run_case(
+    case: Case, device: str, steps: dict, peer: str, dpjax_root: Path = REPO
+) -> dict:
+    """Runs one case in a fresh subprocess; always returns a result row.
+
+    ``dpjax_root``: the checkout whose ``dpjax`` (and ``kernels``) is benchmarked.
+    """
     w: Workload = case["workload"]
     method = case["method"]
-    spec = {"workload": w.to_json(), "method": method, "device": device, **steps}
+    spec = {"workload": w.to_json(), "method": method, "device": device, **steps,
+            "dpjax_root": str(dpjax_root)}
     python = peer if method in PEER_METHODS else sys.executable
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(
-        [str(REPO), str(BENCH)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])
+        [str(dpjax_root), str(BENCH)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])
     )
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    # On a shared CPU, spinning OpenMP workers (PyTorch) lose whole time slices
+    # to other processes: 2 spinning threads ran the CNN step 5-10x slower than
+    # passive ones here. Passive waiting is what a shared machine wants.
+    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     if device == "gpu":
         env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " " + GPU_XLA_FLAGS).strip()
         env.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
@@ -139,6 +149,7 @@ def run_cases(
     peer: str | None = None,
     jsonl: Path | None = None,
     log: Callable[[str], None] = print,
+    dpjax_root: Path = REPO,
 ) -> list[dict]:
     """Runs every case in order; appends each row to ``jsonl`` as it lands."""
     peer = peer or peer_python(device)
@@ -147,7 +158,7 @@ def run_cases(
         jsonl.parent.mkdir(parents=True, exist_ok=True)
         jsonl.write_text("")
     for i, case in enumerate(case_list, 1):
-        row = run_case(case, device, steps, peer)
+        row = run_case(case, device, steps, peer, dpjax_root)
         rows.append(row)
         if jsonl is not None:
             with jsonl.open("a") as f:

@@ -85,7 +85,8 @@ class Transformer(nn.Module):
 
     def forward(self, tokens):
         positions = torch.arange(tokens.shape[1], device=tokens.device)
-        x = self.tok(tokens) + self.pos(positions.expand(tokens.shape[0], -1))
+        # repeat, not expand: Opacus ghost views the indices and needs them contiguous
+        x = self.tok(tokens) + self.pos(positions.repeat(tokens.shape[0], 1))
         for blk in self.blocks:
             x = blk(x)
         x = self.ln(x)

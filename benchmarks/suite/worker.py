@@ -28,6 +28,26 @@ from suite.workloads import Workload, make_batch  # noqa: E402
 MARK = "BENCH_RESULT "
 
 
+def pin_dpjax_kernels(root: Path) -> None:
+    """Makes ``dpjax.kernels`` come from ``root/kernels``, beside ``root/dpjax``.
+
+    An editable install of dpjax maps ``dpjax.kernels`` to ITS checkout's
+    ``kernels/`` even when another checkout's ``dpjax`` is first on
+    ``PYTHONPATH``; the benchmark must run one checkout's code, both halves.
+    """
+    import importlib.util
+
+    kdir = root / "kernels"
+    if "dpjax.kernels" in sys.modules or not (kdir / "__init__.py").exists():
+        return
+    spec = importlib.util.spec_from_file_location(
+        "dpjax.kernels", kdir / "__init__.py", submodule_search_locations=[str(kdir)]
+    )
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["dpjax.kernels"] = mod
+    spec.loader.exec_module(mod)
+
+
 def _rss_mb() -> float:
     """Current resident set size in MiB (Linux /proc; 0 where unavailable)."""
     try:
@@ -156,11 +176,10 @@ def versions() -> dict:
     return v
 
 
-def main() -> None:
-    spec = json.loads(sys.argv[1])
+def run_spec(spec: dict) -> dict:
+    """Runs the case ``spec`` in this process; always returns a result row with a status."""
     w = Workload.from_json(spec["workload"])
     method = spec["method"]
-    warnings.filterwarnings("ignore")
     res: dict = {"workload": w.name, "batch": w.batch, "method": method, "device": spec["device"]}
     try:
         from suite.torch_cases import TORCH_METHODS
@@ -180,7 +199,15 @@ def main() -> None:
             res["status"] = f"failed: {type(e).__name__}: {msg}"
             res["traceback"] = traceback.format_exc()[-2000:]
     res["versions"] = versions()
-    print(MARK + json.dumps(res), flush=True)
+    return res
+
+
+def main() -> None:
+    spec = json.loads(sys.argv[1])
+    if spec.get("dpjax_root"):
+        pin_dpjax_kernels(Path(spec["dpjax_root"]))
+    warnings.filterwarnings("ignore")
+    print(MARK + json.dumps(run_spec(spec)), flush=True)
 
 
 if __name__ == "__main__":

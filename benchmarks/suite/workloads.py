@@ -63,9 +63,9 @@ DESCRIPTIONS = {
 # one; the CNN is also swept over batch sizes for the plot.
 SIZES = {
     "cpu": {
-        "cnn": ((256, 64, 1024), 64),
+        "cnn": ((256, 1024), 64),
         "transformer": ((32,), 8),
-        "mlp": ((32,), 8),
+        "mlp": ((16,), 4),
     },
     "gpu": {
         "cnn": ((1024, 4096), 256),
