@@ -42,8 +42,14 @@ def machine_description(device: str, rows: list[dict], dpjax_root: Path, label: 
     if device == "gpu":
         try:
             out = subprocess.run(
-                ["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"],
-                capture_output=True, text=True, timeout=30,
+                [
+                    "nvidia-smi",
+                    "--query-gpu=name,memory.total,driver_version",
+                    "--format=csv,noheader",
+                ],
+                capture_output=True,
+                text=True,
+                timeout=30,
             )
             info["gpu"] = out.stdout.strip() or "unknown"
         except (OSError, subprocess.SubprocessError):
@@ -60,14 +66,24 @@ def machine_description(device: str, rows: list[dict], dpjax_root: Path, label: 
         info[f"libraries ({exe})"] = libs
     sha = ""
     try:
-        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=dpjax_root,
-                             capture_output=True, text=True, timeout=10).stdout.strip()
+        sha = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=dpjax_root,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         pass
     info["dpjax benchmarked"] = label or f"{dpjax_root} at commit {sha or 'unknown'}"
     try:
-        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=BENCH,
-                             capture_output=True, text=True, timeout=10).stdout.strip()
+        sha = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=BENCH,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
         info["benchmark suite commit"] = sha or "unknown"
     except (OSError, subprocess.SubprocessError):
         pass
@@ -89,8 +105,11 @@ def run_extra(name: str, timeout_s: float) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
-    ap.add_argument("--only", default=",".join(SUITES),
-                    help=f"comma-separated suites to run, of {SUITES} (default: all present)")
+    ap.add_argument(
+        "--only",
+        default=",".join(SUITES),
+        help=f"comma-separated suites to run, of {SUITES} (default: all present)",
+    )
     ap.add_argument("--workloads", help="comma-separated workload names (default: all)")
     ap.add_argument("--methods", help=f"comma-separated methods, of {harness.METHODS}")
     ap.add_argument("--no-sweep", action="store_true", help="headline batch sizes only")
@@ -101,8 +120,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--peer-python", help="interpreter for the peers (default .venv-bench)")
     ap.add_argument("--timeout", type=float, help="per-case timeout in seconds")
     ap.add_argument("--extra-timeout", type=float, default=300.0)
-    ap.add_argument("--dpjax-root", type=Path, default=harness.REPO,
-                    help="checkout whose dpjax/ and kernels/ are benchmarked (default: this one)")
+    ap.add_argument(
+        "--budget", type=float, help="suite time budget in s; later cases are reported skipped"
+    )
+    ap.add_argument(
+        "--dpjax-root",
+        type=Path,
+        default=harness.REPO,
+        help="checkout whose dpjax/ and kernels/ are benchmarked (default: this one)",
+    )
+    ap.add_argument(
+        "--report-only",
+        action="store_true",
+        help="rebuild RESULTS.md and the plot from the existing suite_<device>.jsonl",
+    )
     ap.add_argument("--dpjax-label", help="provenance of --dpjax-root for RESULTS.md")
     args = ap.parse_args(argv)
 
@@ -134,9 +165,22 @@ def main(argv: list[str] | None = None) -> int:
             tag = f"{args.device}{'_toy' if args.toy else ''}"
             jsonl = args.results_dir / f"suite_{tag}.jsonl"
             t0 = time.perf_counter()
-            rows = harness.run_cases(case_list, args.device, steps, peer=peer, jsonl=jsonl,
-                                     dpjax_root=args.dpjax_root.resolve())
-            total = time.perf_counter() - t0
+            if args.report_only:  # rebuild the table and plot from the rows on disk
+                rows = [json.loads(ln) for ln in jsonl.read_text().splitlines() if ln.strip()]
+                total = sum(r.get("wall_s", 0.0) for r in rows)
+            else:
+                rows = harness.run_cases(
+                    case_list,
+                    args.device,
+                    steps,
+                    peer=peer,
+                    jsonl=jsonl,
+                    dpjax_root=args.dpjax_root.resolve(),
+                    budget_s=args.budget
+                    if args.budget is not None
+                    else harness.SUITE_BUDGET_S["toy" if args.toy else args.device],
+                )
+                total = time.perf_counter() - t0
             report.add_ratios(rows)
             jsonl.write_text("".join(json.dumps(r) + "\n" for r in rows))
             png = report.plot(rows, args.results_dir / f"suite_{tag}.png", device=args.device)
@@ -153,14 +197,30 @@ def main(argv: list[str] | None = None) -> int:
                 "the same architecture in `torch.nn`.",
             ]
             if args.device == "gpu":
-                notes += ["", f"XLA_FLAGS for every GPU case: `{harness.GPU_XLA_FLAGS}` "
-                          "(autotuning made compiles take minutes; see PLATFORM_NOTES)."]
+                notes += [
+                    "",
+                    f"XLA_FLAGS for every GPU case: `{harness.GPU_XLA_FLAGS}` "
+                    "(autotuning made compiles take minutes; see PLATFORM_NOTES).",
+                ]
             else:
                 notes += ["", "XLA flags: the defaults (no workaround flags set)."]
+            loads = [r["loadavg_1min"] for r in rows if "loadavg_1min" in r]
+            if loads:
+                notes += [
+                    "",
+                    f"Load average (1 min) during the run: {min(loads):.1f} to {max(loads):.1f} "
+                    f"on {os.cpu_count()} cores.",
+                ]
+            extra = args.results_dir / f"suite_{tag}_notes.md"
+            if extra.exists():  # hand-written analysis of this run, kept beside its rows
+                notes += ["", extra.read_text().strip()]
             md = args.md or BENCH / ("RESULTS_gpu.md" if args.device == "gpu" else "RESULTS.md")
-            text = report.markdown(rows, machine_description(args.device, rows, args.dpjax_root.resolve(),
-                                                       args.dpjax_label),
-                                   device=args.device, notes=notes)
+            text = report.markdown(
+                rows,
+                machine_description(args.device, rows, args.dpjax_root.resolve(), args.dpjax_label),
+                device=args.device,
+                notes=notes,
+            )
             md.parent.mkdir(parents=True, exist_ok=True)
             md.write_text(text)
             print(f"wrote {_rel(jsonl)}, {_rel(png)}, {_rel(md)} in {total / 60:.1f} min")

@@ -76,7 +76,6 @@ def test_every_workload_runs(name, method):
 
 def test_jax_model_param_counts_match_the_spec():
     from flax import nnx
-
     from suite import jax_models
 
     for w in TOY.values():
@@ -128,11 +127,16 @@ def test_subprocess_case_and_missing_interpreter_are_reported(tmp_path):
 
 
 def test_report_keeps_every_row_and_plots(tmp_path):
-    rows = [
-        _run("cnn", m) for m in ("jax_nonprivate", "dpjax_vmap", "opacus_hooks", "jax_privacy")
-    ]
-    rows.append({"workload": "cnn", "batch": 4, "method": "torch_nonprivate", "device": "cpu",
-                 "status": "timeout: no result within 1 s"})
+    rows = [_run("cnn", m) for m in ("jax_nonprivate", "dpjax_vmap", "opacus_hooks", "jax_privacy")]
+    rows.append(
+        {
+            "workload": "cnn",
+            "batch": 4,
+            "method": "torch_nonprivate",
+            "device": "cpu",
+            "status": "timeout: no result within 1 s",
+        }
+    )
     report.add_ratios(rows)
     np_row, dp_row = rows[0], rows[1]
     assert np_row["step_vs_nonprivate"] == pytest.approx(1.0)

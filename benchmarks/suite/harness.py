@@ -39,9 +39,11 @@ NONPRIVATE = {"jax": "jax_nonprivate", "torch": "torch_nonprivate"}
 # Steps per case: at least min_steps, then until budget_s of steps or max_steps.
 STEPS = {
     "cpu": dict(min_steps=3, max_steps=10, budget_s=3.0, timeout_s=150.0),
-    "gpu": dict(min_steps=5, max_steps=30, budget_s=1.5, timeout_s=90.0),
+    "gpu": dict(min_steps=5, max_steps=20, budget_s=1.0, timeout_s=60.0),
     "toy": dict(min_steps=2, max_steps=2, budget_s=0.0, timeout_s=120.0),
 }
+# Whole-suite time budget per device (None: no limit); see run_cases.
+SUITE_BUDGET_S = {"cpu": None, "gpu": 270.0, "toy": None}
 # GPU: XLA autotuning made small steps compile for minutes (PLATFORM_NOTES).
 GPU_XLA_FLAGS = "--xla_gpu_autotune_level=0 --xla_gpu_enable_triton_gemm=false"
 
@@ -72,11 +74,16 @@ def cases(
     for w in ws:
         headline.setdefault(w.name, w.batch)
     out: list[Case] = []
-    for w in ws:
-        methods = METHODS if w.batch == headline[w.name] else SWEEP_METHODS
-        if only_methods:
-            methods = [m for m in methods if m in set(only_methods)]
-        out.extend(Case(workload=w, method=m) for m in methods)
+    # Headline batch sizes of every workload first, the sweep's extra sizes
+    # last: a suite cut short by its time budget loses the sweep first.
+    for sweep_pass in (False, True):
+        for w in ws:
+            if (w.batch != headline[w.name]) != sweep_pass:
+                continue
+            methods = SWEEP_METHODS if sweep_pass else METHODS
+            if only_methods:
+                methods = [m for m in methods if m in set(only_methods)]
+            out.extend(Case(workload=w, method=m) for m in methods)
     return out
 
 
@@ -91,17 +98,20 @@ def peer_python(device: str) -> str:
     return sys.executable
 
 
-def run_case(
-    case: Case, device: str, steps: dict, peer: str, dpjax_root: Path = REPO
-) -> dict:
+def run_case(case: Case, device: str, steps: dict, peer: str, dpjax_root: Path = REPO) -> dict:
     """Runs one case in a fresh subprocess; always returns a result row.
 
     ``dpjax_root``: the checkout whose ``dpjax`` (and ``kernels``) is benchmarked.
     """
     w: Workload = case["workload"]
     method = case["method"]
-    spec = {"workload": w.to_json(), "method": method, "device": device, **steps,
-            "dpjax_root": str(dpjax_root)}
+    spec = {
+        "workload": w.to_json(),
+        "method": method,
+        "device": device,
+        **steps,
+        "dpjax_root": str(dpjax_root),
+    }
     python = peer if method in PEER_METHODS else sys.executable
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(
@@ -138,6 +148,8 @@ def run_case(
         row["status"] = f"timeout: no result within {steps['timeout_s']:.0f} s"
     row["wall_s"] = time.perf_counter() - t0
     row["python"] = python
+    if hasattr(os, "getloadavg"):  # a shared machine's load explains its noise
+        row["loadavg_1min"] = os.getloadavg()[0]
     return row
 
 
@@ -150,15 +162,33 @@ def run_cases(
     jsonl: Path | None = None,
     log: Callable[[str], None] = print,
     dpjax_root: Path = REPO,
+    budget_s: float | None = None,
 ) -> list[dict]:
-    """Runs every case in order; appends each row to ``jsonl`` as it lands."""
+    """Runs every case in order; appends each row to ``jsonl`` as it lands.
+
+    ``budget_s``: once the suite has run this long, the remaining cases are
+    reported as skipped (the device tool's time is fixed) instead of run.
+    """
     peer = peer or peer_python(device)
     rows = []
     if jsonl is not None:
         jsonl.parent.mkdir(parents=True, exist_ok=True)
         jsonl.write_text("")
+    t_start = time.perf_counter()
     for i, case in enumerate(case_list, 1):
-        row = run_case(case, device, steps, peer, dpjax_root)
+        spent = time.perf_counter() - t_start
+        if budget_s is not None and spent > budget_s:
+            w = case["workload"]
+            row = {
+                "workload": w.name,
+                "batch": w.batch,
+                "method": case["method"],
+                "device": device,
+                "wall_s": 0.0,
+                "status": f"skipped: the suite's time budget ({budget_s:.0f} s) was spent",
+            }
+        else:
+            row = run_case(case, device, steps, peer, dpjax_root)
         rows.append(row)
         if jsonl is not None:
             with jsonl.open("a") as f:

@@ -83,23 +83,44 @@ def goals(rows: list[dict]) -> list[dict]:
         if wname in GOAL_WORKLOADS:
             step = best["step_s"] / npj["step_s"] if best and _ok(npj) else None
             mem = memory_mb(best) / memory_mb(npj) if best and _ok(npj) else None
-            out.append(dict(goal=f"{label}: dpjax best ({bname}) step / JAX non-private",
-                            value=step, limit=f"<= {GOAL_STEP}",
-                            verdict=_verdict(step, GOAL_STEP)))
-            out.append(dict(goal=f"{label}: dpjax best ({bname}) peak memory / JAX non-private",
-                            value=mem, limit=f"<= {GOAL_MEM}", verdict=_verdict(mem, GOAL_MEM)))
+            out.append(
+                dict(
+                    goal=f"{label}: dpjax best ({bname}) step / JAX non-private",
+                    value=step,
+                    limit=f"<= {GOAL_STEP}",
+                    verdict=_verdict(step, GOAL_STEP),
+                )
+            )
+            out.append(
+                dict(
+                    goal=f"{label}: dpjax best ({bname}) peak memory / JAX non-private",
+                    value=mem,
+                    limit=f"<= {GOAL_MEM}",
+                    verdict=_verdict(mem, GOAL_MEM),
+                )
+            )
         ops = [by[m] for m in OPACUS if _ok(by.get(m))]
         fastest = min(ops, key=lambda r: r["step_s"]) if ops else None
         sp = fastest["step_s"] / best["step_s"] if fastest and best else None
         oname = fastest["method"] if fastest else "no Opacus mode ran"
-        out.append(dict(goal=f"{label}: speedup of dpjax best over Opacus fastest ({oname})",
-                        value=sp, limit=f">= {GOAL_SPEEDUP}",
-                        verdict=_verdict(sp, GOAL_SPEEDUP, at_least=True)))
+        out.append(
+            dict(
+                goal=f"{label}: speedup of dpjax best over Opacus fastest ({oname})",
+                value=sp,
+                limit=f">= {GOAL_SPEEDUP}",
+                verdict=_verdict(sp, GOAL_SPEEDUP, at_least=True),
+            )
+        )
         jp = by.get("jax_privacy")
         sp = jp["step_s"] / best["step_s"] if _ok(jp) and best else None
-        out.append(dict(goal=f"{label}: speedup of dpjax best over jax_privacy",
-                        value=sp, limit=f">= {GOAL_SPEEDUP}",
-                        verdict=_verdict(sp, GOAL_SPEEDUP, at_least=True)))
+        out.append(
+            dict(
+                goal=f"{label}: speedup of dpjax best over jax_privacy",
+                value=sp,
+                limit=f">= {GOAL_SPEEDUP}",
+                verdict=_verdict(sp, GOAL_SPEEDUP, at_least=True),
+            )
+        )
     return out
 
 
@@ -122,8 +143,12 @@ def markdown(rows: list[dict], machine: dict, *, device: str, notes: list[str]) 
         "Step: median seconds per step after compilation (p25-p75 in brackets); compile: "
         "XLA compile time (JAX) or first-step warm-up beyond one step (PyTorch). "
         f"Memory: {mem_name} of the case's own process"
-        + ("; step MB: peak RSS minus RSS before the first step; XLA temp: the compiled "
-           "step's temporary buffers (memory_analysis)." if device == "cpu" else ".")
+        + (
+            "; step MB: peak RSS minus RSS before the first step; XLA temp: the compiled "
+            "step's temporary buffers (memory_analysis)."
+            if device == "cpu"
+            else "."
+        )
         + " x NP: ratio to the same framework's non-private step (JAX methods to "
         "jax_nonprivate, PyTorch methods to torch_nonprivate); x dpjax: ratio to the "
         "fastest dpjax method of the same workload and batch.",
@@ -142,16 +167,37 @@ def markdown(rows: list[dict], machine: dict, *, device: str, notes: list[str]) 
                 cells = [m, r.get("status", "?")] + [""] * (len(hdr) - 2)
                 lines.append("| " + " | ".join(cells) + " |")
                 continue
-            step = f"{1e3 * r['step_s']:.1f} [{1e3 * r['step_s_p25']:.0f}-{1e3 * r['step_s_p75']:.0f}]"
-            cells = [m, "ok", step, f"{r['compile_s']:.1f}", f"{r['examples_per_s']:.0f}",
-                     f"{memory_mb(r):.0f}"]
+            step = (
+                f"{1e3 * r['step_s']:.1f} [{1e3 * r['step_s_p25']:.0f}-{1e3 * r['step_s_p75']:.0f}]"
+            )
+            cells = [
+                m,
+                "ok",
+                step,
+                f"{r['compile_s']:.1f}",
+                f"{r['examples_per_s']:.0f}",
+                f"{memory_mb(r):.0f}",
+            ]
             if device == "cpu":
-                cells += [f"{r['peak_rss_mb'] - r['base_rss_mb']:.0f}",
-                          _f(r.get("xla_temp_mb"), ".0f")]
-            cells += [_f(r.get(k), ".2f") for k in
-                      ("step_vs_nonprivate", "mem_vs_nonprivate", "step_vs_dpjax", "mem_vs_dpjax")]
+                cells += [
+                    f"{r['peak_rss_mb'] - r['base_rss_mb']:.0f}",
+                    _f(r.get("xla_temp_mb"), ".0f"),
+                ]
+            cells += [
+                _f(r.get(k), ".2f")
+                for k in (
+                    "step_vs_nonprivate",
+                    "mem_vs_nonprivate",
+                    "step_vs_dpjax",
+                    "mem_vs_dpjax",
+                )
+            ]
             lines.append("| " + " | ".join(cells) + " |")
-        plans = {m: r["info"].get("plan") for m, r in by.items() if _ok(r) and r.get("info", {}).get("plan")}
+        plans = {
+            m: r["info"].get("plan")
+            for m, r in by.items()
+            if _ok(r) and r.get("info", {}).get("plan")
+        }
         for m, p in plans.items():
             lines.append(f"\n{m} per-parameter methods: {', '.join(p)}")
         lines.append("")
@@ -171,8 +217,9 @@ def plot(rows: list[dict], path: Path, *, device: str) -> Path:
         mine = [r for r in rows if r["workload"] == wname and _ok(r)]
         methods = list(dict.fromkeys(r["method"] for r in mine))
         for m in methods:
-            pts = sorted((r["batch"], r["examples_per_s"], memory_mb(r)) for r in mine
-                         if r["method"] == m)
+            pts = sorted(
+                (r["batch"], r["examples_per_s"], memory_mb(r)) for r in mine if r["method"] == m
+            )
             style = "-o" if m.startswith(("dpjax", "jax_non")) else "--s"
             ax_row[0].plot([p[0] for p in pts], [p[1] for p in pts], style, label=m)
             ax_row[1].plot([p[0] for p in pts], [p[2] for p in pts], style, label=m)
