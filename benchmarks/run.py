@@ -7,8 +7,9 @@
 
 Each case (workload x method x batch size) runs in its own subprocess with a
 timeout. Outputs: ``benchmarks/results/suite_<device>.jsonl`` (one JSON row per
-case), ``benchmarks/results/suite_<device>.png`` (throughput and memory by
-method and batch size) and ``benchmarks/RESULTS.md`` (``RESULTS_gpu.md`` for
+case and pass), ``suite_<device>_summary.jsonl`` (one row per case: medians over
+passes, ratios), ``suite_<device>.png`` (throughput and memory by method and
+batch size) and ``benchmarks/RESULTS.md`` (``RESULTS_gpu.md`` for
 the GPU suite): the machine, the goals of issue 5 and one table per workload.
 Peers (PyTorch, Opacus, jax_privacy) run in ``.venv-bench`` (``bash
 benchmarks/setup_peers.sh``); a peer that is missing or fails is reported as
@@ -130,6 +131,9 @@ def main(argv: list[str] | None = None) -> int:
         help="checkout whose dpjax/ and kernels/ are benchmarked (default: this one)",
     )
     ap.add_argument(
+        "--repeat", type=int, default=1, help="passes over the case list (median over passes)"
+    )
+    ap.add_argument(
         "--report-only",
         action="store_true",
         help="rebuild RESULTS.md and the plot from the existing suite_<device>.jsonl",
@@ -179,14 +183,20 @@ def main(argv: list[str] | None = None) -> int:
                     budget_s=args.budget
                     if args.budget is not None
                     else harness.SUITE_BUDGET_S["toy" if args.toy else args.device],
+                    repeat=args.repeat,
                 )
                 total = time.perf_counter() - t0
-            report.add_ratios(rows)
-            jsonl.write_text("".join(json.dumps(r) + "\n" for r in rows))
+            # The jsonl keeps one row per case and pass; the summary one row per case.
+            rows = report.add_ratios(report.aggregate(rows))
+            jsonl.with_name(f"suite_{tag}_summary.jsonl").write_text(
+                "".join(json.dumps(r) + "\n" for r in rows)
+            )
             png = report.plot(rows, args.results_dir / f"suite_{tag}.png", device=args.device)
             notes = [
-                f"Run: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {len(rows)} cases in "
-                f"{total / 60:.1f} min, every case in its own process; steps per case: at least "
+                f"Run: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {len(rows)} cases, "
+                f"{max(r.get('passes', 1) for r in rows)} pass(es) over the list (figures are the "
+                f"median over passes), {total / 60:.1f} min, every case in its own process; "
+                f"steps per case: at least "
                 f"{steps['min_steps']}, then until {steps['budget_s']} s or {steps['max_steps']} "
                 f"steps; timeout {steps['timeout_s']:.0f} s. Rows: `{_rel(jsonl)}`; plot: "
                 f"`{_rel(png)}`.",

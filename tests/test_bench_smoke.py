@@ -161,3 +161,17 @@ def test_run_dry_run_lists_every_method(capsys):
         assert f"/{m} " in out
     for w in ("cnn", "transformer", "mlp", "gpt"):
         assert f"{w}/b" in out
+
+
+def test_repeated_passes_aggregate_to_the_median():
+    base = _run("cnn", "jax_nonprivate")
+    passes = [
+        dict(base, step_s=s, step_s_p25=s, step_s_p75=s, **{"pass": i})
+        for i, s in enumerate((0.3, 0.1, 0.2))
+    ]
+    failed = dict(passes[0], status="timeout: no result within 1 s", **{"pass": 3})
+    (row,) = report.aggregate(passes + [failed])
+    assert row["step_s"] == pytest.approx(0.2)
+    assert row["step_s_passes"] == [0.3, 0.1, 0.2] and row["passes"] == 4
+    assert row["passes_not_ok"] == [failed["status"]]
+    assert row["examples_per_s"] == pytest.approx(row["batch"] / 0.2)

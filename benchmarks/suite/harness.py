@@ -163,11 +163,15 @@ def run_cases(
     log: Callable[[str], None] = print,
     dpjax_root: Path = REPO,
     budget_s: float | None = None,
+    repeat: int = 1,
 ) -> list[dict]:
     """Runs every case in order; appends each row to ``jsonl`` as it lands.
 
     ``budget_s``: once the suite has run this long, the remaining cases are
     reported as skipped (the device tool's time is fixed) instead of run.
+    ``repeat``: run the whole list this many times, one pass after another
+    (round-robin, so slow drifts of a shared machine's load hit every case);
+    ``report.aggregate`` takes the median over passes.
     """
     peer = peer or peer_python(device)
     rows = []
@@ -175,7 +179,8 @@ def run_cases(
         jsonl.parent.mkdir(parents=True, exist_ok=True)
         jsonl.write_text("")
     t_start = time.perf_counter()
-    for i, case in enumerate(case_list, 1):
+    passes = [(p, c) for p in range(repeat) for c in case_list]
+    for i, (pass_no, case) in enumerate(passes, 1):
         spent = time.perf_counter() - t_start
         if budget_s is not None and spent > budget_s:
             w = case["workload"]
@@ -189,10 +194,11 @@ def run_cases(
             }
         else:
             row = run_case(case, device, steps, peer, dpjax_root)
+        row["pass"] = pass_no
         rows.append(row)
         if jsonl is not None:
             with jsonl.open("a") as f:
                 f.write(json.dumps(row) + "\n")
         ms = f"{1e3 * row['step_s']:.1f} ms/step" if row.get("status") == "ok" else row["status"]
-        log(f"[{i}/{len(case_list)}] {case.label}: {ms} ({row['wall_s']:.0f} s)")
+        log(f"[{i}/{len(passes)}] {case.label}: {ms} ({row['wall_s']:.0f} s)")
     return rows
