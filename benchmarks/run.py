@@ -187,15 +187,18 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 total = time.perf_counter() - t0
             # The jsonl keeps one row per case and pass; the summary one row per case.
-            rows = report.add_ratios(report.aggregate(rows))
+            raw = rows
+            rows = report.add_ratios(report.aggregate(raw))
             jsonl.with_name(f"suite_{tag}_summary.jsonl").write_text(
                 "".join(json.dumps(r) + "\n" for r in rows)
             )
             png = report.plot(rows, args.results_dir / f"suite_{tag}.png", device=args.device)
             notes = [
-                f"Run: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {len(rows)} cases, "
+                f"Table built {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}: "
+                f"{len(rows)} cases, "
                 f"{max(r.get('passes', 1) for r in rows)} pass(es) over the list (figures are the "
-                f"median over passes), {total / 60:.1f} min, every case in its own process; "
+                f"median over passes), {total / 60:.1f} min of running, every case in its own "
+                "process; "
                 f"steps per case: at least "
                 f"{steps['min_steps']}, then until {steps['budget_s']} s or {steps['max_steps']} "
                 f"steps; timeout {steps['timeout_s']:.0f} s. Rows: `{_rel(jsonl)}`; plot: "
@@ -214,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
                 ]
             else:
                 notes += ["", "XLA flags: the defaults (no workaround flags set)."]
-            loads = [r["loadavg_1min"] for r in rows if "loadavg_1min" in r]
+            loads = [r["loadavg_1min"] for r in raw if "loadavg_1min" in r]
             if loads:
                 notes += [
                     "",
@@ -230,6 +233,7 @@ def main(argv: list[str] | None = None) -> int:
                 machine_description(args.device, rows, args.dpjax_root.resolve(), args.dpjax_label),
                 device=args.device,
                 notes=notes,
+                raw=raw,
             )
             md.parent.mkdir(parents=True, exist_ok=True)
             md.write_text(text)

@@ -34,7 +34,7 @@ rm -rf "$VENV"
 "$VENV/bin/pip" install --quiet --upgrade pip
 # torch==2.13.0 resolves to the CPU build (torch-2.13.0+cpu, no CUDA wheels);
 # check that no nvidia-* package came with it below.
-"$VENV/bin/pip" install --quiet "torch==2.13.0" "opacus>=1.5" "jax-privacy>=1.0" psutil "${pins[@]}"
+"$VENV/bin/pip" install --quiet "torch==2.13.0" "opacus>=1.5" "jax-privacy>=1.0" "${pins[@]}"
 if "$VENV/bin/pip" list 2>/dev/null | grep -qi '^nvidia-'; then
   echo "setup_peers.sh: a CUDA torch came in; this suite wants the CPU build" >&2
   exit 1

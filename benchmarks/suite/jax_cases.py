@@ -74,6 +74,8 @@ def build_step(w: Workload, method: str) -> tuple[Callable, Any, dict[str, Any]]
     Raises ``Unavailable`` when the installed libraries lack the method and
     ``ImportError`` when a peer library is missing.
     """
+    if method == "jax_privacy":
+        import jax_privacy  # noqa: F401 - ImportError first: a missing peer is reported fast
     losses, params = _pure_model(w)
     n = float(w.batch)
     info: dict[str, Any] = {}
@@ -121,9 +123,7 @@ def build_step(w: Workload, method: str) -> tuple[Callable, Any, dict[str, Any]]
 
     if method == "optax_dp_aggregate":
         tx = optax.chain(
-            optax.contrib.differentially_private_aggregate(
-                L2_CLIP, SIGMA, key=jax.random.key(1)
-            ),
+            optax.contrib.differentially_private_aggregate(L2_CLIP, SIGMA, key=jax.random.key(1)),
             optax.sgd(LR),
         )
         one = lambda p, x, y: losses(p, x[None], y[None])[0]

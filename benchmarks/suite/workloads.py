@@ -83,10 +83,7 @@ def workloads(device: str, *, toy: bool = False, sweep: bool = True) -> list[Wor
     including the GPU-only decoder. ``sweep``: also the extra batch sizes.
     """
     if toy:
-        return [
-            Workload(name, name, dict(arch), 4, 2, "toy " + name)
-            for name, arch in TOY.items()
-        ]
+        return [Workload(name, name, dict(arch), 4, 2, "toy " + name) for name, arch in TOY.items()]
     out = []
     arches = {"cnn": CNN, "transformer": TRANSFORMER, "mlp": MLP, "gpt": GPT}
     for name, (batches, micro) in SIZES[device].items():
@@ -120,8 +117,11 @@ def param_count(w: Workload) -> int:
     """Number of parameters, from the architecture alone (both frameworks match it)."""
     a = w.arch
     if w.kind == "cnn":
-        return (16 * 8 * 8 * a["channels"] + 16) + (32 * 16 * 4 * 4 + 32) + (512 * 32 + 32) + (
-            32 * a["classes"] + a["classes"]
+        return (
+            (16 * 8 * 8 * a["channels"] + 16)
+            + (32 * 16 * 4 * 4 + 32)
+            + (512 * 32 + 32)
+            + (32 * a["classes"] + a["classes"])
         )
     if w.kind == "mlp":
         sizes = (a["inputs"], *a["hidden"], a["classes"])
@@ -129,5 +129,7 @@ def param_count(w: Workload) -> int:
     d, m = a["d"], a["mlp"]
     block = 4 * (d * d + d) + (d * m + m) + (m * d + d) + 4 * d
     emb = a["vocab"] * d + a["seq"] * d
-    head = d * a["classes"] + a["classes"] if w.kind == "transformer" else d * a["vocab"] + a["vocab"]
+    head = (
+        d * a["classes"] + a["classes"] if w.kind == "transformer" else d * a["vocab"] + a["vocab"]
+    )
     return emb + a["blocks"] * block + 2 * d + head
