@@ -146,8 +146,11 @@ def test_report_keeps_every_row_and_plots(tmp_path):
     for r in rows:  # every case has a row, with its status when it did not run
         line = next(ln for ln in text.splitlines() if ln.startswith(f"| {r['method']} |"))
         assert r["status"].split(":")[0] in line
-    verdicts = {g["verdict"] for g in report.goals(rows)}
-    assert verdicts <= {"MET", "NOT MET", "not measured"} and verdicts
+    verdicts = [g["verdict"] for g in report.goals(rows)]
+    assert verdicts and all(v.startswith(("MET", "NOT MET", "not measured")) for v in verdicts)
+    # jax_privacy is not installed in the project venv: its goal says why it is unmeasured
+    if not rows[3]["status"] == "ok":
+        assert any(rows[3]["status"] in v for v in verdicts)
     png = report.plot(rows, tmp_path / "p.png", device="cpu")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
