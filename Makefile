@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: train test test-fast lint bench clean
+.PHONY: train test test-fast lint bench bench-peers clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,7 +26,10 @@ lint: $(STAMP)
 	$(BIN)/ruff check dpjax kernels tests benchmarks
 
 bench: $(STAMP)
-	$(BIN)/python benchmarks/core.py
+	$(BIN)/python benchmarks/run.py
+
+bench-peers:
+	bash benchmarks/setup_peers.sh
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info

@@ -21,7 +21,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-CASES = ("nonprivate", "dpjax_vmap", "dpjax_microbatch")
+CASES = ("nonprivate", "dpjax_vmap", "dpjax_ghost", "dpjax_microbatch")
 
 
 def run_case(case: str, batch: int, steps: int) -> dict:
@@ -54,11 +54,18 @@ def run_case(case: str, batch: int, steps: int) -> dict:
             return loss
     else:
         micro = 64 if case == "dpjax_microbatch" else None
-        grad_fn = dpjax.nnx.clipped_grad(lambda m, a, b: xent(m, a, b)[0], 1.0,
-                                         microbatch_size=micro)
-        tx = dpjax.dp_adam(1e-3, sensitivity=grad_fn, noise_multiplier=1.0,
-                           expected_batch_size=float(batch), sampling_rate=0.1,
-                           key=jax.random.key(3))
+        method = "ghost" if case == "dpjax_ghost" else "vmap"
+        grad_fn = dpjax.nnx.clipped_grad(
+            lambda m, a, b: xent(m, a, b)[0], 1.0, microbatch_size=micro, method=method
+        )
+        tx = dpjax.dp_adam(
+            1e-3,
+            sensitivity=grad_fn,
+            noise_multiplier=1.0,
+            expected_batch_size=float(batch),
+            sampling_rate=0.1,
+            key=jax.random.key(3),
+        )
         opt = nnx.Optimizer(model, tx, wrt=nnx.Param)
         inner = dpjax.nnx.make_train_step(grad_fn)
 
@@ -75,10 +82,15 @@ def run_case(case: str, batch: int, steps: int) -> dict:
         jax.block_until_ready(step(model, opt, x, y, mask))
         times.append(time.perf_counter() - t0)
     med = float(np.median(times))
-    return {"case": case, "batch": batch, "compile_s": compile_s, "step_s": med,
-            "step_s_iqr": [float(np.percentile(times, 25)), float(np.percentile(times, 75))],
-            "examples_per_s": batch / med,
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    return {
+        "case": case,
+        "batch": batch,
+        "compile_s": compile_s,
+        "step_s": med,
+        "step_s_iqr": [float(np.percentile(times, 25)), float(np.percentile(times, 75))],
+        "examples_per_s": batch / med,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
 
 
 def main() -> None:
@@ -94,9 +106,22 @@ def main() -> None:
 
     results = []
     for case in CASES:
-        out = subprocess.run([sys.executable, __file__, "--case", case, "--batch",
-                              str(args.batch), "--steps", str(args.steps)],
-                             check=True, capture_output=True, text=True, env=os.environ.copy())
+        out = subprocess.run(
+            [
+                sys.executable,
+                __file__,
+                "--case",
+                case,
+                "--batch",
+                str(args.batch),
+                "--steps",
+                str(args.steps),
+            ],
+            check=True,
+            capture_output=True,
+            text=True,
+            env=os.environ.copy(),
+        )
         results.append(json.loads(out.stdout.strip().splitlines()[-1]))
         print(results[-1], flush=True)
     base = results[0]
@@ -105,8 +130,9 @@ def main() -> None:
         r["rss_ratio_vs_nonprivate"] = r["peak_rss_mb"] / base["peak_rss_mb"]
     machine = describe()
     (HERE / "results").mkdir(exist_ok=True)
-    (HERE / "results" / "core.json").write_text(json.dumps({"machine": machine,
-                                                            "results": results}, indent=2))
+    (HERE / "results" / "core.json").write_text(
+        json.dumps({"machine": machine, "results": results}, indent=2)
+    )
     lines = [
         "# Private vs non-private step: digits CNN",
         "",
@@ -120,9 +146,11 @@ def main() -> None:
         "|---|---|---|---|---|---|---|",
     ]
     for r in results:
-        lines.append(f"| {r['case']} | {1e3 * r['step_s']:.2f} | {r['step_ratio_vs_nonprivate']:.2f}"
-                     f" | {r['compile_s']:.2f} | {r['examples_per_s']:.0f} | {r['peak_rss_mb']:.0f}"
-                     f" | {r['rss_ratio_vs_nonprivate']:.2f} |")
+        lines.append(
+            f"| {r['case']} | {1e3 * r['step_s']:.2f} | {r['step_ratio_vs_nonprivate']:.2f}"
+            f" | {r['compile_s']:.2f} | {r['examples_per_s']:.0f} | {r['peak_rss_mb']:.0f}"
+            f" | {r['rss_ratio_vs_nonprivate']:.2f} |"
+        )
     (HERE / "RESULTS_core.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

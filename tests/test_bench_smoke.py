@@ -54,7 +54,10 @@ def _check_ok(row: dict) -> None:
     assert 0 < row["step_s_p25"] <= row["step_s"] <= row["step_s_p75"]
     assert row["examples_per_s"] == pytest.approx(row["batch"] / row["step_s"])
     assert math.isfinite(row["loss"]) and row["loss"] > 0
-    assert row["peak_rss_mb"] >= row["base_rss_mb"] > 0
+    # /proc's current RSS and getrusage's high-water mark come from counters
+    # the kernel updates separately; they can differ by a few pages.
+    assert row["base_rss_mb"] > 0
+    assert row["peak_rss_mb"] >= 0.98 * row["base_rss_mb"], row
 
 
 def test_toy_workloads_cover_every_kind_and_match_shapes():
