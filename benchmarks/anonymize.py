@@ -31,15 +31,9 @@ QUASI = ["age", "zip", "sex"]
 
 
 def machine() -> dict[str, object]:
-    cpu = "unknown"
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
+    from machine import cpu_model  # benchmarks/machine.py, beside this script
+
+    cpu = cpu_model()
     try:
         commit = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=HERE

@@ -221,15 +221,9 @@ def machine(device: str) -> dict:
     import flax
     import jax
     import optax
+    from machine import cpu_model  # benchmarks/machine.py, beside this script
 
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_model()
     info = dict(
         cpu=cpu,
         cores=os.cpu_count(),

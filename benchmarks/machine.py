@@ -6,18 +6,25 @@ import os
 import platform
 
 
-def describe() -> dict[str, str]:
-    cpu = platform.processor() or "unknown"
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo (Linux), else what platform says."""
     try:
-        with open("/proc/cpuinfo") as f:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
             for line in f:
                 if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
+                    return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    info = {"cpu": cpu, "cores": str(os.cpu_count()), "platform": platform.platform(),
-            "python": platform.python_version()}
+    return platform.processor() or "unknown"
+
+
+def describe() -> dict[str, str]:
+    info = {
+        "cpu": cpu_model(),
+        "cores": str(os.cpu_count()),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+    }
     try:
         import jax
 

@@ -226,14 +226,9 @@ def _dpl(dpl, stat, data, eps):
 
 
 def machine(opendp_err, dpl_err, dpl_note):
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    from machine import cpu_model  # benchmarks/machine.py, beside this script
+
+    cpu = cpu_model()
     versions = {"python": platform.python_version(), "jax": jax.__version__,
                 "numpy": np.__version__, "dpjax": dpjax.__version__}  # fmt: skip
     for dist in ("opendp", "diffprivlib", "scikit-learn", "pandas", "scipy"):
