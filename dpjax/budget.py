@@ -52,36 +52,16 @@ class PrivacyBudget:
         _validate.open_unit("delta", self.delta)
         _validate.one_of("accountant", self.accountant, ("rdp", "pld"))
 
-    def _params(self, opt_state: Any) -> tuple[float, float, float, bool]:
-        from dpjax.privacy import _host, find_noise_state
-
-        s = find_noise_state(opt_state)
-        return (
-            float(_host(s.noise_multiplier)),
-            float(_host(s.sampling_rate)),
-            float(_host(s.truncation_prob)),
-            bool(_host(s.replace_one)),
-        )
-
     def epsilon_after(self, opt_state: Any, steps: int) -> float:
         """Epsilon the run would have spent after ``steps`` steps (inf: not allowed)."""
-        from dpjax import accounting
+        from dpjax.privacy import epsilon_after, noise_params
 
         steps = _validate.non_negative_int("steps", steps)
-        sigma, q, trunc, replace_one = self._params(opt_state)
-        if steps == 0:
-            return 0.0
-        if replace_one:
-            raise ValueError("PrivacyBudget: only add/remove (Poisson) accounting is supported")
-        if math.isnan(q):
-            raise ValueError(
-                "PrivacyBudget needs the sampling rate: build the optimizer with sampling_rate=q"
-            )
-        acct_delta = self.delta - steps * trunc
-        if sigma == 0.0 or acct_delta <= 0.0:
+        p = noise_params(opt_state)
+        acct_delta = self.delta - steps * p.truncation_prob
+        if steps > 0 and acct_delta <= 0.0:
             return math.inf
-        event = accounting.SelfComposed(accounting.PoissonSampledGaussian(sigma, q), count=steps)
-        return accounting.epsilon(event, acct_delta, accountant=self.accountant)
+        return epsilon_after(p, steps, acct_delta, self.accountant, "PrivacyBudget")
 
     def allows(self, opt_state: Any, steps: int) -> bool:
         """Whether a run of ``steps`` steps stays within the budget."""
@@ -106,9 +86,9 @@ class PrivacyBudget:
 
         Call it before every step; it evaluates the accountant at ``count + 1``.
         """
-        from dpjax.privacy import _host, find_noise_state
+        from dpjax.privacy import noise_params
 
-        count = int(_host(find_noise_state(opt_state).count))
+        count = noise_params(opt_state).steps
         eps = self.epsilon_after(opt_state, count + 1)
         if not eps <= self.epsilon:
             raise BudgetExceededError(

@@ -11,7 +11,7 @@ import numpy as np
 from dpjax import _validate
 from dpjax.transforms import DPNoiseState
 
-__all__ = ["PrivacySpent", "privacy_spent", "find_noise_state"]
+__all__ = ["PrivacySpent", "NoiseParams", "privacy_spent", "find_noise_state", "noise_params"]
 
 
 class PrivacySpent(NamedTuple):
@@ -44,6 +44,55 @@ def find_noise_state(opt_state: Any) -> DPNoiseState:
     return found[0]
 
 
+class NoiseParams(NamedTuple):
+    """The accountant's view of a ``DPNoiseState``, on the host."""
+
+    steps: int
+    noise_multiplier: float  # rounded down in the state
+    sampling_rate: float  # rounded up in the state; NaN when not recorded
+    truncation_prob: float  # per step, rounded up
+    replace_one: bool
+
+
+def noise_params(opt_state: Any) -> NoiseParams:
+    """Reads the single noise state of ``opt_state`` (optax or Flax NNX) to the host."""
+    s = find_noise_state(opt_state)
+    return NoiseParams(
+        steps=int(_host(s.count)),
+        noise_multiplier=float(_host(s.noise_multiplier)),
+        sampling_rate=float(_host(s.sampling_rate)),
+        truncation_prob=float(_host(s.truncation_prob)),
+        replace_one=bool(_host(s.replace_one)),
+    )
+
+
+def epsilon_after(p: NoiseParams, steps: int, delta: float, accountant: str, who: str) -> float:
+    """Epsilon of ``steps`` sampled Gaussian steps with the parameters ``p`` (upper bound).
+
+    ``who`` names the caller in error messages.
+    """
+    from dpjax import accounting
+
+    if steps == 0:
+        return 0.0
+    if math.isnan(p.sampling_rate):
+        raise ValueError(f"{who} needs the sampling rate: build the optimizer with sampling_rate=q")
+    if p.noise_multiplier == 0.0:
+        return math.inf
+    if p.replace_one:
+        raise ValueError(
+            f"{who}: replace-one (fixed-size batch) accounting is not wired into "
+            "training yet; use relation='add_remove' with Poisson sampling"
+        )
+    event = accounting.SelfComposed(
+        accounting.PoissonSampledGaussian(
+            noise_multiplier=p.noise_multiplier, sampling_rate=p.sampling_rate
+        ),
+        count=steps,
+    )
+    return float(accounting.epsilon(event, delta, accountant=accountant))
+
+
 def privacy_spent(opt_state: Any, delta: float, *, accountant: str = "rdp") -> PrivacySpent:
     """The privacy spent so far by the training that produced ``opt_state``.
 
@@ -62,31 +111,8 @@ def privacy_spent(opt_state: Any, delta: float, *, accountant: str = "rdp") -> P
       state's noise multiplier (rounded down) and sampling rate (rounded up),
       so the epsilon reported is an upper bound.
     """
-    from dpjax import accounting
-
     _validate.open_unit("delta", delta)
-    s = find_noise_state(opt_state)
-    steps = int(_host(s.count))
-    sigma = float(_host(s.noise_multiplier))
-    q = float(_host(s.sampling_rate))
-    trunc = float(_host(s.truncation_prob))
-    replace_one = bool(_host(s.replace_one))
-    delta_total = min(1.0, delta + steps * trunc)
-    if steps == 0:
-        return PrivacySpent(0.0, delta_total, 0)
-    if math.isnan(q):
-        raise ValueError(
-            "privacy_spent needs the sampling rate: build the optimizer with sampling_rate=q"
-        )
-    if sigma == 0.0:
-        return PrivacySpent(math.inf, delta_total, steps)
-    if replace_one:
-        raise ValueError(
-            "privacy_spent: replace-one (fixed-size batch) accounting is not wired into "
-            "training yet; use relation='add_remove' with Poisson sampling"
-        )
-    event = accounting.SelfComposed(
-        accounting.PoissonSampledGaussian(noise_multiplier=sigma, sampling_rate=q), count=steps
-    )
-    eps = accounting.epsilon(event, delta, accountant=accountant)
-    return PrivacySpent(float(eps), delta_total, steps)
+    p = noise_params(opt_state)
+    delta_total = min(1.0, delta + p.steps * p.truncation_prob)
+    eps = epsilon_after(p, p.steps, delta, accountant, "privacy_spent")
+    return PrivacySpent(eps, delta_total, p.steps)
