@@ -36,10 +36,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.scipy.special import logsumexp
-from scipy import special
 
 from dpjax import _validate
 from dpjax.accounting import events as ev
+from dpjax.accounting import pld_plan
 
 __all__ = [
     "DEFAULT_BINS",
@@ -55,14 +55,12 @@ __all__ = [
 ]
 
 DEFAULT_BINS = 2**16
-_MIN_AUTO_BINS, _MAX_AUTO_BINS, _BIAS_TOL = 2**14, 2**20, 4e-3
-_TAIL_SIGMAS = 9.5  # Gaussian noise cut at 9.5 sd: mass < 1.1e-21 (rounded up / to infinity)
-_TAIL_LOG = 46.0  # windows hold all but exp(-46) = 1e-20 of the loss's mass
-_CHERNOFF_T = tuple(s * 2.0**k for s in (1.0, -1.0) for k in range(-4, 21))  # host sizing
+_TAIL_SIGMAS = pld_plan.TAIL_SIGMAS  # Gaussian noise cut at 9.5 sd (rest: rounded up / to inf)
+_TAIL_LOG = pld_plan.TAIL_LOG  # windows hold all but exp(-46) = 1e-20 of the loss's mass
 _ROUNDOFF = 64 * 2.0**-52  # FFT round-off relative to the largest mass, per composition
 _TILT_LOG, _TILT_MAX = 8.0, 500.0  # tilt keeps the bulk >= e^-8; at most e^500 across
-_JIT_T0, _JIT_K = 1.0 / 16.0, 26  # in-jit Chernoff t: +-2^k / 16, k < 26
-_JIT_T = tuple(s * _JIT_T0 * 2.0**k for s in (1.0, -1.0) for k in range(_JIT_K))
+_JIT_T0, _JIT_K = pld_plan.T0, pld_plan.T_COUNT  # Chernoff t: +-2^k / 16, k < 26
+_JIT_T = pld_plan.CHERNOFF_T
 
 
 class PldState(NamedTuple):
@@ -186,75 +184,115 @@ def _safe_log(x):
     return jnp.log(jnp.where(x > 0, x, 1.0)) + jnp.where(x > 0, 0.0, -jnp.inf)
 
 
-def _connect_dots(pb, qb, p_below, p_above, q_above, eps, h):
-    """P-masses on the grid ``eps`` (and at infinity) from bin masses (DGKKM22, Alg. 1).
+def _tail(z):
+    """Phi(-|z|): the normal tail beyond |z|, accurate to ~1e-13 relative."""
+    return ndtr(-jnp.abs(z))
 
-    Bin k = (eps_k, eps_k + h] has P-mass pb and Q-mass qb; it is split between
-    its end points keeping both masses, so the discrete profile is the chord of
-    the true one in exp(eps) and dominates it.
+
+def _gauss_mass(u, v):
+    """Standard normal mass of (u, v], u <= v, from tails only (accurate in both tails).
+
+    Every array here has the grid's full length: XLA:CPU runs ``erfc`` several
+    times slower when its result is sliced, so bins get both end points
+    evaluated rather than differenced neighbours.
     """
-    logrho = jnp.clip(eps[:-1] + _safe_log(qb) - _safe_log(pb), -h, 0.0)
+    tu, tv = _tail(u), _tail(v)
+    return jnp.where(u > 0, tu - tv, jnp.where(v <= 0, tv - tu, 1.0 - tu - tv))
+
+
+def _split_right(pb, qb, e, h):
+    """Connect the dots (DGKKM22, Alg. 1): the part of bin (e, e + h] put at e + h.
+
+    The bin's P-mass pb and Q-mass qb are split between its end points keeping
+    both masses, so the discrete profile is the chord of the true one in
+    exp(eps) and dominates it; the rest, pb - right, goes to e.
+    """
+    logrho = jnp.clip(e + _safe_log(qb) - _safe_log(pb), -h, 0.0)
     right = jnp.where(pb > 0, pb * (-jnp.expm1(logrho)) * (jnp.exp(h) / jnp.expm1(h)), 0.0)
-    right = jnp.minimum(right, pb)
+    return jnp.minimum(right, pb)
+
+
+def _connect_dots(bins, p_below, p_above, q_above, eps, h, split_top=True):
+    """P-masses on the grid ``eps`` (and at infinity) of a mechanism.
+
+    ``bins(e)`` gives (P-mass, Q-mass) of the loss bins (e, e + h]. Point j
+    gets the left part of bin j and the right part of bin j - 1; both are
+    computed elementwise (no shifted copies: XLA:CPU re-runs a fused
+    transcendental producer for every shifted consumer). Mass below the grid
+    goes to its lowest point; mass above its top is split between the top and
+    +infinity keeping the Q-mass (``rho_top``), or all to +infinity where
+    ``split_top`` is False (a far, tiny mass: at the top point it would spoil
+    every later Chernoff bound; at infinity it adds its size to delta).
+    """
+    n = eps.shape[0]
+    idx = jnp.arange(n)
+    pb, qb = bins(eps)
+    pb, qb = jnp.where(idx == n - 1, 0.0, pb), jnp.where(idx == n - 1, 0.0, qb)
+    pp, qp = bins(eps - h)  # bin j - 1
+    pp, qp = jnp.where(idx == 0, 0.0, pp), jnp.where(idx == 0, 0.0, qp)
+    p = pb - _split_right(pb, qb, eps, h) + _split_right(pp, qp, eps - h, h)
     rho_top = jnp.where(
-        p_above > 0,
+        (p_above > 0) & split_top,
         jnp.exp(jnp.minimum(eps[-1] + _safe_log(q_above) - _safe_log(p_above), 0.0)),
         0.0,
     )
-    zero = jnp.zeros((1,), eps.dtype)
-    p = jnp.concatenate([pb - right, zero]) + jnp.concatenate([zero, right])
-    first = jnp.zeros_like(eps).at[0].set(1.0)
-    last = jnp.zeros_like(eps).at[-1].set(1.0)
-    p = p + first * p_below + last * (p_above * rho_top)
+    p = p + jnp.where(idx == 0, p_below, 0.0) + jnp.where(idx == n - 1, p_above * rho_top, 0.0)
     return p, p_above * (1.0 - rho_top)
 
 
-def _gauss_bins(x, mean, sigma):
-    """N(mean, sigma^2) masses of (x_k, x_{k+1}] (x increasing), accurate in both tails."""
-    z = (x - mean) / sigma
-    lower, upper = ndtr(z), ndtr(-z)
-    return jnp.where(z[:-1] > 0, upper[:-1] - upper[1:], lower[1:] - lower[:-1])
-
-
-def _gaussian_family(q, sigma, direction, h, n):
+def _gaussian_family(q, sigma, direction, h, n, tail_sigmas=_TAIL_SIGMAS):
     """Discrete PLD of the Poisson-subsampled Gaussian (q = 1: plain Gaussian).
 
     Remove: P = (1-q) N(0, s^2) + q N(1, s^2), Q = N(0, s^2), L increasing in x.
     Add: P = N(0, s^2), Q = (1-q) N(0, s^2) + q N(1, s^2), L decreasing in x.
+    The grid spans the losses of x in [-tail_sigmas * s, 1 + tail_sigmas * s]
+    (its top when n bins cannot hold them all); masses beyond are exact
+    normal tails, put at the lowest point or split with +infinity.
     """
     logc = jnp.log1p(-q)  # -inf when q = 1
     logq = jnp.log(q)
     s2 = sigma * sigma
+    c = jnp.exp(logc)
+    sgn = 1.0 if direction == 0 else -1.0
 
     def loss(x):
-        lv = jnp.logaddexp(logc, logq + (2 * x - 1) / (2 * s2))
-        return lv if direction == 0 else -lv
+        return sgn * jnp.logaddexp(logc, logq + (2 * x - 1) / (2 * s2))
 
-    x_lo, x_hi = -_TAIL_SIGMAS * sigma, 1.0 + _TAIL_SIGMAS * sigma
+    x_lo, x_hi = -tail_sigmas * sigma, 1.0 + tail_sigmas * sigma
     l_lo, l_hi = (loss(x_lo), loss(x_hi)) if direction == 0 else (loss(x_hi), loss(x_lo))
     # Keep the top of the support when n bins cannot hold all of it.
     a = jnp.floor(jnp.maximum(l_lo, l_hi - (n - 2) * h) / h).astype(jnp.int64)
     eps = (a + jnp.arange(n)).astype(jnp.float64) * h
-    if direction == 0:  # x(eps): L(x) = eps, defined for eps > log(1-q)
-        ok = logc - eps < 0
-        u = eps + jnp.log1p(-jnp.exp(jnp.where(ok, logc - eps, -1.0))) - logq
-        x = jnp.where(ok, s2 * u + 0.5, -jnp.inf)
-        qb = _gauss_bins(x, 0.0, sigma)
-        pb = jnp.exp(logc) * qb + q * _gauss_bins(x, 1.0, sigma)
-        p_below = jnp.exp(logc) * ndtr(x[0] / sigma) + q * ndtr((x[0] - 1) / sigma)
-        p_above = jnp.exp(logc) * ndtr(-x[-1] / sigma) + q * ndtr(-(x[-1] - 1) / sigma)
-        q_above = ndtr(-x[-1] / sigma)
-    else:  # L > eps  <=>  x < x(eps), defined for eps < -log(1-q)
-        ok = logc + eps < 0
-        u = -eps + jnp.log1p(-jnp.exp(jnp.where(ok, logc + eps, -1.0))) - logq
-        x = jnp.where(ok, s2 * u + 0.5, -jnp.inf)
-        xr = x[::-1]  # increasing
-        pb = _gauss_bins(xr, 0.0, sigma)[::-1]
-        qb = jnp.exp(logc) * pb + q * _gauss_bins(xr, 1.0, sigma)[::-1]
-        p_below = ndtr(-x[0] / sigma)
-        p_above = ndtr(x[-1] / sigma)
-        q_above = jnp.exp(logc) * p_above + q * ndtr((x[-1] - 1) / sigma)
-    p, inf = _connect_dots(pb, qb, p_below, p_above, q_above, eps, h)
+
+    def z_of(e):
+        # x / sigma where sgn * L(x) = e; defined for sgn * e > log(1-q), else -inf.
+        ok = logc - sgn * e < 0
+        u = sgn * e + jnp.log1p(-jnp.exp(jnp.where(ok, logc - sgn * e, -1.0))) - logq
+        return jnp.where(ok, s2 * u + 0.5, -jnp.inf) / sigma
+
+    d = 1.0 / sigma  # the shift of N(1, s^2) in units of sigma
+
+    def bins(e):
+        z, z_next = z_of(e), z_of(e + h)
+        if direction == 0:  # L in (e, e + h]  <->  x in (x(e), x(e + h)]
+            g0, g1 = _gauss_mass(z, z_next), _gauss_mass(z - d, z_next - d)
+            return c * g0 + q * g1, g0
+        g0, g1 = _gauss_mass(z_next, z), _gauss_mass(z_next - d, z - d)  # x in [x(e+h), x(e))
+        return g0, c * g0 + q * g1
+
+    z0, z1 = z_of(eps[0]), z_of(eps[-1])
+    if direction == 0:
+        p_below = c * ndtr(z0) + q * ndtr(z0 - d)
+        p_above = c * ndtr(-z1) + q * ndtr(d - z1)
+        q_above = ndtr(-z1)
+    else:
+        p_below = ndtr(-z0)
+        p_above = ndtr(z1)
+        q_above = c * p_above + q * ndtr(z1 - d)
+    # The grid holds the whole cut support: what lies above is a normal tail
+    # beyond tail_sigmas, sent to +infinity whole.
+    split = eps[-1] < l_hi
+    p, inf = _connect_dots(bins, p_below, p_above, q_above, eps, h, split)
     return p, a, inf
 
 
@@ -267,22 +305,31 @@ def _laplace(b, h, n):
     inv = 1.0 / b
     a = jnp.floor(-inv / h).astype(jnp.int64)
     eps = (a + jnp.arange(n)).astype(jnp.float64) * h
-    inside = (eps >= -inv) & (eps < inv)
-    sp = jnp.where(
-        eps < -inv, 1.0, jnp.where(inside, 1 - 0.5 * jnp.exp(-(1 - eps * b) / (2 * b)), 0.0)
-    )
-    sq = jnp.where(eps < -inv, 1.0, jnp.where(inside, 0.5 * jnp.exp(-(1 + eps * b) / (2 * b)), 0.0))
-    p, inf = _connect_dots(sp[:-1] - sp[1:], sq[:-1] - sq[1:], 1 - sp[0], sp[-1], sq[-1], eps, h)
+
+    def surv(e):  # (P(L > e), Q(L > e))
+        inside = (e >= -inv) & (e < inv)
+        sp = jnp.where(
+            e < -inv, 1.0, jnp.where(inside, 1 - 0.5 * jnp.exp(-(1 - e * b) / (2 * b)), 0.0)
+        )
+        sq = jnp.where(e < -inv, 1.0, jnp.where(inside, 0.5 * jnp.exp(-(1 + e * b) / (2 * b)), 0.0))
+        return sp, sq
+
+    def bins(e):
+        (sp, sq), (sp1, sq1) = surv(e), surv(e + h)
+        return sp - sp1, sq - sq1
+
+    sp, sq = surv(eps[-1])
+    p, inf = _connect_dots(bins, 1 - surv(eps[0])[0], sp, sq, eps, h)
     return p, a, inf
 
 
-def _single(leaf, direction, h, n):
+def _single(leaf, direction, h, n, tail_sigmas=_TAIL_SIGMAS):
+    sigma = jnp.asarray(leaf.noise_multiplier, jnp.float64)
     if isinstance(leaf, ev.PoissonSampledGaussian):
         q = jnp.asarray(leaf.sampling_rate, jnp.float64)
-        return _gaussian_family(q, jnp.asarray(leaf.noise_multiplier, jnp.float64), direction, h, n)
+        return _gaussian_family(q, sigma, direction, h, n, tail_sigmas)
     if isinstance(leaf, ev.GaussianEvent):
-        one = jnp.ones((), jnp.float64)
-        return _gaussian_family(one, jnp.asarray(leaf.noise_multiplier, jnp.float64), 0, h, n)
+        return _gaussian_family(jnp.ones((), jnp.float64), sigma, 0, h, n, tail_sigmas)
     if isinstance(leaf, ev.LaplaceEvent):
         return _laplace(jnp.asarray(leaf.noise_multiplier, jnp.float64), h, n)
     raise TypeError(
@@ -294,27 +341,30 @@ def _single(leaf, direction, h, n):
 # Composition by FFT
 
 
-def _log_mgf(p, eps):
-    """log E[exp(t L)] of a discrete PLD (finite part) at t = +-2^k, k = -4..10.
+def _log_mgf_doubling(p, eps, t0, count):
+    """log E[exp(t L)] of a discrete PLD (finite part) at t = t0 * 2^k, k < count.
 
     exp(t L) for the doubling t's comes from repeated squaring of one
-    exponential, relative to the largest (resp. smallest) loss with mass.
-    Returns float64[2 * 15] ordered like ``_JIT_T``.
+    exponential, relative to the largest (t0 > 0) or smallest (t0 < 0) loss
+    with mass, so nothing overflows.
     """
     has = p > 0
-    e_max = jnp.max(jnp.where(has, eps, -jnp.inf))
-    e_min = jnp.min(jnp.where(has, eps, jnp.inf))
-    ks = jnp.arange(_JIT_K, dtype=jnp.float64)
+    ref = jnp.where(
+        t0 > 0, jnp.max(jnp.where(has, eps, -jnp.inf)), jnp.min(jnp.where(has, eps, jnp.inf))
+    )
+    u = jnp.exp(jnp.where(has, (eps - ref) * t0, -jnp.inf))
+    logs = []
+    for _ in range(count):  # unrolled: XLA:CPU runs a short loop body slowly
+        logs.append(jnp.dot(p, u))
+        u = u * u
+    return t0 * 2.0 ** jnp.arange(count, dtype=jnp.float64) * ref + _safe_log(jnp.stack(logs))
 
-    def side(base, ref, sign):
-        def step(u, _):
-            return u * u, _safe_log(jnp.dot(p, u))
 
-        u0 = jnp.exp(jnp.where(has, base, -jnp.inf) * _JIT_T0)
-        _, logs = jax.lax.scan(step, u0, None, length=_JIT_K)
-        return sign * _JIT_T0 * 2.0**ks * ref + logs
-
-    return jnp.concatenate([side(eps - e_max, e_max, 1.0), side(e_min - eps, e_min, -1.0)])
+def _log_mgf(p, eps):
+    """log E[exp(t L)] of a discrete PLD (finite part) at t = ``_JIT_T``: float64[2 * _JIT_K]."""
+    return jnp.concatenate(
+        [_log_mgf_doubling(p, eps, _JIT_T0, _JIT_K), _log_mgf_doubling(p, eps, -_JIT_T0, _JIT_K)]
+    )
 
 
 def _moments(p, eps):
@@ -323,167 +373,148 @@ def _moments(p, eps):
     return m1, jnp.maximum(jnp.sum(p * (eps - m1) ** 2) / m0, 0.0)
 
 
-def _window(log_m, ts):
-    """(bottom, top) beyond which the Chernoff bound puts mass below exp(-_TAIL_LOG)."""
-    b = (_TAIL_LOG + log_m) / ts
+def _window(log_m, ts, tail_log):
+    """(bottom, top) beyond which the Chernoff bound puts mass below exp(-tail_log)."""
+    b = (tail_log + log_m) / ts
     return jnp.max(jnp.where(ts < 0, b, -jnp.inf)), jnp.min(jnp.where(ts > 0, b, jnp.inf))
 
 
-def _combine(p_s, start_s, inf_s, p1, a, inf1, t, h):
-    n = p_s.shape[0]
+def _power(z, t):
+    """z ** t for complex z and an integer t >= 0 (traced), as |z|^t e^(i t arg z)."""
     tf = t.astype(jnp.float64)
-    eps_s = (start_s + jnp.arange(n)).astype(jnp.float64) * h
-    eps_1 = (a + jnp.arange(n)).astype(jnp.float64) * h
+    mag = jnp.where(t == 0, 1.0, jnp.exp(tf * _safe_log(jnp.abs(z))))
+    ang = tf * jnp.angle(z)
+    return jax.lax.complex(mag * jnp.cos(ang), mag * jnp.sin(ang))
+
+
+def _combine(factors, h, n, tail_log=_TAIL_LOG, hint=None, max_loss=None):
+    """The composition of ``factors`` on ``n`` bins of spacing ``h``.
+
+    Each factor is (pmf, start, inf_mass, count): a discrete PLD (its pmf may
+    be shorter than n; it is zero-padded) composed ``count`` times: a traced
+    integer, or a Python int meaning once (taken as is: no power). The window
+    holds all but e^-tail_log of the mass by a Chernoff bound; what falls
+    outside goes to +infinity or wraps to its top (either way pessimistic).
+
+    ``hint``: an approximate log-MGF of the result at ``_JIT_T`` (from the
+    host's quadrature), used to place the window and the tilt; the bound on the
+    mass above the window is then computed exactly at the three t's around the
+    hint's optimum (a few passes instead of 2 * _JIT_K per factor).
+
+    ``max_loss``: the largest finite loss the composition can have. Mass the
+    FFT shows above it can only have wrapped around from below the window,
+    so it goes to the window's lowest point (still above its true place);
+    left at the top it would be an artificial heavy tail for later stages.
+    Returns (pmf, start, inf_mass) of the result.
+    """
     ts = jnp.asarray(_JIT_T, jnp.float64)
-    log_m = _log_mgf(p_s, eps_s) + tf * _log_mgf(p1, eps_1)
-    bottom, top = _window(log_m, ts)
+    one = jnp.ones((), jnp.int64)
+    log_m = lowest = mean = log_fin = 0.0
+    offset = 0
+    grids, counts = [], []
+    for p, start, inf, count in factors:
+        c = one if isinstance(count, int) else count
+        cf = c.astype(jnp.float64)
+        eps = (start + jnp.arange(p.shape[0])).astype(jnp.float64) * h
+        grids.append(eps)
+        counts.append(cf)
+        if hint is None:
+            log_m = log_m + cf * _log_mgf(p, eps)
+        lowest = lowest + cf * eps[0]
+        mean = mean + cf * _moments(p, eps)[0]
+        log_fin = log_fin + cf * jnp.log1p(-inf)
+        offset = offset + c * start
+    log_m = log_m if hint is None else hint
+    bottom, top = _window(log_m, ts, tail_log)
     # Hold [bottom, top]; when n bins cannot, keep the top (it carries delta).
-    lowest = eps_s[0] + tf * eps_1[0]
     lower = jnp.maximum(jnp.maximum(bottom, top - (n - 2) * h), lowest)
     w = jnp.floor(lower / h).astype(jnp.int64)
+    # Chernoff bound on the mass above the window (it wraps to the bottom).
+    top = (w + n).astype(jnp.float64) * h
+    if hint is not None:
+        # Exact log-MGF at t's half an octave apart, from the hint's optimum
+        # / 16 to its double (the hint misses what earlier stages rounded up).
+        best = jnp.argmin(jnp.where(ts > 0, -ts * top + hint, jnp.inf))
+        t_lo = ts[best] / 16.0
+        ts = jnp.concatenate([t_lo * 2.0 ** jnp.arange(6.0), t_lo * 2.0 ** jnp.arange(0.5, 6.0)])
+        log_m = sum(
+            cf * jnp.concatenate([_log_mgf_doubling(p, eps, t, 6) for t in (t_lo, t_lo * 2**0.5)])
+            for (p, *_), eps, cf in zip(factors, grids, counts, strict=True)
+        )
+    log_tail = jnp.min(jnp.where(ts > 0, -ts * top + log_m, jnp.inf))
     # Exponential tilting (it commutes with convolution): FFT round-off is
     # relative to the largest tilted mass, so tilting towards the upper tail
     # keeps the tail -- where delta lives -- accurate to ~ t * 1e-16.
-    m_s, v_s = _moments(p_s, eps_s)
-    m_1, v_1 = _moments(p1, eps_1)
-    # Chernoff bound on the mass above the window (it wraps to the bottom).
-    top = (w + n).astype(jnp.float64) * h
-    log_tail = jnp.min(jnp.where(ts > 0, -ts * top + log_m, jnp.inf))
     # Tilt: the largest doubling t with E[exp(t (L - mean))] <= e^8, so the
     # bulk keeps a relative weight >= e^-8 (for Gaussian losses t ~ 4 / sd),
     # and small enough that un-tilting the wrapped upper tail (a factor of
     # exp(t n h)) leaves it below e^-46.
-    ok = (ts > 0) & (log_m - ts * (m_s + tf * m_1) <= _TILT_LOG)
+    ok = (ts > 0) & (log_m - ts * mean <= _TILT_LOG)
     ok = ok & (ts * n * h <= jnp.minimum(_TILT_MAX, -_TAIL_LOG - log_tail))
     lam = jnp.max(jnp.where(ok, ts, 0.0))
-    ls_s = logsumexp(_safe_log(p_s) + lam * eps_s)
-    ls_1 = logsumexp(_safe_log(p1) + lam * eps_1)
-    ps_t = jnp.exp(_safe_log(p_s) + lam * eps_s - ls_s)  # tilted, normalized
-    p1_t = jnp.exp(_safe_log(p1) + lam * eps_1 - ls_1)
-    z1 = jnp.fft.rfft(p1_t)
-    mag, ang = jnp.abs(z1), jnp.angle(z1)
-    mag_t = jnp.where(t == 0, 1.0, jnp.exp(tf * _safe_log(mag)))
-    z1t = jax.lax.complex(mag_t * jnp.cos(tf * ang), mag_t * jnp.sin(tf * ang))
-    r = jnp.fft.irfft(jnp.fft.rfft(ps_t) * z1t, n)
-    r = jnp.roll(r, -jnp.mod(w - start_s - t * a, n))
+    z, log_scale, total = None, 0.0, 0.0
+    for (p, _, _, count), eps, cf in zip(factors, grids, counts, strict=True):
+        ls = logsumexp(_safe_log(p) + lam * eps)
+        zi = jnp.fft.rfft(jnp.exp(_safe_log(p) + lam * eps - ls), n)  # tilted, normalized
+        if not isinstance(count, int):
+            zi = _power(zi, count)
+        z = zi if z is None else z * zi
+        log_scale, total = log_scale + cf * ls, total + cf
+    r = jnp.fft.irfft(z, n)
+    r = jnp.roll(r, -jnp.mod(w - offset, n))
     # Below the tilted peak, values under the round-off floor would be blown up
     # by un-tilting: drop them and put their mass (the deficit) at the lowest
     # kept point, i.e. round those losses up (pessimistic).
     idx = jnp.arange(n)
-    floor = jnp.max(r) * jnp.maximum(_ROUNDOFF * (tf + 1.0), 1e-13)
+    floor = jnp.max(r) * jnp.maximum(_ROUNDOFF * (total + 1.0), 1e-13)
     keep = (r >= floor) | (idx > jnp.argmax(r))
     eps_o = (w + idx).astype(jnp.float64) * h
-    out = jnp.where(keep, jnp.maximum(r, 0.0), 0.0) * jnp.exp(ls_s + tf * ls_1 - lam * eps_o)
-    finite = jnp.exp(jnp.log1p(-inf_s) + tf * jnp.log1p(-inf1))
-    deficit = jnp.maximum(finite - jnp.sum(out), 0.0)
+    out = jnp.where(keep, jnp.maximum(r, 0.0), 0.0) * jnp.exp(log_scale - lam * eps_o)
+    if max_loss is not None:
+        wrapped = eps_o > max_loss + 0.5 * h
+        out = jnp.where(wrapped, 0.0, out).at[0].add(jnp.sum(jnp.where(wrapped, out, 0.0)))
+    deficit = jnp.maximum(jnp.exp(log_fin) - jnp.sum(out), 0.0)
     out = out + jnp.where(idx == jnp.argmax(keep), deficit, 0.0)
-    log_tail = jnp.where(t == 0, -jnp.inf, log_tail)
-    inf = -jnp.expm1(jnp.log1p(-inf_s) + tf * jnp.log1p(-inf1)) + jnp.exp(log_tail)
+    log_tail = jnp.where(total == 0, -jnp.inf, log_tail)
+    inf = -jnp.expm1(log_fin) + jnp.exp(log_tail)
     return out, w, jnp.clip(inf, 0.0, 1.0)
 
 
 def _compose_leaf(state, leaf, t):
+    """``state`` composed with ``t`` runs of ``leaf`` (both directions)."""
     n = state.pmf.shape[1]
     rows = []
     for d in (0, 1):
         p1, a, inf1 = _single(leaf, d, state.h, n)
-        rows.append(
-            _combine(state.pmf[d], state.start[d], state.inf_mass[d], p1, a, inf1, t, state.h)
-        )
+        base = (state.pmf[d], state.start[d], state.inf_mass[d], 1)
+        rows.append(_combine([base, (p1, a, inf1, t)], state.h, n))
     pmf, start, inf = (jnp.stack(x) for x in zip(*rows, strict=True))
     return PldState(pmf, start, inf, state.h)
 
 
+def _regrid(p, start, h, ratio, n_out):
+    """Connect the dots from grid ``h`` onto grid ``ratio * h``, on ``n_out`` bins.
+
+    Each point's P-mass is split between its two coarse neighbours keeping its
+    Q-mass (P-mass * e^-loss); by Jensen the profile only grows (dominating).
+    Needs ``n_out >= len(p) // ratio + 2``.
+    """
+    n = p.shape[0]
+    j0 = jnp.floor_divide(start, ratio)
+    buf = jax.lax.dynamic_update_slice(jnp.zeros(n + ratio, p.dtype), p, (start - j0 * ratio,))
+    x = buf.reshape(n // ratio + 1, ratio)
+    right = jnp.expm1(-jnp.arange(ratio, dtype=jnp.float64) * h) / jnp.expm1(-ratio * h)
+    size = n // ratio + 1
+    out = jnp.zeros(n_out, p.dtype).at[:size].add(x @ (1.0 - right))
+    return out.at[1 : size + 1].add(x @ right), j0
+
+
 # ----------------------------------------------------------------------------
-# Host helpers
+# Host: planned evaluation of a whole event
 
-
-def _leaf_log_mgf(leaf) -> np.ndarray:
-    """log E_P[exp(t L)] at ``_CHERNOFF_T``, rows (remove, add), by quadrature (host)."""
-    ts = np.asarray(_CHERNOFF_T)
-    if isinstance(leaf, ev.LaplaceEvent):
-        bound = np.abs(ts) / float(leaf.noise_multiplier)  # |L| <= 1/b
-        return np.stack([bound, bound])
-    if isinstance(leaf, ev.GaussianEvent | ev.PoissonSampledGaussian):
-        s = float(leaf.noise_multiplier)
-        q = float(getattr(leaf, "sampling_rate", 1.0))
-        x = np.linspace(-_TAIL_SIGMAS * s, 1 + _TAIL_SIGMAS * s, 4001)
-        logc = np.log1p(-q) if q < 1 else -np.inf
-        lv = np.logaddexp(logc, np.log(q) + (2 * x - 1) / (2 * s * s))
-        lg0, lg1 = -0.5 * (x / s) ** 2, -0.5 * ((x - 1) / s) ** 2
-        rows = []
-        for lw, loss in ((np.logaddexp(logc + lg0, np.log(q) + lg1), lv), (lg0, -lv)):
-            lw = lw - special.logsumexp(lw)
-            rows.append(special.logsumexp(lw[None, :] + ts[:, None] * loss[None, :], axis=1))
-        return np.stack(rows)
-    raise TypeError(
-        f"the PLD accountant does not support {type(leaf).__name__}; use accountant='rdp'"
-    )
-
-
-def _leaf_span(leaf) -> float:
-    if isinstance(leaf, ev.LaplaceEvent):
-        return 2.0 / float(leaf.noise_multiplier)
-    s = float(leaf.noise_multiplier)
-    q = float(getattr(leaf, "sampling_rate", 1.0))
-    x = np.array([-_TAIL_SIGMAS * s, 1 + _TAIL_SIGMAS * s])
-    lv = np.logaddexp(np.log1p(-q) if q < 1 else -np.inf, np.log(q) + (2 * x - 1) / (2 * s * s))
-    return float(lv[1] - lv[0])
-
-
-def suggest_discretization(event: ev.Event, n_bins: int = DEFAULT_BINS) -> float:
-    """A grid spacing ``h`` such that ``n_bins`` points hold the composed loss of ``event``.
-
-    The window is where Chernoff bounds (from the moment generating function of
-    each mechanism's loss, by quadrature) leave all but 1e-20 of the mass, in
-    both directions (host function, concrete parameters).
-    """
-    ts = np.asarray(_CHERNOFF_T)
-    log_m = np.zeros((2, ts.size))
-    for leaf, t in ev.leaves(event):
-        if t:
-            log_m = log_m + t * _leaf_log_mgf(leaf)
-    b = (_TAIL_LOG + log_m) / ts[None, :]
-    bottom = np.max(np.where(ts < 0, b, -np.inf), axis=1)
-    top = np.min(np.where(ts > 0, b, np.inf), axis=1)
-    width = float(np.max(top - bottom))
-    for leaf, t in ev.leaves(event):
-        if t:
-            width = max(width, _leaf_span(leaf))
-    return max(width, 1e-12) / (0.8 * n_bins)
-
-
-def auto_bins(event: ev.Event) -> int:
-    """Grid size for ``event``: discretization bias grows like steps * h^2 (host).
-
-    The smallest power of two in [2^14, 2^20] with ``steps * h^2 <= 4e-3``.
-    """
-    steps = sum(int(t) for _, t in ev.leaves(event))
-    n = _MIN_AUTO_BINS
-    while n < _MAX_AUTO_BINS and steps * suggest_discretization(event, n) ** 2 > _BIAS_TOL:
-        n *= 2
-    return n
-
-
-def _structure(event):
-    leaves = [(type(e), e, t) for e, t in ev.leaves(event) if t != 0]
-    return leaves
-
-
-@functools.lru_cache(maxsize=64)
-def _compiled(kinds: tuple[type, ...], n_bins: int, mode: str):
-    def run(params, counts, h, target):
-        st = init.__wrapped__(1.0, n_bins)._replace(h=h)
-        for k, (kind, prm, c) in enumerate(zip(kinds, params, counts, strict=True)):
-            del k
-            leaf = object.__new__(kind)
-            for name, val in zip(_FIELDS[kind], prm, strict=True):
-                object.__setattr__(leaf, name, val)
-            st = _compose_leaf(st, leaf, c)
-        return epsilon.__wrapped__(st, target) if mode == "eps" else delta.__wrapped__(st, target)
-
-    return jax.jit(run)
-
+# Re-exported for the pure API: pick a spacing for ``init``.
+suggest_discretization = pld_plan.suggest_discretization
+auto_bins = pld_plan.auto_bins
 
 _FIELDS = {
     ev.GaussianEvent: ("noise_multiplier",),
@@ -492,39 +523,126 @@ _FIELDS = {
 }
 
 
-def _run_host(event: ev.Event, target: float, mode: str, n_bins: int | None) -> float:
-    leaves = _structure(event)
+def _make_leaf(kind, values):
+    leaf = object.__new__(kind)  # traced fields: skip the dataclass's checks
+    for name, val in zip(_FIELDS[kind], values, strict=True):
+        object.__setattr__(leaf, name, val)
+    return leaf
+
+
+def _planned_row(leaves, d, h, key, tails, hints):
+    """One direction of the composed PLD of ``leaves`` [(leaf, runs, group)] under a plan.
+
+    One stage: every leaf's runs composed at once on the n bins of spacing h.
+    Two stages: runs = reps * group + rem; a group is composed on the fine
+    grid h, re-gridded to ratio * h, and composed reps times there together
+    with the rem single runs (re-gridded too), in one FFT pass.
+    Returns ((pmf, start, inf_mass), spacing of the result).
+    """
+    n0, subs, ratio, n1 = key
+    tail_sigmas, fine_log, tail_log = tails
+    factors, hint = [], 0.0
+    for (leaf, runs, group), m, lm in zip(leaves, subs, hints, strict=True):
+        p1, a, inf1 = _single(leaf, d, h, m, tail_sigmas)
+        hint = hint + runs.astype(jnp.float64) * lm[d]
+        if ratio == 1:
+            factors.append((p1, a, inf1, runs))
+            continue
+        g = group.astype(jnp.float64) * lm[d]
+        top1 = (a + m - 1).astype(jnp.float64) * h  # a run's largest finite loss
+        fine, w, inf = _combine(
+            [(p1, a, inf1, group)], h, n0, fine_log, g, group.astype(jnp.float64) * top1
+        )
+        coarse, j = _regrid(fine, w, h, ratio, n1)
+        one, b = _regrid(p1, a, h, ratio, m // ratio + 2)
+        factors += [(coarse, j, inf, runs // group), (one, b, inf1, runs % group)]
+    if ratio == 1:
+        return _combine(factors, h, n0, tail_log, hint), h
+    return _combine(factors, ratio * h, n1, tail_log, hint), ratio * h
+
+
+@functools.lru_cache(maxsize=64)
+def _compiled(kinds: tuple[type, ...], key: tuple, mode: str):
+    def run(params, runs, groups, h, tails, hints, target):
+        leaves = [
+            (_make_leaf(k, prm), r, g)
+            for k, prm, r, g in zip(kinds, params, runs, groups, strict=True)
+        ]
+        rows = [_planned_row(leaves, d, h, key, tails, hints) for d in (0, 1)]
+        pmf, start, inf = (jnp.stack(x) for x in zip(*(r[0] for r in rows), strict=True))
+        st = PldState(pmf, start, inf, rows[0][1])
+        return epsilon.__wrapped__(st, target) if mode == "eps" else delta.__wrapped__(st, target)
+
+    return jax.jit(run)
+
+
+def _run_host(event, target, mode, n_bins, rtol, epsilon_scale) -> float:
+    leaves = [(e, int(t)) for e, t in ev.leaves(event) if t]
     if not leaves:
         return 0.0
-    for kind, _, _ in leaves:
-        if kind not in _FIELDS:
+    for e, _ in leaves:
+        if type(e) not in _FIELDS:
             raise TypeError(
-                f"the PLD accountant does not support {kind.__name__}; use accountant='rdp'"
+                f"the PLD accountant does not support {type(e).__name__}; use accountant='rdp'"
             )
-    n_bins = auto_bins(event) if n_bins is None else n_bins
-    h = suggest_discretization(event, n_bins)
+    if epsilon_scale is None:
+        epsilon_scale = target if mode == "delta" else _rdp_epsilon(event, target)
+    plan = pld_plan.make_plan(
+        event, float(epsilon_scale), rtol, n_bins, delta=target if mode == "eps" else None
+    )
+    f64, i64 = np.float64, np.int64  # NumPy scalars: no per-argument dispatch
+    params = tuple(tuple(f64(getattr(e, f)) for f in _FIELDS[type(e)]) for e, _ in leaves)
+    runs = tuple(i64(t) for _, t in leaves)
+    groups = tuple(i64(g) for g in plan.groups)
+    tails = (f64(plan.tail_sigmas), f64(plan.tail_log_fine), f64(plan.tail_log))
+    hints = tuple(pld_plan.log_mgf(e, plan.tail_sigmas) for e, _ in leaves)
+    fn = _compiled(tuple(type(e) for e, _ in leaves), plan.key, mode)
     with jax.enable_x64(True):
-        params = tuple(
-            tuple(jnp.asarray(float(getattr(e, f)), jnp.float64) for f in _FIELDS[k])
-            for k, e, _ in leaves
-        )
-        counts = tuple(jnp.asarray(int(t), jnp.int64) for _, _, t in leaves)
-        fn = _compiled(tuple(k for k, _, _ in leaves), n_bins, mode)
-        out = fn(params, counts, jnp.asarray(h, jnp.float64), jnp.asarray(target, jnp.float64))
-        return float(out)
+        return float(fn(params, runs, groups, f64(plan.h), tails, hints, f64(target)))
 
 
-def epsilon_of_event(event: ev.Event, delta: float, n_bins: int | None = None) -> float:
+def _rdp_epsilon(event, delta) -> float:
+    from dpjax.accounting import rdp
+
+    try:
+        return rdp.epsilon(rdp.compose(rdp.init(), event), delta)
+    except (TypeError, ValueError):
+        return 1.0
+
+
+def epsilon_of_event(
+    event: ev.Event,
+    delta: float,
+    n_bins: int | None = None,
+    *,
+    rtol: float = pld_plan.RTOL,
+    epsilon_scale: float | None = None,
+) -> float:
     """Host: PLD epsilon of ``event`` at ``delta`` (an upper bound), as a float.
 
-    ``n_bins=None`` picks the grid size with ``auto_bins``; compiled functions
-    are cached per event structure and grid size.
+    Args:
+      event: the whole run.
+      delta: target delta in (0, 1).
+      n_bins: one grid of exactly this many bins; None (default) plans the
+        grids (one or two stages, see ``pld_plan``) so that the
+        discretization bias stays below ``rtol * epsilon``.
+      rtol: discretization budget relative to epsilon (default 1e-4).
+      epsilon_scale: where epsilon is expected (default: the RDP epsilon).
+
+    Compiled functions are cached per event structure and grid sizes.
     """
     _validate.open_unit("delta", delta)
-    return _run_host(event, delta, "eps", n_bins)
+    _validate.in_range("rtol", rtol, 1e-8, 0.1)
+    return _run_host(event, delta, "eps", n_bins, rtol, epsilon_scale)
 
 
-def delta_of_event(event: ev.Event, epsilon: float, n_bins: int | None = None) -> float:
-    """Host: PLD delta of ``event`` at ``epsilon`` (an upper bound), as a float."""
+def delta_of_event(
+    event: ev.Event, epsilon: float, n_bins: int | None = None, *, rtol: float = pld_plan.RTOL
+) -> float:
+    """Host: PLD delta of ``event`` at ``epsilon`` (an upper bound), as a float.
+
+    The grids are planned for a bias of ``rtol * max(epsilon, 0.1)`` in epsilon.
+    """
     _validate.non_negative("epsilon", epsilon)
-    return _run_host(event, epsilon, "delta", n_bins)
+    _validate.in_range("rtol", rtol, 1e-8, 0.1)
+    return _run_host(event, epsilon, "delta", n_bins, rtol, None)

@@ -189,8 +189,10 @@ def test_edge_cases_give_finite_upper_bounds(q, sigma, steps, delta):
     ours = acc.epsilon(e, delta, accountant="pld")
     assert math.isfinite(ours) and ours >= 0
     assert ours <= acc.epsilon(e, delta, accountant="rdp") * (1 + 1e-3)
-    # An upper bound: the PLD's own delta at that epsilon meets the target.
-    assert acc.delta(e, ours, accountant="pld") <= delta * (1 + 1e-6)
+    # Consistent with the PLD's own delta query, which plans its own grids:
+    # each over-estimates epsilon by at most ~rtol (1e-4) of it, so the delta
+    # at epsilon * (1 + 1e-3) must meet the target.
+    assert acc.delta(e, ours * (1 + 1e-3), accountant="pld") <= delta * (1 + 1e-6)
 
 
 def test_zero_steps_cost_nothing():
