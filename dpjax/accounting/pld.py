@@ -125,10 +125,9 @@ def epsilon(state: PldState, delta: Any) -> jax.Array:
     """
     _validate.open_unit("delta", delta)
     d = jnp.asarray(delta, jnp.float64)
-    e = jax.vmap(_epsilon_one, in_axes=(0, 0, 0, None, None))(
-        state.pmf, state.start, state.inf_mass, state.h, d
-    )
-    return jnp.max(e)
+    # One call per direction: XLA:CPU runs the batched (vmapped) search slower.
+    rows = zip(state.pmf, state.start, state.inf_mass, strict=True)
+    return jnp.max(jnp.stack([_epsilon_one(p, s, i, state.h, d) for p, s, i in rows]))
 
 
 @_x64
@@ -401,10 +400,12 @@ def _combine(factors, h, n, tail_log=_TAIL_LOG, hint=None, max_loss=None):
     mass above the window is then computed exactly at the three t's around the
     hint's optimum (a few passes instead of 2 * _JIT_K per factor).
 
-    ``max_loss``: the largest finite loss the composition can have. Mass the
-    FFT shows above it can only have wrapped around from below the window,
-    so it goes to the window's lowest point (still above its true place);
-    left at the top it would be an artificial heavy tail for later stages.
+    ``max_loss`` (for results that later stages compose many times): the
+    largest finite loss the composition can have. Mass the FFT shows above it
+    can only have wrapped around from below the window, so it goes to the
+    window's lowest point (still above its true place); and round-off is
+    clamped to a Chernoff envelope. Left alone either would be an artificial
+    heavy tail, multiplied by every later composition.
     Returns (pmf, start, inf_mass) of the result.
     """
     ts = jnp.asarray(_JIT_T, jnp.float64)
@@ -473,6 +474,15 @@ def _combine(factors, h, n, tail_log=_TAIL_LOG, hint=None, max_loss=None):
     if max_loss is not None:
         wrapped = eps_o > max_loss + 0.5 * h
         out = jnp.where(wrapped, 0.0, out).at[0].add(jnp.sum(jnp.where(wrapped, out, 0.0)))
+        # FFT round-off above the peak is kept (it might be tail mass); later
+        # stages would compose it many times. No true mass exceeds the Chernoff
+        # bound P(L >= eps_j) <= exp(-t eps_j + log M(t)), so clamp to it; the
+        # deficit below restores whatever the clamp removed, at a low loss.
+        log_env = jnp.min(
+            jnp.where(ts[None, :] > 0, log_m[None, :] - ts[None, :] * eps_o[:, None], jnp.inf),
+            axis=1,
+        )
+        out = jnp.minimum(out, jnp.exp(log_env))
     deficit = jnp.maximum(jnp.exp(log_fin) - jnp.sum(out), 0.0)
     out = out + jnp.where(idx == jnp.argmax(keep), deficit, 0.0)
     log_tail = jnp.where(total == 0, -jnp.inf, log_tail)
@@ -549,7 +559,8 @@ def _planned_row(leaves, d, h, key, tails, hints):
             factors.append((p1, a, inf1, runs))
             continue
         g = group.astype(jnp.float64) * lm[d]
-        top1 = (a + m - 1).astype(jnp.float64) * h  # a run's largest finite loss
+        eps1 = (a + jnp.arange(m)).astype(jnp.float64) * h
+        top1 = jnp.max(jnp.where(p1 > 0, eps1, -jnp.inf))  # a run's largest finite loss
         fine, w, inf = _combine(
             [(p1, a, inf1, group)], h, n0, fine_log, g, group.astype(jnp.float64) * top1
         )

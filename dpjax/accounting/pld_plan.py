@@ -142,6 +142,13 @@ def _pow2_bins(width: float, h: float) -> int:
     return _pow2(width / (_FILL * h), MIN_BINS)
 
 
+def _size(x: float, lo: int = 64) -> int:
+    """Smallest FFT-friendly size >= x (2^k or 3 * 2^k), clipped to [lo, MAX_BINS]."""
+    k = math.ceil(math.log2(max(x, 1.0)))
+    n = 3 * 2 ** (k - 2) if k >= 2 and 3 * 2 ** (k - 2) >= x else 2**k
+    return int(min(MAX_BINS, max(lo, n)))
+
+
 def auto_bins(event: ev.Event, epsilon_scale: float = 1.0, rtol: float = RTOL) -> int:
     """Bins of a one-stage grid whose bias is at most ``rtol * max(epsilon_scale, 0.1)``."""
     leaves = [(leaf, int(t)) for leaf, t in ev.leaves(event) if t]
@@ -181,14 +188,14 @@ class Plan:
         return self.n_fine, self.sub, self.ratio, self.n_coarse
 
 
-def _cost(n: int) -> float:
-    """Relative time of composing on n bins: FFTs plus ~20 elementwise passes."""
-    return n * (math.log2(n) + 20.0)
+# Measured on XLA:CPU (ns per bin): one run's discretization, a composition
+# pass (FFTs, power, tilting), an extra factor in it, the epsilon search.
+_NS_SINGLE, _NS_COMBINE, _NS_FACTOR, _NS_EPSILON = 67.0, 57.0, 40.0, 25.0
 
 
-def _subs(leaves, h, n, tail_sigmas) -> tuple[int, ...]:
+def _subs(leaves, h, tail_sigmas) -> tuple[int, ...]:
     """Bins of one run's PLD: its support plus the two end points."""
-    return tuple(min(n, _pow2(leaf_span(leaf, tail_sigmas) / h + 2, 64)) for leaf, _ in leaves)
+    return tuple(_size(leaf_span(leaf, tail_sigmas) / h + 2) for leaf, _ in leaves)
 
 
 def _tails(delta: float | None, runs: int, groups: int) -> tuple[float, float, float]:
@@ -231,44 +238,49 @@ def make_plan(
     runs = sum(t for _, t in leaves)
     if n_bins is not None:
         h = window_width(leaves) / (_FILL * n_bins)
-        sub = _subs(leaves, h, n_bins, TAIL_SIGMAS)
+        sub = tuple(min(n_bins, m) for m in _subs(leaves, h, TAIL_SIGMAS))
         groups = tuple(t for _, t in leaves)
-        return Plan(
-            n_bins, sub, 1, 0, h, groups, TAIL_SIGMAS, TAIL_LOG, TAIL_LOG, C_BIAS * runs * h * h
-        )
+        bias = C_BIAS * runs * h * h
+        return Plan(n_bins, sub, 1, 0, h, groups, TAIL_SIGMAS, TAIL_LOG, TAIL_LOG, bias)
     budget = _budget(epsilon_scale, rtol)
     # One stage: one grid fine enough for all runs.
     z, _, tail_log = _tails(delta, runs, 1)
     width = window_width(leaves, tail_log, z)
     h = math.sqrt(budget / (C_BIAS * runs))
-    n = _pow2_bins(width, h)
+    n = _size(width / (_FILL * h), MIN_BINS)
     h = max(h, width / (_FILL * n))  # when capped at MAX_BINS, widen to hold the window
-    sub = _subs(leaves, h, n, z)
+    sub = tuple(min(n, m) for m in _subs(leaves, h, z))
     groups = tuple(t for _, t in leaves)
     best = Plan(n, sub, 1, 0, h, groups, z, tail_log, tail_log, C_BIAS * runs * h * h)
-    cost = 2 * (_cost(n) + sum(80 * m for m in sub))
-    # Two stages: half the budget to the fine grid, half to the coarse one.
-    # A leaf of T runs makes M = T // (2 ratio^2) groups of k = T // M runs
-    # and r = T - M k < M single runs: M + r < T / ratio^2 coarse runs.
-    h0 = math.sqrt(budget / (2 * C_BIAS * runs))
-    for ratio in (2**j for j in range(1, 11)):
-        reps = [t // (2 * ratio * ratio) for _, t in leaves]
-        if min(reps) < 2:
-            break
-        groups = tuple(t // m for (_, t), m in zip(leaves, reps, strict=True))
-        z, fine_log, tail_log = _tails(delta, runs, sum(reps))
-        n0 = max(
-            _pow2_bins(window_width([(leaf, g)], fine_log, z), h0)
-            for (leaf, _), g in zip(leaves, groups, strict=True)
-        )
-        n1 = max(_pow2_bins(window_width(leaves, tail_log, z), ratio * h0), 2 * n0 // ratio)
-        sub = _subs(leaves, h0, n0, z)
-        if n0 >= MAX_BINS or n1 >= MAX_BINS or ratio > min(sub):
-            break
-        coarse_runs = sum(t // g + t % g for (_, t), g in zip(leaves, groups, strict=True))
-        bias = C_BIAS * (runs * h0 * h0 + coarse_runs * (ratio * h0) ** 2)
-        c = 2 * (sum(_cost(n0) + 80 * m for m in sub) + _cost(n1) * (1 + len(leaves)))
-        if c < cost:
-            best = Plan(n0, sub, ratio, n1, h0, groups, z, fine_log, tail_log, bias)
-            cost = c
+    cost = sum(_NS_SINGLE * m for m in sub) + (_NS_COMBINE + _NS_EPSILON) * n
+    cost += _NS_FACTOR * n * (len(leaves) - 1)
+    # Two stages: a share f of the budget to the fine grid, the rest to the
+    # coarse one. A leaf of T runs makes M groups of k = T // M runs and
+    # r = T - M k < M single runs, M + r < 2 M coarse runs, with M chosen so
+    # that the coarse bias C_BIAS * sum(M + r) * (ratio h0)^2 <= (1 - f) budget.
+    for f in (0.5, 0.7, 0.85):
+        h0 = math.sqrt(f * budget / (C_BIAS * runs))
+        for ratio in (2**j for j in range(1, 11)):
+            share = (1 - f) / (f * 2 * ratio * ratio)
+            reps = [int(t * share) for _, t in leaves]
+            if min(reps) < 2:
+                break
+            groups = tuple(t // m for (_, t), m in zip(leaves, reps, strict=True))
+            z, fine_log, tail_log = _tails(delta, runs, sum(reps))
+            n0 = max(
+                _size(window_width([(leaf, g)], fine_log, z) / (_FILL * h0), MIN_BINS)
+                for (leaf, _), g in zip(leaves, groups, strict=True)
+            )
+            wide = window_width(leaves, tail_log, z)
+            n1 = max(_size(wide / (_FILL * ratio * h0), MIN_BINS), _size(2 * n0 / ratio))
+            sub = tuple(min(n0, m) for m in _subs(leaves, h0, z))
+            if max(n0, n1) >= MAX_BINS or any(x % ratio for x in (n0, *sub)):
+                break
+            coarse = sum(t // g + t % g for (_, t), g in zip(leaves, groups, strict=True))
+            bias = C_BIAS * (runs * h0 * h0 + coarse * (ratio * h0) ** 2)
+            c = sum(_NS_SINGLE * m + _NS_COMBINE * n0 for m in sub)
+            c += (_NS_COMBINE + _NS_EPSILON + _NS_FACTOR * (2 * len(leaves) - 1)) * n1
+            if c < cost and bias <= budget * (1 + 1e-9):
+                best = Plan(n0, sub, ratio, n1, h0, groups, z, fine_log, tail_log, bias)
+                cost = c
     return best
