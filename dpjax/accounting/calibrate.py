@@ -30,18 +30,18 @@ def _rdp_eps_fn(q: float, steps: int, delta: float):
     return f
 
 
-def _pld_eps_fn(q: float, steps: int, delta: float, sigma_min: float):
-    from dpjax.accounting import pld
+def _pld_eps_fn(q: float, steps: int, delta: float, sigma_min: float, target: float):
+    from dpjax.accounting import pld, pld_plan
 
-    # One grid size for the whole search -> one compile. A quarter of the
-    # automatic size: a coarser grid only over-estimates epsilon (it stays an
-    # upper bound), so the search is fast and the final check decides.
+    # One plan for the whole search -> one compilation: made for the smallest
+    # noise multiplier, its grids hold every larger one. The returned value is
+    # checked with the public epsilon at the end.
     event = ev.SelfComposed(ev.PoissonSampledGaussian(sigma_min, q), steps)
-    n_bins = max(pld.auto_bins(event) // 4, 2**14)
+    plan = pld_plan.make_plan(event, target, delta=delta)
 
     def f(sigma: float) -> float:
         e = ev.SelfComposed(ev.PoissonSampledGaussian(sigma, q), steps)
-        return pld.epsilon_of_event(e, delta, n_bins=n_bins)
+        return pld.epsilon_of_event(e, delta, plan=plan)
 
     return f
 
@@ -114,7 +114,7 @@ def calibrate_noise_multiplier(
     if accountant == "pld":
         # PLD is tighter than RDP: search below the RDP answer.
         lo = 0.8 * hi
-        f = _pld_eps_fn(sampling_rate, steps, delta, 0.5 * lo)
+        f = _pld_eps_fn(sampling_rate, steps, delta, 0.5 * lo, target_epsilon)
         while f(hi) > target_epsilon:
             lo, hi = hi, 1.25 * hi
         while f(lo) <= target_epsilon:
