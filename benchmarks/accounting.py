@@ -25,7 +25,7 @@ from dp_accounting.pld import PLDAccountant
 from dp_accounting.rdp import RdpAccountant
 
 import dpjax.accounting as acc
-from dpjax.accounting import pld, rdp
+from dpjax.accounting import pld, pld_plan, rdp
 
 HERE = Path(__file__).parent
 Q, SIGMA, STEPS, DELTA = 0.01, 1.0, 10_000, 1e-5  # the timing setting
@@ -68,6 +68,15 @@ def timed(fn, repeats: int) -> tuple[float, object]:
     return statistics.median(times), out
 
 
+def min_time(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return min(times)
+
+
 def event(q=Q, sigma=SIGMA, steps=STEPS):
     return acc.SelfComposed(acc.PoissonSampledGaussian(sigma, q), steps)
 
@@ -78,8 +87,8 @@ def dp_rdp(q, sigma, steps, delta):
     return a.get_epsilon(delta)
 
 
-def dp_pld(q, sigma, steps, delta):
-    a = PLDAccountant(value_discretization_interval=1e-4)
+def dp_pld(q, sigma, steps, delta, interval=1e-4):
+    a = PLDAccountant(value_discretization_interval=interval)
     a.compose(dp_event.PoissonSampledDpEvent(q, dp_event.GaussianDpEvent(sigma)), steps)
     return a.get_epsilon(delta)
 
@@ -110,19 +119,42 @@ def speed() -> dict:
     res["dpjax_rdp_uncached_s"], _ = timed(
         lambda: (rdp._sampled_gaussian_cached.cache_clear(), acc.epsilon(e, DELTA)), 5
     )
-    # dpjax PLD: cold includes tracing + XLA compilation; compiled is the query.
-    n = pld.auto_bins(e)
-    res["dpjax_pld_bins"] = n
-    res["dpjax_pld_cold_s"], _ = timed(lambda: pld.epsilon_of_event(e, DELTA), 1)
-    res["dpjax_pld_compiled_s"], _ = timed(lambda: pld.epsilon_of_event(e, DELTA), 7)
-    res["dpjax_pld_2^14_compiled_s"], _ = timed(
-        lambda: pld.epsilon_of_event(e, DELTA, n_bins=2**14), 1
+    # dpjax PLD: cold includes planning, tracing and XLA compilation; compiled
+    # is a repeated query (planning cached, the compiled function reused).
+    plan = pld_plan.make_plan(e, pld._rdp_epsilon(e, DELTA), delta=DELTA)
+    res["dpjax_pld_plan"] = dict(
+        n_fine=plan.n_fine,
+        sub=plan.sub,
+        ratio=plan.ratio,
+        n_coarse=plan.n_coarse,
+        groups=plan.groups,
+        estimated_bias=plan.bias,
     )
-    res["dpjax_pld_2^14_compiled_s"], _ = timed(
-        lambda: pld.epsilon_of_event(e, DELTA, n_bins=2**14), 7
+    res["dpjax_pld_cold_s"], _ = timed(lambda: pld.epsilon_of_event(e, DELTA), 1)
+    res["dpjax_pld_compiled_s"], res["dpjax_pld_epsilon"] = timed(
+        lambda: pld.epsilon_of_event(e, DELTA), 21
+    )
+    res["dpjax_pld_compiled_min_s"] = min_time(lambda: pld.epsilon_of_event(e, DELTA), 21)
+    # The host call as users make it: min(PLD, RDP).
+    res["dpjax_epsilon_pld_compiled_s"], _ = timed(
+        lambda: acc.epsilon(e, DELTA, accountant="pld"), 21
+    )
+    # A tighter plan (rtol 1e-5) and the old one-grid evaluation at 2^16 bins.
+    pld.epsilon_of_event(e, DELTA, rtol=1e-5)
+    res["dpjax_pld_rtol1e-5_compiled_s"], res["dpjax_pld_rtol1e-5_epsilon"] = timed(
+        lambda: pld.epsilon_of_event(e, DELTA, rtol=1e-5), 7
+    )
+    pld.epsilon_of_event(e, DELTA, n_bins=2**16)
+    res["dpjax_pld_one_grid_2^16_compiled_s"], _ = timed(
+        lambda: pld.epsilon_of_event(e, DELTA, n_bins=2**16), 7
     )
     res["dp_accounting_rdp_s"], _ = timed(lambda: dp_rdp(Q, SIGMA, STEPS, DELTA), 3)
-    res["dp_accounting_pld_s"], _ = timed(lambda: dp_pld(Q, SIGMA, STEPS, DELTA), 2)
+    res["dp_accounting_pld_s"], res["dp_accounting_pld_epsilon"] = timed(
+        lambda: dp_pld(Q, SIGMA, STEPS, DELTA), 3
+    )
+    res["dp_accounting_pld_1e-3_s"], res["dp_accounting_pld_1e-3_epsilon"] = timed(
+        lambda: dp_pld(Q, SIGMA, STEPS, DELTA, 1e-3), 3
+    )
     res["prv_accountant_s"], _ = timed(lambda: prv(Q, SIGMA, STEPS, DELTA), 2)
     # Calibration to epsilon = 3.
     res["dpjax_calibrate_rdp_s"], _ = timed(
@@ -149,25 +181,34 @@ def speed() -> dict:
         )
 
     res["dp_accounting_calibrate_rdp_s"], _ = timed(dp_cal, 1)
-    # One compiled call: PLD epsilon for 1000 noise multipliers (vmap).
+    # One compiled call: PLD epsilon for 1000 noise multipliers (vmap), each on
+    # its own grid sized inside the function (pld.from_event).
     sigmas = np.linspace(0.6, 3.0, 1000)
-    h = pld.suggest_discretization(event(sigma=0.6), 2**12)
+    check = [0, 200, 999]
+    planned = [pld.epsilon_of_event(event(sigma=float(sigmas[i])), DELTA) for i in check]
+    for bins in (2048, 4096):
 
-    def one(s):
-        st = pld.compose(
-            pld.init(h, 2**12), acc.SelfComposed(acc.PoissonSampledGaussian(s, Q), STEPS)
+        def one(s, bins=bins):
+            return pld.epsilon(pld.from_event(event(sigma=s), None, bins), DELTA)
+
+        with jax.enable_x64(True):
+            sweep = jax.jit(jax.vmap(one))
+            x = jnp.asarray(sigmas)
+            run = lambda sweep=sweep, x=x: sweep(x).block_until_ready()  # noqa: E731
+            res[f"dpjax_pld_sweep1000_{bins}_cold_s"], _ = timed(run, 1)
+            res[f"dpjax_pld_sweep1000_{bins}_compiled_s"], out = timed(run, 5)
+        out = np.asarray(out)
+        res[f"sweep_{bins}_monotone"] = bool(np.all(np.diff(out) <= 0))
+        res[f"sweep_{bins}_max_excess_over_planned"] = max(
+            float(out[i] / p - 1) for i, p in zip(check, planned, strict=True)
         )
-        return pld.epsilon(st, DELTA)
-
-    with jax.enable_x64(True):
-        sweep = jax.jit(jax.vmap(one))
-        x = jnp.asarray(sigmas)
-        res["dpjax_pld_sweep1000_cold_s"], _ = timed(lambda: sweep(x).block_until_ready(), 1)
-        res["dpjax_pld_sweep1000_compiled_s"], out = timed(lambda: sweep(x).block_until_ready(), 3)
-    res["sweep_monotone"] = bool(np.all(np.diff(np.asarray(out)) <= 0))
     ratios = {
         "dp_accounting_pld / dpjax_pld_compiled": res["dp_accounting_pld_s"]
         / res["dpjax_pld_compiled_s"],
+        "dp_accounting_pld_1e-3 / dpjax_pld_compiled": res["dp_accounting_pld_1e-3_s"]
+        / res["dpjax_pld_compiled_s"],
+        "dp_accounting_pld / dpjax_pld_rtol1e-5 (equal tightness)": res["dp_accounting_pld_s"]
+        / res["dpjax_pld_rtol1e-5_compiled_s"],
         "prv / dpjax_pld_compiled": res["prv_accountant_s"] / res["dpjax_pld_compiled_s"],
         "dp_accounting_rdp / dpjax_rdp_warm": res["dp_accounting_rdp_s"] / res["dpjax_rdp_warm_s"],
         "dp_accounting_rdp / dpjax_rdp_uncached": res["dp_accounting_rdp_s"]
@@ -227,8 +268,13 @@ def markdown(result: dict) -> str:
     lines += [f"| {k} | {v:.1f} |" for k, v in sp["ratios"].items()]
     lines += [
         "",
-        f"PLD grid size for this setting: {s['dpjax_pld_bins']} bins. The 1000-sigma sweep runs "
-        "at 4096 bins (a coarse, still upper-bounding grid for bracketing).",
+        f"PLD plan for this setting: {s['dpjax_pld_plan']}. Sweeps: "
+        + ", ".join(
+            f"{b} bins monotone {s[f'sweep_{b}_monotone']}, at most "
+            f"{100 * s[f'sweep_{b}_max_excess_over_planned']:.1f}% above the planned epsilon"
+            for b in (2048, 4096)
+        )
+        + ".",
         "",
         "## Tightness (epsilon; every column is an upper bound except prv_lower/estimate)",
         "",

@@ -560,14 +560,14 @@ def _leaf_span(leaf, tail_sigmas=_TAIL_SIGMAS):
     return lv[1] - lv[0]
 
 
-def _leaf_hint(leaf, d, h):
+def _leaf_hint(leaf, d, h, tail_sigmas=_TAIL_SIGMAS):
     """Approximate log-MGF of one run at ``_JIT_T``: its PLD on a 256-bin grid.
 
     The hint grid is never finer than the real one (spacing ``h``), so where
     256 bins hold the run at spacing ``h`` the hint is exact.
     """
-    h = jnp.maximum(_leaf_span(leaf) / (_HINT_BINS - 4), h)
-    p, a, _ = _single(leaf, d, h, _HINT_BINS)
+    h = jnp.maximum(_leaf_span(leaf, tail_sigmas) / (_HINT_BINS - 4), h)
+    p, a, _ = _single(leaf, d, h, _HINT_BINS, tail_sigmas)
     return _log_mgf(p, (a + jnp.arange(_HINT_BINS)).astype(jnp.float64) * h)
 
 
@@ -741,7 +741,8 @@ def epsilon_of_event(
       n_bins: one grid of exactly this many bins; None (default) plans the
         grids (one or two stages, see ``pld_plan``) so that the
         discretization bias stays below ``rtol * epsilon``.
-      rtol: discretization budget relative to epsilon (default 1e-4).
+      rtol: discretization budget relative to epsilon (default 2e-4; 1e-5 matches
+        dp_accounting at value discretization 1e-4).
       epsilon_scale: where epsilon is expected (default: the RDP epsilon).
       plan: reuse a ``pld_plan.make_plan`` result (grids, spacing, groups)
         for events of the same structure and run counts, e.g. a search over

@@ -35,7 +35,7 @@ __all__ = ["Plan", "make_plan", "suggest_discretization", "auto_bins", "window_w
 TAIL_SIGMAS = 9.5  # Gaussian noise cut at 9.5 sd: mass < 1.1e-21 (rounded up / to infinity)
 TAIL_LOG = 46.0  # windows hold all but exp(-46) = 1e-20 of the loss's mass
 C_BIAS = 0.5  # epsilon bias <= C_BIAS * runs * h^2 (see the module docstring)
-RTOL = 1e-4  # default discretization budget, relative to epsilon
+RTOL = 2e-4  # default discretization budget, relative to epsilon
 MIN_BINS, MAX_BINS = 2**10, 2**20
 _EPS_FLOOR = 0.1  # budgets are relative to max(epsilon, 0.1)
 _FILL = 0.8  # a window fills at most 80% of its grid
