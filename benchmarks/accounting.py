@@ -189,7 +189,7 @@ def speed() -> dict:
     for bins in (2048, 4096):
 
         def one(s, bins=bins):
-            return pld.epsilon(pld.from_event(event(sigma=s), None, bins), DELTA)
+            return pld.epsilon(pld.from_event(event(sigma=s), None, bins, delta=DELTA), DELTA)
 
         with jax.enable_x64(True):
             sweep = jax.jit(jax.vmap(one))
@@ -263,7 +263,11 @@ def markdown(result: dict) -> str:
         "| what | seconds |",
         "|---|---|",
     ]
-    lines += [f"| {k} | {v:.4g} |" for k, v in s.items() if isinstance(v, float)]
+    lines += [
+        f"| {k} | {v:.6f} |" if k.endswith("epsilon") else f"| {k} | {v:.4g} |"
+        for k, v in s.items()
+        if isinstance(v, float)
+    ]
     lines += ["", "| ratio (higher = dpjax faster) | value |", "|---|---|"]
     lines += [f"| {k} | {v:.1f} |" for k, v in sp["ratios"].items()]
     lines += [

@@ -108,18 +108,23 @@ def test_from_event_equals_compose_and_sizes_its_own_grid():
 def test_vmapped_sweep_with_own_grids_is_monotone_and_matches_single_calls():
     def eps_of(sigma):
         event = acc.SelfComposed(acc.PoissonSampledGaussian(sigma, 0.01), 2000)
-        return pld.epsilon(pld.from_event(event, None, 4096), 1e-5)
+        return pld.epsilon(pld.from_event(event, None, 4096, delta=1e-5), 1e-5)
 
     sigmas = jnp.linspace(0.7, 3.0, 16)
     with jax.enable_x64(True):
         swept = np.asarray(jax.jit(jax.vmap(eps_of))(sigmas))
         one = float(jax.jit(eps_of)(sigmas[5]))
     assert np.all(np.diff(swept) < 0) and np.all(np.isfinite(swept))
-    assert swept[5] == pytest.approx(one, rel=1e-9)
+    assert swept[5] == pytest.approx(one, rel=1e-7)  # batched vs single: round-off only
     planned = pld.epsilon_of_event(
         acc.SelfComposed(acc.PoissonSampledGaussian(float(sigmas[5]), 0.01), 2000), 1e-5
     )
-    assert planned * (1 - 1e-6) <= swept[5] <= planned * 1.05
+    assert planned * (1 - 1e-6) <= swept[5] <= planned * 1.03
+    # Without delta the tails are cut at 1e-20: a wider window, a coarser grid.
+    with jax.enable_x64(True):
+        event = acc.SelfComposed(acc.PoissonSampledGaussian(float(sigmas[5]), 0.01), 2000)
+        blunt = float(pld.epsilon(pld.from_event(event, None, 4096), 1e-5))
+    assert swept[5] < blunt
 
 
 def test_bad_plan_and_rtol():
