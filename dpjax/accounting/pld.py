@@ -39,7 +39,7 @@ from jax.scipy.special import logsumexp
 
 from dpjax import _validate
 from dpjax.accounting import events as ev
-from dpjax.accounting import pld_plan
+from dpjax.accounting import pld_plan, rdp
 
 __all__ = [
     "DEFAULT_BINS",
@@ -369,11 +369,11 @@ def _gaussian_family(q, sigma, direction, h, n, tail_sigmas=_TAIL_SIGMAS):
         p_below = ndtr(-z0)
         p_above = ndtr(z1)
         q_above = c * p_above + q * ndtr(z1 - d)
-    # The grid holds the whole cut support: what lies above is a normal tail
-    # beyond tail_sigmas, sent to +infinity whole.
-    split = eps[-1] < l_hi
+    # The grid's top is at or above the cut support's (eps[-1] >= l_hi either
+    # way a is chosen): what lies above is a normal tail beyond tail_sigmas,
+    # sent to +infinity whole.
     p, inf = _connect_dots(
-        bins(at, above), bins(below, at), p_below, p_above, q_above, eps, h, split
+        bins(at, above), bins(below, at), p_below, p_above, q_above, eps, h, split_top=False
     )
     return p, a, inf
 
@@ -515,13 +515,14 @@ def _combine(factors, h, n, tail_log=_TAIL_LOG, hint=None, max_loss=None):
     # Chernoff bound on the mass above the window (it wraps to the bottom).
     top = (w + n).astype(jnp.float64) * h
     if hint is not None:
-        # Exact log-MGF at 22 t's half an octave apart from 1 / (4 sd): Chernoff
-        # bounds from the bulk's scale out to ~90 sd (the hint only placed the
-        # window; it misses what earlier stages rounded up).
+        # Exact log-MGF at 22 t's half an octave apart, from 1 / (4 sd) to
+        # ~360 / sd: Chernoff bounds and tilts from the bulk's scale far into
+        # the tails (the hint only placed the window; it misses what earlier
+        # stages rounded up). Octave steps measurably loosen tight plans.
         t_lo = 0.25 / jnp.sqrt(jnp.maximum(var, 1e-300))
-        ts = t_lo * 2.0 ** jnp.arange(12.0)
+        ts = jnp.concatenate([t_lo * 2.0 ** jnp.arange(11.0), t_lo * 2.0 ** jnp.arange(0.5, 11.0)])
         log_m = sum(
-            cf * _log_mgf_doubling(p, eps, t_lo, 12)
+            cf * jnp.concatenate([_log_mgf_doubling(p, eps, t, 11) for t in (t_lo, t_lo * 2**0.5)])
             for (p, *_), eps, cf in zip(factors, grids, counts, strict=True)
         )
     log_tail = jnp.min(jnp.where(ts > 0, -ts * top + log_m, jnp.inf))
@@ -560,7 +561,7 @@ def _combine(factors, h, n, tail_log=_TAIL_LOG, hint=None, max_loss=None):
         # stages would compose it many times. No true mass exceeds the Chernoff
         # bound P(L >= eps_j) <= exp(-t eps_j + log M(t)), so clamp to it; the
         # deficit below restores whatever the clamp removed, at a low loss.
-        t_env, m_env = ts, log_m
+        t_env, m_env = ts[:11], log_m[:11]  # whole octaves: enough for an envelope
         log_env = jnp.min(
             jnp.where(
                 t_env[None, :] > 0, m_env[None, :] - t_env[None, :] * eps_o[:, None], jnp.inf
@@ -746,8 +747,6 @@ def _run_host(event, target, mode, n_bins, rtol, epsilon_scale, plan=None) -> fl
 
 
 def _rdp_epsilon(event, delta) -> float:
-    from dpjax.accounting import rdp
-
     try:
         return rdp.epsilon(rdp.compose(rdp.init(), event), delta)
     except (TypeError, ValueError):

@@ -217,7 +217,6 @@ def _tails(delta: float | None, runs: int, groups: int) -> tuple[float, float, f
     return z, fine, min(TAIL_LOG, math.log(2 / slack))
 
 
-@functools.lru_cache(maxsize=1024)
 def make_plan(
     event: ev.Event,
     epsilon_scale: float,
@@ -231,10 +230,27 @@ def make_plan(
     epsilon, or the epsilon of a delta query); it is floored at 0.1. ``delta``
     (epsilon queries) lets the tails be cut where they cannot matter. With
     ``n_bins`` given: one stage on exactly that many bins, default tails.
+    Plans are cached per (mechanisms as floats, run counts, arguments).
     """
-    leaves = [(leaf, int(t)) for leaf, t in ev.leaves(event) if t]
-    for leaf, _ in leaves:
-        _leaf_key(leaf)  # raises for unsupported events
+    leaves = tuple((_leaf_key(leaf), int(t)) for leaf, t in ev.leaves(event) if t)
+    return _make_plan(
+        leaves,
+        float(epsilon_scale),
+        float(rtol),
+        None if n_bins is None else int(n_bins),
+        None if delta is None else float(delta),
+    )
+
+
+def _canonical(kind: type, params: tuple[float, ...]) -> ev.Event:
+    if kind is ev.LaplaceEvent:
+        return ev.LaplaceEvent(params[0])
+    return ev.PoissonSampledGaussian(*params)  # q = 1 for a plain Gaussian
+
+
+@functools.lru_cache(maxsize=1024)
+def _make_plan(keys, epsilon_scale, rtol, n_bins, delta) -> Plan:
+    leaves = [(_canonical(*key), t) for key, t in keys]
     runs = sum(t for _, t in leaves)
     if n_bins is not None:
         h = window_width(leaves) / (_FILL * n_bins)
