@@ -149,6 +149,7 @@ def from_event(
     counts = [jnp.asarray(t, jnp.int64).astype(jnp.float64) for _, t in leaves]
     tail_sigmas, tail_log = _TAIL_SIGMAS, _TAIL_LOG
     if delta is not None:
+        _validate.open_unit("delta", delta)
         slack = 2.5e-5 * jnp.asarray(delta, jnp.float64)  # as pld_plan: 1e-4 delta in all
         runs = sum(jnp.asarray(t, jnp.int64).astype(jnp.float64) for _, t in leaves)
         z = -jax.scipy.special.ndtri(slack / (2 * jnp.maximum(runs, 1.0)))

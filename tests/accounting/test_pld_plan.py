@@ -131,6 +131,8 @@ def test_bad_plan_and_rtol():
     e = acc.SelfComposed(acc.PoissonSampledGaussian(1.0, 0.01), 100)
     with pytest.raises(ValueError, match="rtol"):
         pld.epsilon_of_event(e, 1e-5, rtol=0.0)
+    with pytest.raises(ValueError, match="delta"):
+        pld.from_event(e, None, 1024, delta=1.5)
     two = acc.Composed((e, acc.SelfComposed(acc.PoissonSampledGaussian(2.0, 0.1), 10)))
     with pytest.raises(ValueError, match="plan"):
         pld.epsilon_of_event(two, 1e-5, plan=pld_plan.make_plan(e, 1.0))
