@@ -150,10 +150,9 @@ def from_event(
     tail_sigmas, tail_log = _TAIL_SIGMAS, _TAIL_LOG
     if delta is not None:
         _validate.open_unit("delta", delta)
-        slack = 2.5e-5 * jnp.asarray(delta, jnp.float64)  # as pld_plan: 1e-4 delta in all
-        runs = sum(jnp.asarray(t, jnp.int64).astype(jnp.float64) for _, t in leaves)
-        z = -jax.scipy.special.ndtri(slack / (2 * jnp.maximum(runs, 1.0)))
-        tail_sigmas = jnp.clip(z, 4.0, 10.5)
+        slack = pld_plan.TAIL_SLACK * jnp.asarray(delta, jnp.float64)  # as pld_plan._tails
+        z = -jax.scipy.special.ndtri(slack / (2 * jnp.maximum(sum(counts), 1.0)))
+        tail_sigmas = jnp.clip(z, *pld_plan.SIGMAS_RANGE)
         tail_log = jnp.minimum(_TAIL_LOG, jnp.log(2 / slack))
     hints = None
     if value_discretization is None:

@@ -34,6 +34,8 @@ __all__ = ["Plan", "make_plan", "suggest_discretization", "auto_bins", "window_w
 
 TAIL_SIGMAS = 9.5  # Gaussian noise cut at 9.5 sd: mass < 1.1e-21 (rounded up / to infinity)
 TAIL_LOG = 46.0  # windows hold all but exp(-46) = 1e-20 of the loss's mass
+TAIL_SLACK = 2.5e-5  # an epsilon query's cut tails: each kind adds <= 2.5e-5 * delta
+SIGMAS_RANGE = (4.0, 10.5)  # such a cut of the noise lies between 4 and 10.5 sd
 C_BIAS = 0.5  # epsilon bias <= C_BIAS * runs * h^2 (see the module docstring)
 RTOL = 2e-4  # default discretization budget, relative to epsilon
 MIN_BINS, MAX_BINS = 2**10, 2**20
@@ -210,9 +212,9 @@ def _tails(delta: float | None, runs: int, groups: int) -> tuple[float, float, f
     """
     if delta is None:
         return TAIL_SIGMAS, TAIL_LOG, TAIL_LOG
-    slack = 2.5e-5 * delta
+    slack = TAIL_SLACK * delta
     z = -special.ndtri(slack / (2 * runs))  # two normal tails per run
-    z = min(max(math.ceil(4 * z) / 4, 4.0), 10.5)  # quantized: cached quadratures
+    z = min(max(math.ceil(4 * z) / 4, SIGMAS_RANGE[0]), SIGMAS_RANGE[1])  # quantized: cached
     fine = min(TAIL_LOG, math.log(2 * groups / slack))
     return z, fine, min(TAIL_LOG, math.log(2 / slack))
 
@@ -233,6 +235,8 @@ def make_plan(
     Plans are cached per (mechanisms as floats, run counts, arguments).
     """
     leaves = tuple((_leaf_key(leaf), int(t)) for leaf, t in ev.leaves(event) if t)
+    if not leaves:
+        raise ValueError("event has no runs: nothing to plan (its epsilon is 0)")
     return _make_plan(
         leaves,
         float(epsilon_scale),

@@ -2,7 +2,6 @@
 jit and vmap, edge cases, bad input."""
 
 import math
-import warnings
 
 import jax
 import jax.numpy as jnp
@@ -14,30 +13,9 @@ from dp_accounting.pld import PLDAccountant
 
 import dpjax.accounting as acc
 from dpjax.accounting import pld
+from tests.accounting_refs import dp_pld, prv
 
 N = 2**16  # one grid size for the grid tests: one compilation per worker
-
-
-def _prv(q, sigma, steps, delta):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        from prv_accountant import PoissonSubsampledGaussianMechanism, PRVAccountant
-
-        a = PRVAccountant(
-            prvs=[
-                PoissonSubsampledGaussianMechanism(noise_multiplier=sigma, sampling_probability=q)
-            ],
-            max_self_compositions=[steps],
-            eps_error=0.01,
-            delta_error=delta / 1000,
-        )
-        return a.compute_epsilon(delta=delta, num_self_compositions=[steps])
-
-
-def _dp_pld(q, sigma, steps, delta):
-    a = PLDAccountant(value_discretization_interval=1e-4)
-    a.compose(dp_event.PoissonSampledDpEvent(q, dp_event.GaussianDpEvent(sigma)), steps)
-    return a.get_epsilon(delta)
 
 
 def _exact_delta(q, sigma, eps):
@@ -78,8 +56,8 @@ def test_matches_dp_accounting_and_prv_fast(q, sigma, steps, delta):
     ours = pld.epsilon_of_event(
         acc.SelfComposed(acc.PoissonSampledGaussian(sigma, q), steps), delta, n_bins=N
     )
-    assert ours == pytest.approx(_dp_pld(q, sigma, steps, delta), rel=5e-3)
-    lower, est, _ = _prv(q, sigma, steps, delta)
+    assert ours == pytest.approx(dp_pld(q, sigma, steps, delta), rel=5e-3)
+    lower, est, _ = prv(q, sigma, steps, delta)
     assert ours == pytest.approx(est, rel=5e-3)
     assert ours >= lower
 
@@ -97,12 +75,12 @@ GRID = [
 
 @pytest.mark.slow
 @pytest.mark.parametrize("q,sigma,steps,delta", GRID)
-def test_matches_dp_accounting_and_prv(q, sigma, steps, delta):
+def test_matches_dp_accounting_andprv(q, sigma, steps, delta):
     ours = pld.epsilon_of_event(
         acc.SelfComposed(acc.PoissonSampledGaussian(sigma, q), steps), delta, n_bins=N
     )
-    assert ours == pytest.approx(_dp_pld(q, sigma, steps, delta), rel=5e-3)
-    lower, est, _ = _prv(q, sigma, steps, delta)
+    assert ours == pytest.approx(dp_pld(q, sigma, steps, delta), rel=5e-3)
+    lower, est, _ = prv(q, sigma, steps, delta)
     assert ours == pytest.approx(est, rel=5e-3)
     assert ours >= lower
 
@@ -116,7 +94,7 @@ def test_many_steps_match_dp_accounting(q, sigma, steps, delta):
         acc.SelfComposed(acc.PoissonSampledGaussian(sigma, q), steps), delta, accountant="pld"
     )
     assert math.isfinite(ours)
-    assert ours == pytest.approx(_dp_pld(q, sigma, steps, delta), rel=5e-3)
+    assert ours == pytest.approx(dp_pld(q, sigma, steps, delta), rel=5e-3)
 
 
 def test_pld_is_tighter_than_rdp_and_phases_compose():
