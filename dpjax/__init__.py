@@ -43,6 +43,7 @@ from dpjax.optimizers import dp_chain as dp_chain  # noqa: E402
 from dpjax.optimizers import dp_sgd as dp_sgd  # noqa: E402
 from dpjax.privacy import PrivacySpent as PrivacySpent  # noqa: E402
 from dpjax.privacy import privacy_spent as privacy_spent  # noqa: E402
+from dpjax.random import key_from_seed as key_from_seed  # noqa: E402
 from dpjax.random import secure_key as secure_key  # noqa: E402
 from dpjax.sampling import AccountingWarning as AccountingWarning  # noqa: E402
 from dpjax.sampling import Batch as Batch  # noqa: E402
@@ -83,6 +84,7 @@ __all__ = [
     "CheckpointError",
     "CheckpointMismatchError",
     "Checkpointer",
+    "key_from_seed",
     "secure_key",
     "linen",
     "models",

@@ -27,9 +27,41 @@ import secrets
 import jax
 import numpy as np
 
-__all__ = ["secure_key"]
+__all__ = ["key_from_seed", "secure_key"]
 
 _KEY_WORDS = {"threefry2x32": 2, "rbg": 4, "unsafe_rbg": 4}
+SEED_BITS = 32  # jax.random.key(int) keeps only the low 32 bits when x64 is off
+
+
+def key_from_seed(seed: int) -> jax.Array:
+    """A typed threefry key from an integer seed, refusing seeds JAX would truncate.
+
+    ``jax.random.key(2**32 + 7)`` silently equals ``jax.random.key(7)`` when
+    x64 is off, so a user who believes a 64-bit seed protects the noise gets
+    32 bits. A fixed seed is for reproducible research on public data only:
+    anyone who knows (or searches) it can recompute and subtract the noise.
+    Use :func:`secure_key` wherever noise protects data.
+
+    Args:
+      seed: an integer in [0, 2**32).
+
+    Raises:
+      ValueError: for a non-integer seed or one outside [0, 2**32).
+
+    Example:
+      >>> import jax
+      >>> data = jax.random.key_data
+      >>> bool((data(key_from_seed(7)) == data(jax.random.key(7))).all())
+      True
+    """
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise ValueError(f"seed must be an integer in [0, 2**{SEED_BITS}), got {seed!r}")
+    if not 0 <= int(seed) < 2**SEED_BITS:
+        raise ValueError(
+            f"seed must be in [0, 2**{SEED_BITS}) (JAX keeps only {SEED_BITS} bits of an "
+            f"integer seed), got {seed}; for noise that protects data use secure keys instead"
+        )
+    return jax.random.key(int(seed))
 
 
 def secure_key(impl: str = "threefry2x32") -> jax.Array:

@@ -42,6 +42,7 @@ EXPECTED = {
     "CheckpointMismatchError",
     "Checkpointer",
     "secure_key",
+    "key_from_seed",
 }
 
 

@@ -8,7 +8,7 @@ import pytest
 import dpjax
 from dpjax import accounting
 from dpjax.budget import BudgetExceededError, PrivacyBudget
-from dpjax.random import secure_key
+from dpjax.random import key_from_seed, secure_key
 
 
 def _tx(sigma=1.0, q=0.01, trunc=0.0, key=None):
@@ -105,3 +105,14 @@ def test_secure_key_uses_os_entropy(monkeypatch):
     assert jax.random.key_data(k).shape == (2,) and jax.random.key_data(r).shape == (4,)
     with pytest.raises(ValueError, match="impl must be one of"):
         secure_key("md5")
+
+
+def test_seeds_jax_would_truncate_are_refused():
+    # The attack: jax.random.key(2**32 + 7) silently equals jax.random.key(7),
+    # so a "64-bit" seed gives an adversary a 32-bit search space.
+    data = jax.random.key_data
+    assert (data(jax.random.key(2**32 + 7)) == data(jax.random.key(7))).all()
+    assert (data(key_from_seed(2**32 - 1)) == data(jax.random.key(2**32 - 1))).all()
+    for bad in (2**32, 2**32 + 7, -1, 1.5, True, "7"):
+        with pytest.raises(ValueError, match=r"seed must be"):
+            key_from_seed(bad)
