@@ -103,8 +103,7 @@ def _encode(col: pd.Series, how: Any) -> _Dim:
     name = str(col.name)
     if col.isna().any():
         raise ValueError(
-            f"quasi-identifier {name!r} has missing values; "
-            "fill or drop them before anonymizing"
+            f"quasi-identifier {name!r} has missing values; fill or drop them before anonymizing"
         )
     if isinstance(how, CategoryTree):
         how.check_values(col, name)

@@ -67,9 +67,7 @@ def test_census_is_seeded_and_realistic():
         census_table(0, np.random.default_rng(0))
 
 
-@pytest.mark.parametrize(
-    "missing", [None, np.nan, np.float32("nan"), pd.NA, pd.NaT], ids=repr
-)
+@pytest.mark.parametrize("missing", [None, np.nan, np.float32("nan"), pd.NA, pd.NaT], ids=repr)
 def test_zip_prefix_keeps_every_kind_of_missing_missing(missing):
     """A missing ZIP code stays missing (not masked as the text '<NA>'); 'NA' is a value."""
     s = pd.Series(["02139", missing, "NA"], dtype=object)
