@@ -203,7 +203,7 @@ def _check_target(flag: str, path: Path, force: bool) -> None:
     if (path.exists() or path.is_symlink()) and not force:
         raise ValueError(f"{shown} exists; pass --force to replace it")
     try:  # the only sure test of writability (root, ACLs, read-only mounts)
-        fd, probe = tempfile.mkstemp(prefix=f".{path.name}.dpjax-tmp-", dir=folder)
+        fd, probe = tempfile.mkstemp(prefix=f".{path.name}.dpjax-probe-", dir=folder)
         os.close(fd)
         os.unlink(probe)
     except OSError as e:

@@ -274,31 +274,56 @@ sys.exit(dpjax.cli.main(sys.argv[1:]))
 """
 
 
-def test_sigterm_mid_write_leaves_no_temp_file(files, tmp_path):
-    """A real ``dpjax anonymize`` process, killed with SIGTERM while its output is half written."""
-    src, dst, _ = files
+def _terminate_mid_write(cmd, folder):
+    """Runs ``cmd``, sends SIGTERM once a temporary output holds data; returns (rc, stderr)."""
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
     }
-    before = _listing(tmp_path)
-    cmd = [sys.executable, "-c", _SLOW_WRITER, "anonymize", str(src), str(dst), "--quasi", "age",
-           "--k", "5"]  # fmt: skip
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         deadline = time.time() + 120
-        while set(_listing(tmp_path)) == set(before) and time.time() < deadline:
-            assert proc.poll() is None, proc.communicate()
-            time.sleep(0.01)
-        assert set(_listing(tmp_path)) != set(before), "no temp file appeared"
-        time.sleep(0.2)  # inside the slow write
+        while time.time() < deadline:
+            assert proc.poll() is None, ("finished before it could be stopped", proc.communicate())
+            temps = [p for p in Path(folder).glob(".*") if p.stat().st_size]  # hidden, filled
+            if temps:
+                break
+            time.sleep(0.005)
+        assert temps, "no temporary output appeared"
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert proc.returncode != 0
-    assert _listing(tmp_path) == before, err.decode()
+    return proc.returncode, err.decode()
+
+
+def test_sigterm_mid_write_leaves_no_temp_file(files, tmp_path):
+    """A real ``dpjax anonymize`` process, stopped by SIGTERM while its output is half written."""
+    src, dst, _ = files
+    before = _listing(tmp_path)
+    cmd = [sys.executable, "-c", _SLOW_WRITER, "anonymize", str(src), str(dst), "--quasi", "age",
+           "--k", "5"]  # fmt: skip
+    rc, err = _terminate_mid_write(cmd, tmp_path)
+    assert rc == -signal.SIGTERM, err
+    assert _listing(tmp_path) == before, err
+
+
+@pytest.mark.slow
+def test_sigterm_while_writing_a_large_table_leaves_no_temp_file(tmp_path):
+    """The same with the real writer: a 600k-row table takes about two seconds to write."""
+    n = 600_000
+    rng = np.random.default_rng(9)
+    src = tmp_path / "in.csv"
+    pd.DataFrame(
+        {"id": np.arange(n).astype(str), "name": rng.integers(0, 10**9, n).astype(str)}
+    ).to_csv(src, index=False)
+    before = _listing(tmp_path)
+    cmd = [sys.executable, "-m", "dpjax.cli", "anonymize", str(src), str(tmp_path / "out.csv"),
+           "--mask", "name:last2"]  # fmt: skip
+    rc, err = _terminate_mid_write(cmd, tmp_path)
+    assert rc == -signal.SIGTERM, err
+    assert _listing(tmp_path) == before, err
 
 
 def test_outputs_are_fsynced_before_the_rename_and_the_folder_after(files, cli, monkeypatch,
