@@ -45,6 +45,9 @@ __all__ = ["register", "run"]
 
 _TREE_KINDS = ("prefix", "set", "range")
 _SUBSTITUTE_KINDS = ("name", "email", "phone")
+# Options of an anonymization run whose default is None (--new-key-file takes none of them).
+_RUN_OPTIONS = ("quasi", "sensitive", "k", "l", "t", "pseudonymize", "key_file", "mask",
+                "substitute", "suppress", "drop", "hierarchy", "na_values", "report")  # fmt: skip
 
 
 def _list(flag: str, s: str | None) -> list[str]:
@@ -304,7 +307,10 @@ def _numeric_where_possible(df: pd.DataFrame, cols: list[str]) -> pd.DataFrame:
 
 
 def _new_key(args: argparse.Namespace) -> int:
-    if args.input is not None or args.output is not None or args.key_file:
+    others = [n for n in _RUN_OPTIONS if getattr(args, n) is not None] + (
+        ["force"] if args.force else []
+    )
+    if args.input is not None or args.output is not None or others:
         raise ValueError("--new-key-file PATH makes a key and does nothing else; run it alone")
     try:
         write_key(args.new_key_file)

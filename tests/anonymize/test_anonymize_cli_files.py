@@ -12,6 +12,7 @@ import signal
 import stat
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -224,6 +225,33 @@ def test_bad_settings_are_refused_before_any_work(files, cli, work, tmp_path, mo
     assert _listing(tmp_path) == before
 
 
+def _sysfs_refuses_new_files():
+    try:
+        fd, path = tempfile.mkstemp(dir="/sys")
+    except OSError:
+        return True
+    os.close(fd)
+    os.unlink(path)
+    return False
+
+
+@pytest.mark.skipif(
+    not Path("/sys").is_dir() or not _sysfs_refuses_new_files(),
+    reason="needs a folder no one may create files in (Linux sysfs)",
+)
+@pytest.mark.parametrize("which", ["output", "--report"])
+def test_an_unwritable_folder_is_refused_before_any_work(files, cli, work, tmp_path, which):
+    """sysfs refuses new files even to root: the real 'permission denied' of a folder."""
+    src, dst, _ = files
+    before = _listing(tmp_path)
+    out, report = (
+        ("/sys/out.csv", tmp_path / "r.json") if which == "output" else (dst, "/sys/r.json")
+    )
+    rc, _, err = cli([src, out, "--quasi", "age,sex", "--k", "5", "--report", report])
+    assert rc == 2 and f"{which}: cannot write in folder '/sys'" in err, err
+    assert not work and _listing(tmp_path) == before
+
+
 # --- item 10d: atomic, durable, owner-only writes ----------------------------------------------
 
 
@@ -355,7 +383,7 @@ def test_outputs_are_fsynced_before_the_rename_and_the_folder_after(files, cli, 
     assert ("dir", os.stat(tmp_path).st_ino) in events[last:], "folder not fsynced after rename"
 
 
-@pytest.mark.parametrize("umask", [0o000, 0o022])
+@pytest.mark.parametrize("umask", [0o000, 0o022], ids=oct)
 def test_outputs_are_owner_only(files, cli, tmp_path, umask):
     src, dst, _ = files
     report = tmp_path / "report.json"

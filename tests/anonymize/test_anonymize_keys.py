@@ -55,7 +55,7 @@ def cli(monkeypatch, capsys):
     return run
 
 
-@pytest.mark.parametrize("umask", [0o000, 0o022, 0o077])
+@pytest.mark.parametrize("umask", [0o000, 0o022, 0o077], ids=oct)
 def test_write_key_is_owner_only_and_never_overwrites(tmp_path, umask):
     old = os.umask(umask)
     try:
@@ -93,7 +93,18 @@ def test_new_key_file_command(tmp_path):
     assert path.read_bytes() == key and not leaks(again.stdout + again.stderr, key)
 
 
-@pytest.mark.parametrize("mode", [0o644, 0o640, 0o604, 0o660, 0o606, 0o620, 0o602, 0o666, 0o700])
+@pytest.mark.parametrize(
+    "extra", [["in.csv", "out.csv"], ["--key-file", "k.bin"], ["--quasi", "age"], ["--force"]]
+)
+def test_new_key_file_does_nothing_else(tmp_path, cli, extra):
+    rc, out, err = cli(["--new-key-file", tmp_path / "key.bin", *extra])
+    assert rc == 2 and "run it alone" in err
+    assert not (tmp_path / "key.bin").exists()
+
+
+@pytest.mark.parametrize(
+    "mode", [0o644, 0o640, 0o604, 0o660, 0o606, 0o620, 0o602, 0o666, 0o700], ids=oct
+)
 def test_loose_key_file_warns_without_the_key(tmp_path, mode):
     path = _key_file(tmp_path / "key.bin", mode)
     loose = bool(mode & 0o077)
@@ -108,7 +119,7 @@ def test_loose_key_file_warns_without_the_key(tmp_path, mode):
         assert not leaks(text)
 
 
-@pytest.mark.parametrize("mode", [0o600, 0o400])
+@pytest.mark.parametrize("mode", [0o600, 0o400], ids=oct)
 def test_tight_key_file_is_silent(tmp_path, mode):
     path = _key_file(tmp_path / "key.bin", mode)
     with warnings.catch_warnings():
