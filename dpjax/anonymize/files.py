@@ -76,10 +76,14 @@ def signals_raise() -> Iterator[None]:
     names = ("SIGTERM", "SIGHUP")
     sigs = [getattr(signal, n) for n in names if hasattr(signal, n)]
 
-    def handler(signum: int, frame: object) -> None:
-        raise _Terminated(signum)
+    fired: list[int] = []
 
-    old = {s: signal.signal(s, handler) for s in sigs}
+    def handler(signum: int, frame: object) -> None:
+        if not fired:  # a second signal must not interrupt the cleanup the first started
+            fired.append(signum)
+            raise _Terminated(signum)
+
+    old = {s: signal.signal(s, handler) or signal.SIG_DFL for s in sigs}  # None: set in C
     try:
         yield
     except _Terminated as e:
