@@ -130,7 +130,7 @@ class _Plan:
     mask: dict[str, str]
     subst: dict[str, str]
     hier: dict[str, Any] = field(default_factory=dict)
-    key: bytes | None = None
+    key: bytes | None = field(default=None, repr=False)  # never printed
 
 
 def _check_settings(args: argparse.Namespace) -> _Plan:
