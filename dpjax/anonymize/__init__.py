@@ -2,8 +2,8 @@
 
 Direct identifiers are masked (:func:`mask_email`, :func:`mask_phone`,
 :func:`mask_card`, :func:`mask_keep_last`, :func:`format_preserving`), replaced by
-keyed HMAC-SHA256 pseudonyms (:func:`pseudonymize`), by consistent fake values
-(:func:`substitute`) or suppressed. Quasi-identifiers are generalized by
+keyed HMAC-SHA256 pseudonyms (:func:`pseudonymize`; keys from :func:`write_key`), by
+consistent fake values (:func:`substitute`) or suppressed. Quasi-identifiers are generalized by
 hierarchies (:func:`numeric_range`, :func:`truncate_date`, :func:`zip_prefix`,
 :class:`CategoryTree`) or by Mondrian partitioning to k-anonymity, l-diversity and
 t-closeness (:func:`mondrian`). :func:`measure` and friends report k, l, t and
@@ -14,6 +14,11 @@ from dpjax.anonymize.hierarchy import CategoryTree as CategoryTree
 from dpjax.anonymize.hierarchy import numeric_range as numeric_range
 from dpjax.anonymize.hierarchy import truncate_date as truncate_date
 from dpjax.anonymize.hierarchy import zip_prefix as zip_prefix
+from dpjax.anonymize.keys import MIN_KEY_BYTES as MIN_KEY_BYTES
+from dpjax.anonymize.keys import KeyFilePermissionWarning as KeyFilePermissionWarning
+from dpjax.anonymize.keys import generate_key as generate_key
+from dpjax.anonymize.keys import load_key as load_key
+from dpjax.anonymize.keys import write_key as write_key
 from dpjax.anonymize.masking import MASK_RULES as MASK_RULES
 from dpjax.anonymize.masking import format_preserving as format_preserving
 from dpjax.anonymize.masking import mask as mask
@@ -33,9 +38,6 @@ from dpjax.anonymize.metrics import normalized_certainty_penalty as normalized_c
 from dpjax.anonymize.metrics import t_closeness as t_closeness
 from dpjax.anonymize.mondrian import MondrianResult as MondrianResult
 from dpjax.anonymize.mondrian import mondrian as mondrian
-from dpjax.anonymize.pseudonym import MIN_KEY_BYTES as MIN_KEY_BYTES
-from dpjax.anonymize.pseudonym import generate_key as generate_key
-from dpjax.anonymize.pseudonym import load_key as load_key
 from dpjax.anonymize.pseudonym import pseudonymize as pseudonymize
 from dpjax.anonymize.table import AnonymizationResult as AnonymizationResult
 from dpjax.anonymize.table import Report as Report
@@ -44,6 +46,7 @@ from dpjax.anonymize.table import anonymize as anonymize
 __all__ = [
     "AnonymizationResult",
     "CategoryTree",
+    "KeyFilePermissionWarning",
     "MASK_RULES",
     "MIN_KEY_BYTES",
     "MondrianResult",
@@ -71,5 +74,6 @@ __all__ = [
     "suppress",
     "t_closeness",
     "truncate_date",
+    "write_key",
     "zip_prefix",
 ]

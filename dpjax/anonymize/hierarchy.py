@@ -88,7 +88,7 @@ def zip_prefix(values: pd.Series, digits: int = 3, *, fill: str = "*") -> pd.Ser
     digits = _validate.non_negative_int("digits", digits)
 
     def one(z: Any) -> Any:
-        if z is None or (isinstance(z, float) and np.isnan(z)):
+        if z is None or (not isinstance(z, str) and pd.isna(z)):  # NaN, NaT, pd.NA
             return None
         z = str(z)
         if len(z) <= digits:
@@ -179,11 +179,17 @@ class CategoryTree:
             node = self._parent[node]  # type: ignore[assignment]
 
     def check_values(self, values: pd.Series, name: str) -> None:
-        """Raises if a non-missing value of column ``name`` is not a leaf."""
+        """Raises if a non-missing value of column ``name`` is not a leaf.
+
+        The message does not quote the values (they are data); list them with
+        ``set(df[name].dropna().astype(str)) - set(tree.leaves)``.
+        """
         unknown = set(values.dropna().astype(str).unique()) - set(self.index)
         if unknown:
-            shown = sorted(unknown)[:5]
-            raise ValueError(f"hierarchies[{name!r}] has no leaf for values {shown}")
+            raise ValueError(
+                f"hierarchies[{name!r}] has no leaf for values of column {name!r}; "
+                "every value must be a leaf of the tree"
+            )
 
     def generalize(self, values: pd.Series, level: int) -> pd.Series:
         """Replaces each leaf by its ancestor at depth ``level``; missing stays missing."""

@@ -37,7 +37,8 @@ import numpy as np
 import pandas as pd
 
 from dpjax import _validate
-from dpjax.anonymize.pseudonym import _check_key, keyed_digest
+from dpjax.anonymize.keys import _check_key
+from dpjax.anonymize.pseudonym import keyed_digest
 
 __all__ = [
     "mask_keep_last",

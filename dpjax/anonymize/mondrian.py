@@ -103,8 +103,7 @@ def _encode(col: pd.Series, how: Any) -> _Dim:
     name = str(col.name)
     if col.isna().any():
         raise ValueError(
-            f"quasi-identifier {name!r} has {int(col.isna().sum())} missing values; "
-            "fill or drop them before anonymizing"
+            f"quasi-identifier {name!r} has missing values; fill or drop them before anonymizing"
         )
     if isinstance(how, CategoryTree):
         how.check_values(col, name)
@@ -405,7 +404,8 @@ def mondrian(
         raise ValueError(f"hierarchies: {unknown} are not quasi-identifiers")
     n = len(df)
     if n < k:
-        raise ValueError(f"k must be <= the number of rows ({n}), got {k}")
+        # No row count in the message: with every other record known, it tells membership.
+        raise ValueError(f"k must be <= the number of rows, got {k}")
     dims = [_encode(df[q], hierarchies.get(q)) for q in quasi]
     constraint, sens, n_sens, s_num = None, None, 0, False
     if sensitive is not None and (l is not None or t is not None):

@@ -15,7 +15,7 @@ still personal data under the GDPR (Art. 4(5)).
 Example:
     >>> import pandas as pd
     >>> from dpjax.anonymize import pseudonymize
-    >>> key = bytes(range(32))  # use generate_key() or a key file in practice
+    >>> key = bytes(range(32))  # use generate_key() or write_key()/load_key() in practice
     >>> p = pseudonymize(pd.Series(["ann@example.com", "ann@example.com", None]), key)
     >>> p[0] == p[1], len(p[0]), p[2] is None
     (True, 16, True)
@@ -25,8 +25,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import os
-import secrets
 import unicodedata
 from typing import Any
 
@@ -34,37 +32,9 @@ import numpy as np
 import pandas as pd
 
 from dpjax import _validate
+from dpjax.anonymize.keys import MIN_KEY_BYTES, _check_key, generate_key, load_key
 
 __all__ = ["MIN_KEY_BYTES", "generate_key", "load_key", "pseudonymize", "keyed_digest"]
-
-MIN_KEY_BYTES = 32  # the HMAC-SHA256 output length; shorter keys weaken the PRF bound
-
-
-def generate_key() -> bytes:
-    """A fresh 32-byte key from the operating system's CSPRNG (``secrets``)."""
-    return secrets.token_bytes(MIN_KEY_BYTES)
-
-
-def _check_key(key: Any, name: str = "key") -> bytes:
-    if not isinstance(key, bytes | bytearray):
-        raise TypeError(f"{name} must be bytes (e.g. generate_key()), got {type(key).__name__}")
-    if len(key) < MIN_KEY_BYTES:
-        raise ValueError(f"{name} must hold at least {MIN_KEY_BYTES} bytes, got {len(key)}")
-    if len(set(key)) == 1:
-        raise ValueError(f"{name} is one byte repeated; use generate_key()")
-    return bytes(key)
-
-
-def load_key(path: str | os.PathLike[str]) -> bytes:
-    """Reads a raw binary key file (at least 32 bytes, used whole).
-
-    Raises:
-      ValueError: if the file is shorter than 32 bytes or one byte repeated.
-      FileNotFoundError: if it does not exist.
-    """
-    with open(path, "rb") as f:
-        data = f.read()
-    return _check_key(data, name=f"key file {os.fspath(path)!r}")
 
 
 def _canon(value: Any) -> bytes:

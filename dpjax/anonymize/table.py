@@ -154,6 +154,8 @@ def anonymize(
             if c not in df.columns:
                 raise ValueError(f"{role}: unknown column {c!r}; columns are {list(df.columns)}")
             if c in seen:
+                if seen[c] == role:
+                    raise ValueError(f"{role} names {c!r} twice; name each column once")
                 if {seen[c], role} == {"quasi", "sensitive"}:
                     raise ValueError(
                         f"sensitive column {c!r} is also a quasi-identifier; "

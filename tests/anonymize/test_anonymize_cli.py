@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from pycanon import anonymity as pycanon
 
-from dpjax.anonymize import generate_key
+from dpjax.anonymize import write_key
 from dpjax.anonymize.cli import register
 from dpjax.data.census import census_table
 
@@ -31,7 +31,7 @@ def files(tmp_path):
     src = tmp_path / "in.csv"
     df.to_csv(src, index=False)
     key = tmp_path / "key.bin"
-    key.write_bytes(generate_key())
+    write_key(key)
     return src, tmp_path / "out.csv", key
 
 
@@ -64,9 +64,10 @@ def test_anonymize_end_to_end(files, capsys, tmp_path):
     rep = json.loads(report.read_text())
     assert rep["metrics"]["k"] >= 5 and rep["metrics"]["l_distinct"] >= 2
     assert rep["settings"]["quasi"] == ["age", "zip", "sex"]
-    # Same key, same pseudonyms: a second run joins with the first.
+    # Same key, same pseudonyms: a second run joins with the first. (Its report goes to a
+    # new file: an existing report, like an existing output, is replaced only with --force.)
     dst2 = dst.with_name("out2.csv")
-    assert _run([*argv[:2], str(dst2), *argv[3:]]) == 0
+    assert _run([*argv[:2], str(dst2), *argv[3:-1], str(tmp_path / "report2.json")]) == 0
     assert sorted(pd.read_csv(dst2, dtype=str)["name"]) == sorted(rel["name"])
 
 

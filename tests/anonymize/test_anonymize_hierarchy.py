@@ -65,3 +65,11 @@ def test_census_is_seeded_and_realistic():
         census_table(10, None)
     with pytest.raises(ValueError, match="n must be >= 1"):
         census_table(0, np.random.default_rng(0))
+
+
+@pytest.mark.parametrize("missing", [None, np.nan, np.float32("nan"), pd.NA, pd.NaT], ids=repr)
+def test_zip_prefix_keeps_every_kind_of_missing_missing(missing):
+    """A missing ZIP code stays missing (not masked as the text '<NA>'); 'NA' is a value."""
+    s = pd.Series(["02139", missing, "NA"], dtype=object)
+    assert zip_prefix(s, 3).tolist() == ["021**", None, "**"]
+    assert zip_prefix(s.astype("string"), 3).tolist() == ["021**", None, "**"]

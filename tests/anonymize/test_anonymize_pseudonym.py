@@ -66,16 +66,20 @@ def test_missing_unicode_context_and_normalization():
 
 
 def test_key_checks(tmp_path):
+    # Key files are owner-only (0600); a looser one warns (test_anonymize_keys.py).
     short = tmp_path / "short.bin"
     short.write_bytes(b"x" * (MIN_KEY_BYTES - 1))
+    short.chmod(0o600)
     with pytest.raises(ValueError, match=r"key file .*short.bin.* at least 32 bytes, got 31"):
         load_key(short)
     flat = tmp_path / "flat.bin"
     flat.write_bytes(b"\x00" * 64)
+    flat.chmod(0o600)
     with pytest.raises(ValueError, match="one byte repeated"):
         load_key(flat)
     good = tmp_path / "good.bin"
     good.write_bytes(generate_key())
+    good.chmod(0o600)
     assert load_key(good) == good.read_bytes()
     with pytest.raises(TypeError, match="key must be bytes"):
         pseudonymize(pd.Series(["a"]), "secret-but-a-string")
@@ -84,3 +88,8 @@ def test_key_checks(tmp_path):
     with pytest.raises(ValueError, match="length must be in"):
         pseudonymize(pd.Series(["a"]), generate_key(), length=4)
     assert len(generate_key()) == MIN_KEY_BYTES and generate_key() != generate_key()
+    big = tmp_path / "big.bin"
+    big.write_bytes(bytes(range(256)) * 17)
+    big.chmod(0o600)
+    with pytest.raises(ValueError, match=r"at most 4096 bytes"):
+        load_key(big)

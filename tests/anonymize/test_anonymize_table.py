@@ -55,6 +55,9 @@ def test_direct_identifiers_only(df):
         (dict(pseudonymize=["name"], key=b"0123456789"), "key must hold at least 32 bytes"),
         (dict(pseudonymize=["name"], drop=["name"], key=generate_key()), "both pseudonymize"),
         (dict(mask={"email": "rot13"}), "rule must be one of"),
+        (dict(quasi=["age", "age"], k=5), "quasi names 'age' twice"),
+        (dict(pseudonymize=["name", "name"], key=generate_key()), "pseudonymize names 'name' tw"),
+        (dict(drop=["card", "card"]), "drop names 'card' twice"),
     ],
 )
 def test_bad_input(df, kw, match):
