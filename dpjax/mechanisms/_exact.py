@@ -27,8 +27,11 @@ the distribution by total variation below 2**-300, far below any delta.
 
 from __future__ import annotations
 
+import bisect
 import functools
+import itertools
 import math
+from collections.abc import Sequence
 from fractions import Fraction
 from typing import Any
 
@@ -46,6 +49,7 @@ __all__ = [
     "sample_discrete_gaussian",
     "discrete_laplace_noise",
     "discrete_gaussian_noise",
+    "sample_index",
 ]
 
 MAX_SIGMA = 2048.0  # largest discrete Gaussian sigma the int32 sampler supports
@@ -297,3 +301,40 @@ def discrete_laplace_tail(scale: float, k: int) -> float:
     """P[|Y| >= k] for the discrete Laplace with scale ``scale`` (k >= 1)."""
     p = math.exp(-1.0 / scale)
     return 2.0 * p**k / (1.0 + p)
+
+
+def sample_index(key: jax.Array, weights: Sequence[int], n: int) -> np.ndarray:
+    """``n`` indices, each j drawn with probability exactly ``weights[j] / sum(weights)``.
+
+    ``weights`` are non-negative Python integers (exact, any size). Each draw is an
+    integer R uniform on [0, T), T = sum(weights), from 32-bit words of the key's
+    stream by rejection (words with 64 bits to spare: a draw is redrawn from
+    ``fold_in(fold_in(key, attempt), i)`` with probability below 2**-64), and the
+    index is the first j with W_0 + ... + W_j > R. No float touches the choice.
+
+    >>> import jax
+    >>> sample_index(jax.random.key(0), [0, 3, 0], 4).tolist()
+    [1, 1, 1, 1]
+    """
+    w = [int(x) for x in weights]
+    if not w or min(w) < 0 or sum(w) == 0:
+        raise ValueError("weights must be non-negative integers with a positive sum")
+    n = V.positive_int("n", n)
+    total = sum(w)
+    cum = list(itertools.accumulate(w))
+    words = -(-(total.bit_length() + 64) // 32)
+    span = 1 << (32 * words)
+    limit = span - span % total  # uniform on [0, limit) mod total is uniform on [0, total)
+    key = V.prng_key("key", key)
+    raw = np.asarray(jax.random.bits(key, (n, words), jnp.uint32)).astype(">u4").tobytes()
+    size = 4 * words
+    out = np.empty(n, np.int64)
+    for i in range(n):
+        x, attempt = int.from_bytes(raw[i * size : (i + 1) * size], "big"), 0
+        while x >= limit:
+            attempt += 1
+            sub = jax.random.fold_in(jax.random.fold_in(key, attempt), i)
+            row = np.asarray(jax.random.bits(sub, (words,), jnp.uint32)).astype(">u4")
+            x = int.from_bytes(row.tobytes(), "big")
+        out[i] = bisect.bisect_right(cum, x % total)
+    return out

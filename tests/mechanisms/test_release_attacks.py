@@ -5,14 +5,18 @@ every error message; only the keys are secret. Each test runs the attack and
 checks that it gains no more than the claimed guarantee allows.
 """
 
+import argparse
 import math
+from fractions import Fraction
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pandas as pd
 import pytest
 
 from dpjax import mechanisms as M
+from dpjax.mechanisms import _exact, _quantile, cli
 
 from ._stats import ALPHA, categorical_pvalue
 
@@ -81,3 +85,139 @@ def test_randomized_response_under_jit_reports_out_of_domain_values_uniformly():
     # 1/k lies between the keep and flip probabilities: the eps-LDP ratio holds.
     keep = math.exp(eps) / (math.exp(eps) + k - 1)
     assert (1 - keep) / (k - 1) <= 1.0 / k <= keep
+
+
+# --- Item 1: quantiles leak membership through the float lattice of the release -----
+
+LO, HI, EPS_Q = 0.0, 100.0, 1.0
+_rng = np.random.default_rng(12)
+D_OTHERS = np.concatenate([_rng.uniform(0, 1, 10), _rng.uniform(99, 100, 10)])  # known rows
+TARGET = 50.3  # the target's value: is this row in the data?
+
+
+def _median(values, seed):
+    rel = M.aggregate({"x": values}, "quantiles", "x", key=jax.random.key(seed),
+                      epsilon=EPS_Q, bounds=(LO, HI), quantiles=(0.5,))  # fmt: skip
+    return float(rel.table.value.iloc[0])
+
+
+def _on_lattice_of(values, y):
+    """Is y = z_i + (k / 2**23) w_i for a gap [z_i, z_i + w_i] of the sorted values (+ bounds)?
+
+    That is the float lattice of a release drawn uniformly inside a gap between data
+    values with a float32 uniform (k / 2**23): the set of outputs reachable from them.
+    """
+    z = np.concatenate([[LO], np.sort(values), [HI]])
+    i = int(np.clip(np.searchsorted(z, y, "right") - 1, 0, len(z) - 2))
+    for g in {max(i - 1, 0), i}:
+        w = z[g + 1] - z[g]
+        k0 = round((y - z[g]) / w * 2**23)
+        if any(z[g] + (k / 2**23) * w == y for k in range(k0 - 2, k0 + 3)):
+            return True
+    return False
+
+
+def _hoeffding_slack(runs, eps, fp_rate=1e-6):
+    """TPR_hat <= e^eps FPR_hat + slack fails for an eps-DP release w.p. <= fp_rate."""
+    a = math.sqrt(math.log(2.0 / fp_rate) / (2.0 * runs))
+    return (1.0 + math.exp(eps)) * a
+
+
+@pytest.mark.slow
+def test_quantile_release_does_not_reveal_membership_through_its_lattice():
+    """The review's attack: guess "target present" when the output is not on D's lattice.
+
+    Old code: releases from D are always on D's lattice (FPR = 0), releases from
+    D + target almost never (TPR ~ 1), an infinite privacy loss. For eps-DP any test
+    has TPR <= e^eps FPR; the check below fails with probability < 1e-6 for a
+    correct release (Hoeffding).
+    """
+    runs = 400
+    with_target = np.append(D_OTHERS, TARGET)
+    fpr = np.mean([not _on_lattice_of(D_OTHERS, _median(D_OTHERS, s)) for s in range(runs)])
+    tpr = np.mean([not _on_lattice_of(D_OTHERS, _median(with_target, runs + s))
+                   for s in range(runs)])  # fmt: skip
+    assert tpr <= math.exp(EPS_Q) * fpr + _hoeffding_slack(runs, EPS_Q), (tpr, fpr)
+
+
+def _reference_em(values, level, eps, l_inf, grid):
+    """EM probabilities on ``grid`` by a naive loop over rationals (the documented mechanism)."""
+    n = len(values)
+    qn = Fraction(level) * n
+    eps_w = Fraction(eps) * (1 - Fraction(1, 2**40)) - Fraction(1, 2**36)
+    ws = []
+    for c in grid:
+        lt = sum(1 for x in values if x < c)
+        le = sum(1 for x in values if x <= c)
+        d = max(lt - qn, qn - le, 0)
+        ws.append(math.exp(-min(float(eps_w * d / (2 * l_inf)), 64.0)))
+    total = math.fsum(ws)
+    return np.array([w / total for w in ws])
+
+
+@pytest.mark.parametrize("level,l_inf", [(0.5, 1), (0.1, 2)])
+def test_quantile_sampler_matches_the_exact_exponential_mechanism(level, l_inf):
+    vals = np.sort(np.random.default_rng(3).normal(5.0, 2.0, 40))
+    grid = _quantile.candidates(0.0, 10.0, 16)
+    w = _quantile.weights(vals, grid, level, 1.0, l_inf)
+    idx = _exact.sample_index(jax.random.key(5), w, 30_000)
+    probs = _reference_em(vals, level, 1.0, l_inf, grid)
+    assert categorical_pvalue(idx, probs) > ALPHA
+    assert categorical_pvalue(idx, _reference_em(vals, level, 4 / 3, l_inf, grid)) < ALPHA
+    # The reference itself is 1-DP: add or remove l_inf rows anywhere.
+    for other in (np.append(vals, [9.9] * l_inf), vals[l_inf:], np.append(vals, [0.0] * l_inf)):
+        p2 = _reference_em(np.sort(other), level, 1.0, l_inf, grid)
+        assert np.max(np.abs(np.log(p2 / probs))) <= 1.0
+
+
+@pytest.mark.slow
+def test_quantile_best_distinguisher_stays_within_epsilon():
+    """Likelihood-ratio attack on the fixed release: S = {y: p_{D+t}(y) > p_D(y)}."""
+    runs = 300
+    grid = _quantile.candidates(LO, HI)
+    with_target = np.append(D_OTHERS, TARGET)
+    p0 = _reference_em(np.sort(D_OTHERS), 0.5, EPS_Q, 1, grid)
+    p1 = _reference_em(np.sort(with_target), 0.5, EPS_Q, 1, grid)
+    s = set(grid[p1 > p0].tolist())
+    fpr = np.mean([_median(D_OTHERS, s_) in s for s_ in range(runs)])
+    tpr = np.mean([_median(with_target, runs + s_) in s for s_ in range(runs)])
+    assert tpr <= math.exp(EPS_Q) * fpr + _hoeffding_slack(runs, EPS_Q), (tpr, fpr)
+    assert p1[p1 > p0].sum() <= math.exp(EPS_Q) * p0[p1 > p0].sum()  # exact: eps holds
+
+
+@pytest.mark.parametrize("values", [D_OTHERS, np.append(D_OTHERS, TARGET), np.full(7, 42.0)])
+def test_quantile_outputs_are_the_same_public_grid_for_every_data_set(values):
+    grid = set(_quantile.candidates(LO, HI).tolist())
+    rel = M.aggregate({"x": values}, "quantiles", "x", key=jax.random.key(0), epsilon=EPS_Q,
+                      bounds=(LO, HI), quantiles=(0.1, 0.5, 0.9))  # fmt: skip
+    assert set(rel.table.value.tolist()) <= grid
+
+
+def test_cli_quantiles_print_public_grid_points(tmp_path, capsys):
+    path = tmp_path / "d.csv"
+    pd.DataFrame({"x": np.append(D_OTHERS, TARGET)}).to_csv(path, index=False)
+    parser = argparse.ArgumentParser(prog="dpjax")
+    cli.register(parser.add_subparsers(dest="command", required=True))
+    step = (HI - LO) / 1024
+    for seed in range(5):
+        args = parser.parse_args(["query", str(path), "--quantiles", "x", "--bounds", "0,100",
+                                  "--epsilon", "1", "--seed", str(seed)])  # fmt: skip
+        assert cli.run(args) == 0
+        value = float(capsys.readouterr().out.split()[-3])  # quantile, value, ci_low, ci_high
+        assert abs(value / step - round(value / step)) < 1e-3, value
+
+
+@pytest.mark.parametrize(
+    "call,match",
+    [
+        (lambda: _quantile.candidates(0.0, 1.0, 0), "steps must be >= 1"),
+        (lambda: _quantile.candidates(0.0, 1.0, 2**21), r"steps must be in \[1, 1048576\]"),
+        (lambda: _quantile.weights(np.zeros(3), np.zeros(2), 0.5, 2.0**-31, 1),
+         r"epsilon per quantile level must be >= 2\*\*-30"),
+        (lambda: _exact.sample_index(jax.random.key(0), [0, 0], 1), "weights must be"),
+        (lambda: _exact.sample_index(jax.random.key(0), [1, -1], 1), "weights must be"),
+    ],
+)  # fmt: skip
+def test_quantile_parameters_are_checked(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()
