@@ -18,11 +18,17 @@ PER_LANE times the mean run length. Throughput is bounded by drawing two
 threefry words per lane and step.
 
 Arithmetic is int32 (dpjax does not switch on x64). Guards keep it exact: a
-discrete Laplace scale t/s needs t, s <= 2**30; a discrete Gaussian keeps
-sigma^2 = t*m/d with sigma <= 2048 and restarts a proposal whose acceptance
-exponent would overflow. Those restarts truncate the output's tails at more
-than 22 sigma (discrete Gaussian) or near 2**31 (discrete Laplace): a change of
-the distribution by total variation below 2**-300, far below any delta.
+discrete Laplace scale is at most 2**24 (so t <= 2**24); a discrete Gaussian
+keeps sigma^2 = t*m/d with sigma <= 2048 and restarts a proposal whose
+acceptance exponent would overflow. Those restarts truncate the output's tails:
+the discrete Laplace draw restarts when its geometric part V exceeds
+(2**31 - 1 - t) // t >= 126, which has probability e**-127 < 2**-183; the
+discrete Gaussian's beyond about 22 sigma, below 2**-300. The samplers
+therefore differ from the exact distributions by total variation below
+2**-182, and each pure-DP release built on them is (eps, 2**-181)-DP in the
+arithmetic it runs in (an add-on far below any delta; it is stated, not hidden).
+Scales whose cut would be larger are refused: before this guard a scale of
+2**28 cut a tail of mass e**-7.
 """
 
 from __future__ import annotations
@@ -53,14 +59,14 @@ __all__ = [
 ]
 
 MAX_SIGMA = 2048.0  # largest discrete Gaussian sigma the int32 sampler supports
-_MAX_INT = 2**30  # largest numerator / denominator of a discrete Laplace scale
+_MAX_SCALE = 2.0**24  # largest discrete Laplace scale: its tail cut stays below 2**-183
 _MAX_A = 46340  # floor(sqrt(2**31 - 1)): A*A still fits int32
 
 _U, _D, _V, _SIGN, _E1, _E2, _DONE = range(7)
 
 
 def rational_scale(scale: Any, divisor: Any = 1.0) -> tuple[np.ndarray, np.ndarray]:
-    """Rounds ``scale / divisor`` up to rationals ``t / s`` (s a power of two, t <= 2**24).
+    """Rounds ``scale / divisor`` up to rationals ``t / s`` (s a power of two, t <= 2**24 + 1).
 
     Rounding up only adds noise, so a mechanism calibrated to the scale stays
     private. For up to 256 distinct values the quotient is taken exactly (floats
@@ -71,9 +77,9 @@ def rational_scale(scale: Any, divisor: Any = 1.0) -> tuple[np.ndarray, np.ndarr
     num, den = np.broadcast_arrays(np.asarray(scale, np.float64), np.asarray(divisor, np.float64))
     with np.errstate(divide="ignore", invalid="ignore"):
         x0 = num / den
-    if np.any(~np.isfinite(x0)) or np.any(x0 <= 2.0**-30) or np.any(x0 > 2.0**28):
+    if np.any(~np.isfinite(x0)) or np.any(x0 <= 2.0**-30) or np.any(x0 > _MAX_SCALE):
         raise ValueError(
-            f"discrete Laplace scale must be in (2**-30, 2**28], got {x0!r}; "
+            f"discrete Laplace scale must be in (2**-30, 2**24], got {x0!r}; "
             "use grid_laplace for larger noise"
         )
     pairs = np.stack([num.reshape(-1), den.reshape(-1)], axis=1)
@@ -272,7 +278,7 @@ def sample_discrete_laplace(key: jax.Array, scale: Any, shape: tuple[int, ...]) 
     """Exact discrete Laplace samples, int32: P[Y = y] proportional to exp(-|y| / scale).
 
     Canonne, Kamath, Steinke 2020, Algorithm 2. ``scale`` (a concrete scalar or
-    array broadcastable to ``shape``, in (2**-30, 2**28]) is rounded up to a
+    array broadcastable to ``shape``, in (2**-30, 2**24]) is rounded up to a
     rational t/s with s a power of two, relative change below 2**-20.
 
     >>> import jax

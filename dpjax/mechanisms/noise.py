@@ -180,11 +180,47 @@ def zcdp_gaussian_sigma(sensitivity: float, rho: float) -> float:
     return float(sensitivity) / math.sqrt(2.0 * float(rho))
 
 
+MAX_INT_VALUE = 2**30  # |value| allowed in the discrete and grid releases (int32 room for noise)
+_I32_MAX = 2**31 - 1
+
+
 def _int_value(value: Any) -> jax.Array:
-    v = jnp.asarray(value)
-    if not jnp.issubdtype(v.dtype, jnp.integer):
-        raise TypeError(f"value must be an integer array for a discrete mechanism, got {v.dtype}")
-    return v.astype(jnp.int32)
+    """Integer values as int32: concrete ones checked, traced ones clamped (never wrapped)."""
+    if isinstance(value, jax.core.Tracer):
+        if not jnp.issubdtype(value.dtype, jnp.integer):
+            raise TypeError(
+                f"value must be an integer array for a discrete mechanism, got {value.dtype}"
+            )
+        if jnp.iinfo(value.dtype).max <= _I32_MAX and jnp.iinfo(value.dtype).min >= -_I32_MAX - 1:
+            v = value.astype(jnp.int32)
+        else:  # wider than int32 (x64 on, or uint32): clamp before the cast
+            lim = jnp.asarray(MAX_INT_VALUE, value.dtype)
+            low = jnp.asarray(-MAX_INT_VALUE if jnp.iinfo(value.dtype).min < 0 else 0, value.dtype)
+            v = jnp.clip(value, low, lim).astype(jnp.int32)
+        m = jnp.int32(MAX_INT_VALUE)
+        return jnp.clip(v, -m, m)  # documented bounded release under jit (1-Lipschitz)
+    arr = np.asarray(value)
+    if not np.issubdtype(arr.dtype, np.integer):
+        raise TypeError(f"value must be an integer array for a discrete mechanism, got {arr.dtype}")
+    if arr.size and (np.any(arr > MAX_INT_VALUE) or np.any(arr < -MAX_INT_VALUE)):
+        # No data-dependent numbers in the message (the adversary reads errors).
+        raise ValueError(
+            "value must be integers in [-2**30, 2**30] for a discrete mechanism, "
+            "got values outside that range"
+        )
+    return jnp.asarray(arr.astype(np.int32))
+
+
+def _add_saturating(a: jax.Array, b: jax.Array) -> jax.Array:
+    """int32 a + b, saturated at the int32 limits instead of wrapping (exact otherwise).
+
+    Saturation is a function of the exact sum, so it is post-processing; with
+    |a| <= 2**30 it needs |noise| > 2**30, which has probability below e**-64.
+    """
+    total = a + b  # two's complement: wraps on overflow
+    overflow = ((a ^ total) & (b ^ total)) < 0
+    sat = jnp.where(a < 0, jnp.int32(-_I32_MAX - 1), jnp.int32(_I32_MAX))
+    return jnp.where(overflow, sat, total)
 
 
 def discrete_laplace(key: jax.Array, value: Any, sensitivity: Any, epsilon: Any) -> jax.Array:
@@ -206,7 +242,8 @@ def discrete_laplace(key: jax.Array, value: Any, sensitivity: Any, epsilon: Any)
     v = _int_value(value)
     shape = _batch_shape(v, sens, eps)
     t, s = _exact.rational_scale(sens, eps)
-    return jnp.broadcast_to(v, shape) + _exact.discrete_laplace_noise(key, t, s, shape)
+    noise = _exact.discrete_laplace_noise(key, t, s, shape)
+    return _add_saturating(jnp.broadcast_to(v, shape), noise)
 
 
 def discrete_gaussian(key: jax.Array, value: Any, sensitivity: Any, rho: Any) -> jax.Array:
@@ -229,7 +266,7 @@ def discrete_gaussian(key: jax.Array, value: Any, sensitivity: Any, rho: Any) ->
     shape = _batch_shape(v, sens, rho)
     t, m, d = _exact.gaussian_params(sens**2 / (2.0 * rho))
     noise = _exact.discrete_gaussian_noise(key, t, m, d, shape)
-    return jnp.broadcast_to(v, shape) + noise
+    return _add_saturating(jnp.broadcast_to(v, shape), noise)
 
 
 def grid_for(noise_scale: float) -> float:
@@ -238,11 +275,44 @@ def grid_for(noise_scale: float) -> float:
     return float(2.0 ** (math.floor(math.log2(noise_scale)) - 10))
 
 
-def _grid_release(v: jax.Array, grid: float, noise: jax.Array) -> jax.Array:
-    # round(v / g) is exact (g a power of two); clipping keeps it in int32 and is
-    # a function of the value alone, so it costs no privacy.
-    k = jnp.round(jnp.clip(v / grid, -(2.0**30), 2.0**30)).astype(jnp.int32)
-    return (k + noise).astype(v.dtype) * jnp.asarray(grid, v.dtype)
+def _grid_snap(value: Any, grid: float) -> tuple[jax.Array, Any, jax.Array | None]:
+    """k = round(value / grid) as int32, the output dtype, and (traced only) an in-range mask.
+
+    Concrete values (Python, NumPy or JAX) are snapped on host in float64, which
+    holds float32 and float64 values exactly and any |value| <= 2**30 grid
+    units to within 2**-23 of a unit, so neighbours' k differ by at most
+    ceil(D / g) + 1 as the analysis assumes. A non-finite value or one beyond
+    2**30 grid units raises. Traced values are snapped in their own dtype (what
+    the traced computation produced is the value); out-of-range ones are
+    masked and come back as NaN.
+    """
+    if isinstance(value, jax.core.Tracer):
+        v = _float_value(value)
+        x = v / jnp.asarray(grid, v.dtype)  # exact: grid is a power of two
+        ok = jnp.isfinite(x) & (jnp.abs(x) <= MAX_INT_VALUE)
+        k = jnp.round(jnp.where(ok, x, jnp.zeros((), v.dtype))).astype(jnp.int32)
+        return k, v.dtype, ok
+    arr = np.asarray(value)
+    if arr.dtype == np.bool_ or not (
+        np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)
+    ):
+        raise TypeError(f"value must be a numeric array, got dtype {arr.dtype}")
+    x = arr.astype(np.float64) / grid
+    if arr.size and not np.all(np.isfinite(x) & (np.abs(x) <= MAX_INT_VALUE)):
+        # No data-dependent numbers in the message (the adversary reads errors).
+        raise ValueError(
+            f"value must be finite and within +-2**30 grid units (|value| <= "
+            f"{MAX_INT_VALUE * grid:g} for grid {grid:g}); clamp it to public bounds first"
+        )
+    dtype = arr.dtype if np.issubdtype(arr.dtype, np.floating) else jnp.result_type(float)
+    return jnp.asarray(np.round(x).astype(np.int32)), jax.dtypes.canonicalize_dtype(dtype), None
+
+
+def _grid_release(value: Any, grid: float, noise_fn) -> jax.Array:
+    """(k + Z) g with k from :func:`_grid_snap` and exact integer noise Z = noise_fn(shape)."""
+    k, dtype, ok = _grid_snap(value, grid)
+    out = _add_saturating(k, noise_fn(k.shape)).astype(dtype) * jnp.asarray(grid, dtype)
+    return out if ok is None else jnp.where(ok, out, jnp.asarray(jnp.nan, dtype))
 
 
 def _grid_check(grid: float | None, natural_scale: float) -> float:
@@ -275,12 +345,10 @@ def grid_laplace(
     key = V.prng_key("key", key)
     V.positive("sensitivity", sensitivity)
     V.positive("epsilon", epsilon)
-    v = _float_value(value)
     g = _grid_check(grid, float(sensitivity) / float(epsilon))
     sens_g = math.ceil(float(sensitivity) / g) + 1
     t, s = _exact.rational_scale(sens_g, float(epsilon))
-    noise = _exact.discrete_laplace_noise(key, t, s, v.shape)
-    return _grid_release(v, g, noise)
+    return _grid_release(value, g, lambda shape: _exact.discrete_laplace_noise(key, t, s, shape))
 
 
 def grid_gaussian(
@@ -300,10 +368,9 @@ def grid_gaussian(
     key = V.prng_key("key", key)
     V.positive("sensitivity", sensitivity)
     V.positive("rho", rho)
-    v = _float_value(value)
     sigma = float(sensitivity) / math.sqrt(2.0 * float(rho))
     g = _grid_check(grid, 2.0 * sigma)  # sigma_g in [512, 1024) grid units
     sens_g = math.ceil(float(sensitivity) / g) + 1
     t, m, d = _exact.gaussian_params(np.asarray(sens_g**2 / (2.0 * float(rho))))
-    noise = _exact.discrete_gaussian_noise(key, t, m, d, v.shape)
-    return _grid_release(v, g, noise)
+    noise_fn = lambda shape: _exact.discrete_gaussian_noise(key, t, m, d, shape)  # noqa: E731
+    return _grid_release(value, g, noise_fn)

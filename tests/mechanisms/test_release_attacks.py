@@ -221,3 +221,82 @@ def test_cli_quantiles_print_public_grid_points(tmp_path, capsys):
 def test_quantile_parameters_are_checked(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+# --- Item 2: float64 values silently cast to float32 before snapping to the grid ---------
+
+
+@pytest.mark.slow
+def test_grid_release_of_float64_values_keeps_its_sensitivity():
+    """Neighbouring float64 values 1 apart must snap at most ceil(1/g) + 1 = 2 units apart.
+
+    grid = 1, sensitivity 1, eps = 1: integer noise Z ~ DLap(2). v = 2**29 + 31.9 and
+    v' = v + 1. Old code cast both to float32 (spacing 64 there): k = 2**29 and
+    k' = 2**29 + 64, so at every output below k the privacy loss is 64 / 2 = 32, not 1;
+    e.g. S = {out < 2**29 + 32} has P_v[S] = P[Z < 32] ~ 1 and P_v'[S] = P[Z < -32] ~ e**-16.
+    Fixed: snapping in float64 gives k = 2**29 + 32, k' = 2**29 + 33 (loss 1/2 on S).
+    """
+    n, eps = 4000, 1.0
+    v = np.full(n, 2.0**29 + 31.9)
+    key = jax.random.key(8)
+    out_v = np.asarray(M.grid_laplace(key, v, 1.0, eps, grid=1.0), np.float64)
+    out_w = np.asarray(M.grid_laplace(jax.random.key(9), v + 1.0, 1.0, eps, grid=1.0), np.float64)
+    p_v, p_w = np.mean(out_v < 2.0**29 + 32), np.mean(out_w < 2.0**29 + 32)
+    slack = _hoeffding_slack(n, eps)
+    assert p_v <= math.exp(eps) * p_w + slack, (p_v, p_w)
+    assert p_w <= math.exp(eps) * p_v + slack, (p_v, p_w)
+
+
+# --- Item 3: silent clamping and wrapping -------------------------------------------------
+
+GRID_CALLS = {
+    "grid_laplace": lambda k, v: M.grid_laplace(k, v, 1.0, 1.0),  # grid 2**-10: |v| <= 2**20
+    "grid_gaussian": lambda k, v: M.grid_gaussian(k, v, 1.0, 0.5),  # grid 2**-9: |v| <= 2**21
+}
+
+
+@pytest.mark.parametrize("name", sorted(GRID_CALLS))
+@pytest.mark.parametrize("bad", [2_000_000_000.0, -3.0e9, np.nan, np.inf])
+def test_grid_release_refuses_values_out_of_range(name, bad):
+    """Old code: a count of 2 million came back as about 1 million; NaN returned a number."""
+    with pytest.raises(
+        ValueError, match=r"value must be finite and within \+-2\*\*30 grid units"
+    ) as e:
+        GRID_CALLS[name](jax.random.key(0), np.array([1.0, bad]))
+    assert "2000000" not in str(e.value) and "3000000" not in str(e.value)  # no data in errors
+
+
+@pytest.mark.parametrize("name", sorted(GRID_CALLS))
+def test_grid_release_under_jit_fails_closed_on_out_of_range_values(name):
+    f = jax.jit(GRID_CALLS[name])
+    out = np.asarray(f(jax.random.key(0), jnp.array([2.0e9, jnp.nan, -jnp.inf, 5.0])))
+    assert np.all(np.isnan(out[:3]))  # refused, not clamped to a wrong number
+    assert abs(out[3] - 5.0) < 50  # an in-range value is released
+
+
+@pytest.mark.parametrize("name", ["discrete_laplace", "discrete_gaussian"])
+@pytest.mark.parametrize("bad", [5_000_000_000, 2**31 - 10, -(2**31)])
+def test_discrete_release_refuses_integers_out_of_range(name, bad):
+    """Old code cast int64 to int32: 5e9 became 705032704; values near 2**31 wrapped."""
+    f = getattr(M, name)
+    with pytest.raises(ValueError, match=r"value must be integers in \[-2\*\*30, 2\*\*30\]"):
+        f(jax.random.key(0), np.array([3, bad], np.int64), 1, 1.0)
+
+
+@pytest.mark.parametrize("name", ["discrete_laplace", "discrete_gaussian"])
+def test_discrete_release_under_jit_never_wraps(name):
+    f = jax.jit(lambda k, v: getattr(M, name)(k, v, 10, 0.1))
+    out = np.asarray(f(jax.random.key(1), jnp.full(4000, 2**31 - 5, jnp.int32)))
+    assert np.all(out > 2**29)  # clamped to 2**30 (documented), never wrapped negative
+
+
+def test_discrete_laplace_scales_whose_tails_int32_would_cut_are_refused():
+    """Old sampler: scale 2**28 restarted draws beyond |Y| ~ 7 * 2**28, cutting a tail of mass
+    e**-7 (~1e-3, not the documented 2**-300): outputs there were impossible, a pure-DP break.
+    """
+    with pytest.raises(
+        ValueError, match=r"discrete Laplace scale must be in \(2\*\*-30, 2\*\*24\]"
+    ):
+        M.sample_discrete_laplace(jax.random.key(0), 2.0**28, (10,))
+    with pytest.raises(ValueError, match=r"discrete Laplace scale must be in"):
+        M.discrete_laplace(jax.random.key(0), np.array([0]), 1, 2.0**-26)
