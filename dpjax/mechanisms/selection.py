@@ -148,6 +148,21 @@ def above_threshold(
     return jnp.where(jnp.any(above, axis=-1), first, -1)
 
 
+def _flip_threshold(epsilon: float, k: int) -> int:
+    """m with m / 2**32 >= P[flip] = (k - 1) / (e^eps + k - 1), m >= 1: rounded up, never to 0.
+
+    A float32 comparison ``uniform < p_keep`` rounds p_keep to 1 once eps is
+    above about 16.6, so the value was never flipped (no privacy at all).
+    Flipping with a probability rounded *up* to a multiple of 2**-32 only
+    lowers the keep/flip ratio, so eps-local DP holds exactly (for eps >=
+    (k + 2) 2**-33; below that the rounding may add (k + 2) 2**-32 to eps).
+    """
+    a = (k - 1) * math.exp(-float(epsilon))  # no overflow for any eps
+    p_flip = a / (1.0 + a)
+    m = math.ceil(p_flip * 2.0**32 * (1.0 + 2.0**-48))  # margin for float64 error
+    return min(max(m, 1), 2**32 - 1)
+
+
 def randomized_response(
     key: jax.Array, value: Any, epsilon: float, *, num_categories: int = 2
 ) -> jax.Array:
@@ -157,7 +172,10 @@ def randomized_response(
     k-ary form: Kairouz, Oh, Viswanath 2014 (optimal for eps-local DP).
     ``value`` holds integer categories in [0, k) (or booleans for k = 2).
 
-    Privacy: epsilon-local DP per element (any change of the element's value).
+    Privacy: epsilon-local DP per element (any change of the element's value):
+    the flip probability is rounded up to a multiple of 2**-32 from 32 random
+    bits (never 0), the other category is drawn by ``jax.random.randint``
+    (64 random bits, relative bias below 2**-32).
     Concrete values outside [0, k) raise ``ValueError``; under ``jax.jit`` such a
     value is reported as a uniform category (still eps-local DP).
 
@@ -189,9 +207,9 @@ def randomized_response(
     else:
         in_domain = (v >= 0) & (v < k)
         cat = jnp.where(in_domain, v, jnp.zeros((), v.dtype)).astype(jnp.int32)
-    p_keep = 1.0 / (1.0 + (k - 1) * math.exp(-float(epsilon)))
     k1, k2, k3 = jax.random.split(key, 3)
-    keep = jax.random.uniform(k1, v.shape) < p_keep
+    flip = jax.random.bits(k1, v.shape, jnp.uint32) < jnp.uint32(_flip_threshold(epsilon, k))
+    keep = ~flip
     other = jax.random.randint(k2, v.shape, 0, k - 1)
     other = other + (other >= cat).astype(jnp.int32)  # uniform over the k - 1 others
     out = jnp.where(keep, cat, other)

@@ -7,6 +7,7 @@ checks that it gains no more than the claimed guarantee allows.
 
 import argparse
 import math
+from decimal import Decimal, getcontext
 from fractions import Fraction
 
 import jax
@@ -16,7 +17,7 @@ import pandas as pd
 import pytest
 
 from dpjax import mechanisms as M
-from dpjax.mechanisms import _exact, _quantile, cli
+from dpjax.mechanisms import _exact, _quantile, cli, selection
 
 from ._stats import ALPHA, categorical_pvalue
 
@@ -300,3 +301,32 @@ def test_discrete_laplace_scales_whose_tails_int32_would_cut_are_refused():
         M.sample_discrete_laplace(jax.random.key(0), 2.0**28, (10,))
     with pytest.raises(ValueError, match=r"discrete Laplace scale must be in"):
         M.discrete_laplace(jax.random.key(0), np.array([0]), 1, 2.0**-26)
+
+
+# --- Same class: randomized response's flip probability rounded away in float32 ----------
+
+
+@pytest.mark.parametrize("eps", [17.0, 20.0, 40.0, 800.0])
+def test_randomized_response_still_flips_at_large_epsilon(eps):
+    """Old code kept the value iff float32 uniform < p_keep: fl32(p_keep) >= 1 - 2**-24 for
+    eps >= ~16.6, above every float32 uniform jax draws (<= 1 - 2**-23 there): P[flip] = 0,
+    i.e. the true value always came back (no privacy). Now P[flip] = m / 2**32 >= the exact
+    (k - 1) / (e^eps + k - 1) and m >= 1, checked with 60-digit decimals.
+    """
+    getcontext().prec = 60
+    p_keep32 = np.float32(1.0 / (1.0 + math.exp(-eps)))
+    assert p_keep32 > np.float32(1.0 - 2.0**-23)  # the old comparison could never flip
+    for k in (2, 5):
+        m = selection._flip_threshold(eps, k)
+        assert 1 <= m < 2**32
+        exact = Decimal(k - 1) / (Decimal(eps).exp() + (k - 1))
+        assert Decimal(m) / Decimal(2**32) >= exact
+
+
+@pytest.mark.parametrize("eps", [0.5, 3.0])
+@pytest.mark.parametrize("k", [2, 7, 1000])
+def test_randomized_response_flip_threshold_is_tight(eps, k):
+    getcontext().prec = 60
+    m = selection._flip_threshold(eps, k)
+    exact = Decimal(k - 1) / (Decimal(eps).exp() + (k - 1)) * 2**32
+    assert exact <= m <= exact + 1
