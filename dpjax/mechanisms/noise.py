@@ -17,7 +17,10 @@ Differential Privacy*) shows can leak the value through the low bits of the
 output. ``grid_laplace`` and ``grid_gaussian`` avoid that: they round the value
 to a power-of-two grid, add exact integer noise (Canonne, Kamath, Steinke 2020)
 and return grid multiples, so the output is a post-processing of an exactly
-private integer. The aggregates use them by default.
+private integer. The aggregates use them by default. Their inputs are
+checked: concrete values out of range (or NaN) raise, float64 values are
+snapped in float64, and under ``jax.jit`` a bad value yields NaN (grid) or is
+clamped (discrete) rather than wrapped or silently clipped.
 """
 
 from __future__ import annotations
@@ -81,7 +84,9 @@ def laplace(key: jax.Array, value: Any, sensitivity: Any, epsilon: Any) -> jax.A
 
     Privacy: epsilon-DP per element when ``sensitivity`` bounds the L1 change of
     the value between neighbours, in exact arithmetic. In floating point the low
-    bits can leak (Mironov 2012); prefer :func:`grid_laplace` for releases.
+    bits can leak (Mironov 2012), and the float32 sampler's tails end near 16
+    scales (its uniform has 23 bits), so outputs beyond that are impossible for
+    one input and possible for its neighbour; prefer :func:`grid_laplace`.
 
     >>> import jax
     >>> out = laplace(jax.random.key(0), jax.numpy.zeros(3), 1.0, 1.0)
@@ -105,7 +110,8 @@ def gaussian(key: jax.Array, value: Any, sigma: Any) -> jax.Array:
 
     Privacy: with L2 sensitivity D, (eps, delta)-DP for the sigma those
     functions return, and (D^2 / (2 sigma^2))-zCDP (Bun, Steinke 2016, Prop. 1.6).
-    Floating-point caveat as for :func:`laplace`; see :func:`grid_gaussian`.
+    Floating-point caveats (low bits, float32 tails) as for :func:`laplace`;
+    see :func:`grid_gaussian`.
 
     >>> import jax
     >>> gaussian(jax.random.key(0), jax.numpy.zeros(2), 1.0).shape
@@ -231,6 +237,10 @@ def discrete_laplace(key: jax.Array, value: Any, sensitivity: Any, epsilon: Any)
     privacy as in their Section 2 (discrete analogue of Dwork, Roth Thm 3.6).
 
     Privacy: epsilon-DP per element for integer L1 sensitivity ``sensitivity``.
+    Concrete values must be integers in [-2**30, 2**30] (``ValueError``
+    otherwise; int64 is never cast silently); traced values are clamped to that
+    range (a 1-Lipschitz bound that keeps the guarantee), and the sum
+    saturates at the int32 limits instead of wrapping.
 
     >>> import jax, jax.numpy as jnp
     >>> discrete_laplace(jax.random.key(0), jnp.array([10, 20]), 1, 1.0).dtype
@@ -253,6 +263,7 @@ def discrete_gaussian(key: jax.Array, value: Any, sensitivity: Any, rho: Any) ->
     Canonne, Kamath, Steinke 2020, Theorem 4 (privacy) and Algorithm 3 (sampler).
 
     Privacy: rho-zCDP per element for integer L2 sensitivity ``sensitivity``.
+    Input range and saturation as for :func:`discrete_laplace`.
     Supports sigma <= 2048; use :func:`grid_gaussian` beyond.
 
     >>> import jax, jax.numpy as jnp
@@ -330,12 +341,23 @@ def grid_laplace(
     """Float-safe Laplace release: exact discrete Laplace noise on a power-of-two grid.
 
     Rounds ``value`` to the grid g, adds discrete Laplace noise with integer
-    sensitivity ceil(D/g) + 1 (the +1 absorbs rounding and float error in
-    computing the value), and returns grid multiples. The output set is the same
-    for every input, which defeats Mironov's 2012 attack, as his snapping
-    mechanism does; the noise is exact (Canonne, Kamath, Steinke 2020).
+    sensitivity ceil(D/g) + 1 (the +1 absorbs the rounding to the grid, and any
+    error below half a grid unit per value), and returns grid multiples. The
+    output set is the same for every input, which defeats Mironov's 2012
+    attack, as his snapping mechanism does; the noise is exact (Canonne,
+    Kamath, Steinke 2020).
 
-    Privacy: epsilon-DP per element for L1 sensitivity ``sensitivity``.
+    Precision: concrete values (Python, NumPy or JAX, float64 included) are
+    snapped on the host in float64, never cast to float32 first (a float32 cast
+    moves a value near 2**29 by up to 32 units of grid 1, far beyond the +1).
+    They must be finite with |value| <= 2**30 g, else ``ValueError``. Traced
+    values (under ``jax.jit``) are snapped in their own dtype, and a NaN, inf or
+    out-of-range one returns NaN. The output has the input's JAX float dtype
+    (float32 unless x64 is on); rounding (k + Z) g into it is post-processing.
+
+    Privacy: epsilon-DP per element for L1 sensitivity ``sensitivity``, for
+    values inside the range above (the discrete sampler's tail cut adds a
+    delta below 2**-181, see :mod:`dpjax.mechanisms._exact`).
 
     >>> import jax, jax.numpy as jnp
     >>> out = grid_laplace(jax.random.key(0), jnp.array([1.5, 2.5]), 1.0, 1.0)
@@ -359,7 +381,10 @@ def grid_gaussian(
     As :func:`grid_laplace` with discrete Gaussian noise of sigma_g =
     (ceil(D/g) + 1) / sqrt(2 rho) grid units (Canonne, Kamath, Steinke 2020, Thm 4).
 
-    Privacy: rho-zCDP per element for L2 sensitivity ``sensitivity``.
+    Precision and input range as for :func:`grid_laplace`.
+
+    Privacy: rho-zCDP per element for L2 sensitivity ``sensitivity``, for
+    values inside the range.
 
     >>> import jax, jax.numpy as jnp
     >>> grid_gaussian(jax.random.key(0), jnp.zeros(4), 1.0, 0.5).shape

@@ -7,7 +7,10 @@ Privacy: stated per function for one selection (one row of the batch); the
 neighbouring relation is the one under which each score (query answer) changes
 by at most ``sensitivity``. These use float noise: the selected index, not a
 noisy value, is released, and Mironov's 2012 attack on low bits does not apply
-to an index, but the probabilities are only as exact as the float sampling.
+to an index, but the probabilities are only as exact as the float32 sampling:
+its Gumbel and Laplace tails end near 16 scales, so a candidate far enough
+behind can never win, an approximate (not pure) guarantee at that edge.
+Randomized response flips with integer bits (see its docstring).
 
 Inputs: concrete scores / queries must be finite (NaN or inf raises
 ``ValueError``); concrete randomized-response values must lie in the domain.
