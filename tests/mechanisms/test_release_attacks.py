@@ -330,3 +330,23 @@ def test_randomized_response_flip_threshold_is_tight(eps, k):
     m = selection._flip_threshold(eps, k)
     exact = Decimal(k - 1) / (Decimal(eps).exp() + (k - 1)) * 2**32
     assert exact <= m <= exact + 1
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_quantile_weights_are_within_the_documented_float_error(seed):
+    """Each weight's log is within 2**-45 of the analysed utility (exact rationals here)."""
+    rng = np.random.default_rng(seed)
+    vals = np.sort(rng.uniform(0, 10, rng.integers(1, 300)))
+    level, eps, l_inf = float(rng.uniform()), float(rng.uniform(0.01, 50)), int(rng.integers(1, 4))
+    grid = _quantile.candidates(0.0, 10.0, 64)
+    w = _quantile.weights(vals, grid, level, eps, l_inf)
+    n = len(vals)
+    qn = Fraction(level) * n
+    a = math.floor(qn)
+    qn_used = a + Fraction(float(qn - a))  # the analysed q n (rounded once, see _quantile)
+    factor = Fraction(_quantile.working_epsilon(eps) / (2.0 * l_inf))
+    for c, wj in zip(grid, w, strict=True):
+        lt, le = int(np.sum(vals < c)), int(np.sum(vals <= c))
+        x = min(factor * max(lt - qn_used, qn_used - le, 0), Fraction(64))
+        got = math.log(wj) - 150 * math.log(2)  # w_j = 2**150 exp(-x)
+        assert abs(got + float(x)) <= 2.0**-45 + 64 * 2.0**-52  # + the log's own rounding
