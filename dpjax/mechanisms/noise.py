@@ -305,7 +305,7 @@ def _grid_snap(value: Any, grid: float) -> tuple[jax.Array, Any, jax.Array | Non
         return k, v.dtype, ok
     arr = np.asarray(value)
     if arr.dtype == np.bool_ or not (
-        np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)
+        jnp.issubdtype(arr.dtype, jnp.floating) or np.issubdtype(arr.dtype, np.integer)
     ):
         raise TypeError(f"value must be a numeric array, got dtype {arr.dtype}")
     x = arr.astype(np.float64) / grid
@@ -315,7 +315,7 @@ def _grid_snap(value: Any, grid: float) -> tuple[jax.Array, Any, jax.Array | Non
             f"value must be finite and within +-2**30 grid units (|value| <= "
             f"{MAX_INT_VALUE * grid:g} for grid {grid:g}); clamp it to public bounds first"
         )
-    dtype = arr.dtype if np.issubdtype(arr.dtype, np.floating) else jnp.result_type(float)
+    dtype = arr.dtype if jnp.issubdtype(arr.dtype, jnp.floating) else jnp.result_type(float)
     return jnp.asarray(np.round(x).astype(np.int32)), jax.dtypes.canonicalize_dtype(dtype), None
 
 

@@ -40,7 +40,7 @@ def _scores(x: Any, name: str) -> jax.Array:
     if not isinstance(x, jax.core.Tracer):
         arr = np.asarray(x)
         if arr.dtype == np.bool_ or not (
-            np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)
+            jnp.issubdtype(arr.dtype, jnp.floating) or np.issubdtype(arr.dtype, np.integer)
         ):
             raise TypeError(f"{name} must be a numeric array, got dtype {arr.dtype}")
         if arr.size and not np.all(np.isfinite(arr.astype(np.float64))):
