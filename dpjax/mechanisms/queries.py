@@ -17,7 +17,7 @@ is (epsilon, delta)-DP (delta > 0 only for partition selection); with ``rho``
 it is rho-zCDP plus delta. Confidence intervals cover the statistic of the
 *bounded* table (after contribution bounding and clamping), which is the
 estimand; they are post-processing and cost nothing. Quantiles use the
-exponential mechanism (Smith 2011) with float weights and have no interval.
+exponential mechanism over a public grid of candidates and have no interval.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ import pandas as pd
 from scipy import special
 
 from dpjax import _validate as V
-from dpjax.mechanisms import _exact
+from dpjax.mechanisms import _exact, _quantile
 from dpjax.mechanisms._table import (
     TableLike,
     as_columns,
@@ -379,11 +379,11 @@ def _moments(df, key, q: _Query, by, index, nz: _Noise, l_inf, l0, alpha) -> pd.
 
 
 def _quantiles(df, key, q: _Query, by, index, nz: _Noise, l_inf, l0) -> pd.DataFrame:
-    """Exponential mechanism over the gaps between sorted values (Smith 2011, Sec. 3).
+    """Exponential mechanism over a public grid of candidates (:mod:`._quantile`).
 
-    Utility -|i - q n| of gap i has sensitivity L-inf (ranks move by at most
-    L-inf rows); each quantile gets eps / (L0 * len(qs)) (rho likewise, via the
-    exponential mechanism's eps^2/8-zCDP bound, Cesar, Rogers 2021, Lemma 3.2).
+    Rank utility with sensitivity L-inf; each quantile gets eps / (L0 * len(qs))
+    (rho likewise, via the exponential mechanism's eps^2/8-zCDP bound, Cesar,
+    Rogers 2021, Lemma 3.2). Outputs are grid points, the same set for any data.
     """
     lo, hi = q.bounds
     per = nz.split(l0 * len(q.quantiles))
@@ -399,19 +399,10 @@ def _quantiles(df, key, q: _Query, by, index, nz: _Noise, l_inf, l0) -> pd.DataF
             vals = df.loc[sel, q.column]
         else:
             vals = df[q.column]
-        z = np.concatenate([[lo], np.sort(vals.to_numpy(np.float64).clip(lo, hi)), [hi]])
-        n = len(z) - 2
-        widths = np.diff(z)
-        gaps = np.arange(n + 1, dtype=np.float64)
-        kq = jax.random.split(key_g, 2 * len(q.quantiles))
-        for j, level in enumerate(q.quantiles):
-            with np.errstate(divide="ignore"):
-                logw = np.log(widths) - eps * np.abs(gaps - level * n) / (2.0 * l_inf)
-            gum = np.asarray(jax.random.gumbel(kq[2 * j], (_pad(n + 1),)))[: n + 1]
-            i = int(np.argmax(logw + gum))
-            u = float(jax.random.uniform(kq[2 * j + 1], ()))
+        out = _quantile.release(key_g, vals.to_numpy(np.float64), lo, hi, q.quantiles, eps, l_inf)
+        for level, value in zip(q.quantiles, out, strict=True):
             rows.append([*((gk if isinstance(gk, tuple) else (gk,)) if by else ()), level,
-                         z[i] + u * widths[i], np.nan, np.nan])  # fmt: skip
+                         value, np.nan, np.nan])  # fmt: skip
     return pd.DataFrame(rows, columns=[*by, "quantile", "value", "ci_low", "ci_high"])
 
 

@@ -74,10 +74,18 @@ def test_samplers_are_deterministic_given_key_and_broadcast_parameters():
     assert spread[0] < spread[1] < spread[2]
 
 
-@pytest.mark.parametrize("scale", [0.0, -1.0, np.inf, np.nan, 2.0**29])
+@pytest.mark.parametrize("scale", [0.0, -1.0, np.inf, np.nan, 2.0**29, 2.0**24 * 1.5])
 def test_rational_scale_rejects_bad_scales(scale):
-    with pytest.raises(ValueError, match="discrete Laplace scale must be in"):
+    with pytest.raises(
+        ValueError, match=r"discrete Laplace scale must be in \(2\*\*-30, 2\*\*24\]"
+    ):
         _exact.rational_scale(np.asarray(scale))
+
+
+@pytest.mark.parametrize("scale", [2.0**24, 2.0**24 - 1.0, 2.0**-29])
+def test_rational_scale_accepts_the_edges(scale):
+    t, s = _exact.rational_scale(np.asarray(scale))
+    assert float(t) / float(s) >= scale and int(t) <= 2**24 + 1
 
 
 @pytest.mark.parametrize("sigma2", [0.0, -2.0, 2049.0**2])

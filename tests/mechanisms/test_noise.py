@@ -167,3 +167,17 @@ def test_bad_parameters_raise_clear_errors(call, match):
 def test_discrete_mechanisms_need_integer_values():
     with pytest.raises(TypeError, match="integer"):
         M.discrete_laplace(jax.random.key(0), jnp.array([1.5]), 1, 1.0)
+
+
+@pytest.mark.parametrize(
+    "value,dtype",
+    [
+        (jnp.array([1.5, 2.5], jnp.bfloat16), jnp.bfloat16),
+        (jnp.array([1.5, 2.5], jnp.float32), jnp.float32),
+        (np.array([1.5, 2.5]), jnp.float32),  # float64 snapped on host, float32 out (x64 off)
+        ([3, 4], jnp.float32),
+    ],
+)
+def test_grid_release_output_dtype_follows_the_input(value, dtype):
+    out = M.grid_laplace(jax.random.key(0), value, 1.0, 1.0)
+    assert out.dtype == dtype and out.shape == (2,)
