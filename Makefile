@@ -1,26 +1,60 @@
 # Two commands for a newcomer: `make train` (private training on bundled data)
-# and `make test` (the whole test suite). Both build .venv from scratch first.
-PYTHON ?= python3
+# and `make test` (the whole test suite). Both build .venv from scratch first,
+# on the newest Python the machine has (the stack users get: jax >= 0.11 needs
+# Python >= 3.12). `make test-oldest` covers the oldest supported stack
+# (constraints/oldest.txt) with the fast tests; CI runs both.
+
+# The first of python3.13, python3.12, python3.11 that runs, on PATH or under pyenv.
+find_python = $(shell for v in $(1); do \
+  for c in "python$$v" "$$(PYENV_VERSION=$$(pyenv versions --bare 2>/dev/null | grep -E "^$$v(\.|$$)" | tail -n 1) pyenv which python$$v 2>/dev/null)"; do \
+    [ -n "$$c" ] && "$$c" -c "import sys" >/dev/null 2>&1 && { echo "$$c"; exit 0; }; \
+  done; done; echo python3)
+
+PYTHON ?= $(call find_python,3.13 3.12 3.11)
+OLDEST_PYTHON ?= $(call find_python,3.11)
+ORACLE_PYTHON ?= $(call find_python,3.11 3.12)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: train test test-fast lint bench bench-peers clean
+.PHONY: train test test-fast test-oldest oracles lint bench bench-peers clean
 
 $(STAMP): pyproject.toml
+	rm -rf $(VENV)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip setuptools wheel
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
+# Test oracles that pin numpy/pandas/scipy exactly live apart (tests/oracles).
+.venv-oracles/.installed: tests/oracles/requirements.txt
+	rm -rf .venv-oracles
+	$(ORACLE_PYTHON) -m venv .venv-oracles
+	.venv-oracles/bin/pip install --quiet -r tests/oracles/requirements.txt
+	touch $@
+
+oracles: .venv-oracles/.installed
+
+.venv-oldest/.installed: pyproject.toml constraints/oldest.txt
+	rm -rf .venv-oldest
+	$(OLDEST_PYTHON) -m venv .venv-oldest
+	.venv-oldest/bin/pip install --quiet --upgrade pip setuptools wheel
+	.venv-oldest/bin/pip install --quiet -c constraints/oldest.txt -e '.[test]'
+	touch $@
+
 train: $(STAMP)
 	$(BIN)/dpjax train
 
-test: $(STAMP)
+test: $(STAMP) oracles
+	$(BIN)/python -c "import sys, jax, flax; print('stack: Python', sys.version.split()[0], 'jax', jax.__version__, 'flax', flax.__version__)"
 	$(BIN)/python -m pytest -n 2 --durations=15
 
-test-fast: $(STAMP)
+test-fast: $(STAMP) oracles
 	$(BIN)/python -m pytest -n 2 -m 'not slow'
+
+test-oldest: .venv-oldest/.installed oracles
+	.venv-oldest/bin/python -c "import sys, jax, flax; print('stack: Python', sys.version.split()[0], 'jax', jax.__version__, 'flax', flax.__version__)"
+	.venv-oldest/bin/python -m pytest -n 2 -m 'not slow' -q
 
 lint: $(STAMP)
 	$(BIN)/ruff check dpjax kernels tests benchmarks
@@ -32,4 +66,4 @@ bench-peers:
 	bash benchmarks/setup_peers.sh
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info
+	rm -rf $(VENV) .venv-oldest .venv-oracles build dist *.egg-info

@@ -89,3 +89,26 @@ def test_kernels_import_only_jax_and_numpy():
                     "dataclasses",
                     "",
                 } or mod.startswith("."), f"{path.name}: {s}"
+
+
+def test_lower_bounds_are_the_oldest_tested_stack():
+    """pyproject's lower bounds name exactly the stack `make test-oldest` installs."""
+    import tomllib
+
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    lower = dict(d.split(">=") for d in deps)
+    pins = dict(
+        line.split("==")
+        for line in (ROOT / "constraints" / "oldest.txt").read_text().splitlines()
+        if line and not line.startswith("#")
+    )
+    assert lower == pins
+
+
+def test_no_exact_pins_in_the_environment_under_test():
+    """Exact pins of test oracles stay in their own virtualenv (tests/oracles)."""
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    test_deps = project["optional-dependencies"]["test"]
+    assert not [d for d in project["dependencies"] + test_deps if "==" in d]
