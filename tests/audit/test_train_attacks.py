@@ -205,7 +205,7 @@ def test_existing_output_is_never_overwritten(tmp_path, capsys):
 def test_resume_past_the_budget_fails_and_writes_nothing(tmp_path, capsys):
     d = tmp_path / "ck"
     base = ["train", "--model", "mlp", "--epochs", "2", "--seed", "3", "--no-progress",
-            "--budget-epsilon", "1.0", "--checkpoint-dir", str(d)]  # fmt: skip
+            "--budget-epsilon", "2.0", "--checkpoint-dir", str(d)]  # fmt: skip
     assert cli.main([*base, "--output", str(tmp_path / "a.json")]) == 0
     assert "stopped at the privacy budget" in capsys.readouterr().out
     before = _snapshot(d)
@@ -236,6 +236,10 @@ def _corrupt(step_dir: Path) -> None:
     big.write_bytes(bytes(raw))
 
 
+# Reading damaged arrays, orbax's tensorstore reads still in flight complete
+# on an asyncio loop that the failed restore already closed (orbax internals,
+# reported as "unraisable"; the CheckpointError is what the caller sees).
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 def test_corrupt_latest_checkpoint_names_the_intact_ones_and_resumes(tmp_path, capsys):
     d = tmp_path / "ck"
     cfg = TrainConfig(**SMALL, seed=3, checkpoint_dir=str(d), checkpoint_every=4)
