@@ -140,35 +140,49 @@ def test_train_writes_checkpoints_lock_and_record_owner_only(tmp_path):
 
 
 def _cmd(d: Path, out: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "dpjax.cli", "train", "--model", "mlp", "--epochs", "6",
+    return [sys.executable, "-m", "dpjax.cli", "train", "--model", "mlp", "--epochs", "12",
             "--seed", "3", "--no-progress", "--checkpoint-dir", str(d),
             "--checkpoint-every", "4", "--output", str(out), *extra]  # fmt: skip
+
+
+_WAIT_THEN_TRAIN = """
+import sys, time, pathlib
+from dpjax import cli, train, checkpoint  # imported before the race starts
+go = pathlib.Path(sys.argv[1])
+while not go.exists():
+    time.sleep(0.005)
+sys.exit(cli.main(sys.argv[2:]))
+"""
 
 
 @pytest.mark.slow
 def test_second_run_on_a_checkpoint_dir_in_use_fails_at_once(tmp_path):
     # Run A trains into d; once it has checkpointed, run B "resumes" the same
     # directory while A still runs. On dpjax 0.1 both wrote into d and both
-    # exited 0: one silently overwrote the other's checkpoints.
-    d = tmp_path / "ck"
+    # exited 0: one silently overwrote the other's checkpoints. (B is a real
+    # `dpjax train` whose imports are done before A's first checkpoint, so the
+    # race does not depend on how long Python takes to start.)
+    d, go = tmp_path / "ck", tmp_path / "go"
+    argv = _cmd(d, tmp_path / "b.json", "--resume")[3:]
+    b = subprocess.Popen([sys.executable, "-c", _WAIT_THEN_TRAIN, str(go), *argv], env=_env(),
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
     a = subprocess.Popen(_cmd(d, tmp_path / "a.json"), env=_env(),
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
     deadline = time.time() + 120
     while a.poll() is None and time.time() < deadline and not (d / "4").exists():
-        time.sleep(0.01)
+        time.sleep(0.005)
     assert a.poll() is None, "run A finished before the test could race it"
-    t0 = time.time()
-    b = subprocess.run(_cmd(d, tmp_path / "b.json", "--resume"), env=_env(),
-                       capture_output=True, text=True, timeout=300)  # fmt: skip
-    b_wall = time.time() - t0
+    go.touch()
+    b_out, b_err = b.communicate(timeout=300)
+    a_running = a.poll() is None  # B failed at once: before A could finish
     a_out, a_err = a.communicate(timeout=300)
     assert a.returncode == 0, a_err.decode()[-2000:]
-    assert b.returncode == 2, b.stderr[-2000:]
-    assert str(d) in b.stderr and f"PID {a.pid}" in b.stderr and "in use" in b.stderr
-    assert not (tmp_path / "b.json").exists()
-    assert b_wall < 60  # at once: before data, calibration or compilation
+    assert b.returncode == 2, b_err[-2000:]
+    assert str(d) in b_err and f"PID {a.pid}" in b_err and "in use" in b_err
+    assert a_running and not (tmp_path / "b.json").exists()
     with Checkpointer(d) as ck:
-        assert ck.latest_step() == 68
+        assert ck.latest_step() == 135
+    assert json.loads((tmp_path / "a.json").read_text())["steps"] == 135
 
 
 def test_checkpointer_lock_is_exclusive(tmp_path):
