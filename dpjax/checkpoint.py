@@ -208,6 +208,11 @@ class Checkpointer:
         if exclusive:
             make_private_dir(self.directory)
             self._lock()
+            try:  # checkpoints an older dpjax wrote with the umask's modes
+                _make_private_tree(self.directory)
+            except OSError as e:
+                self.close()
+                raise CheckpointError(f"cannot make {self.directory} owner-only: {e}") from e
 
     def _lock(self) -> None:
         path = self.directory / LOCK_NAME

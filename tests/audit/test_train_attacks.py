@@ -188,10 +188,25 @@ def test_second_run_on_a_checkpoint_dir_in_use_fails_at_once(tmp_path):
 def test_checkpointer_lock_is_exclusive(tmp_path):
     d = tmp_path / "ck"
     with Checkpointer(d, exclusive=True):
+        _assert_private(d)
+        assert (d / ".lock").read_text() == f"{os.getpid()}\n"
         with pytest.raises(CheckpointError, match=rf"{d}.*in use.*PID {os.getpid()}"):
             Checkpointer(d, exclusive=True)
+    assert not (d / ".lock").exists()
     with Checkpointer(d, exclusive=True):  # released on close
         pass
+
+
+def test_a_run_tightens_checkpoints_written_world_readable(tmp_path):
+    # Checkpoints dpjax 0.1 wrote under umask 022 are readable by all; the
+    # next run that takes the directory makes them owner-only.
+    d = tmp_path / "ck"
+    with Checkpointer(d) as ck:
+        ck.save(1, {"w": jnp.ones(3)})
+    for p in _tree(d):
+        os.chmod(p, 0o755 if p.is_dir() else 0o644)
+    with Checkpointer(d, exclusive=True):
+        _assert_private(d)
 
 
 def test_default_record_names_never_collide(tmp_path, monkeypatch):
