@@ -171,9 +171,14 @@ def make_private_dir(directory: Path) -> None:
 class Checkpointer:
     """Saves and restores complete training states under one directory.
 
-    Checkpoints hold the noise key: they are written owner-only (0700/0600).
-    Their SHA-256 detects accidental damage, not tampering (see the module
-    docstring).
+    Privacy:
+      A checkpoint holds the noise key: whoever reads it can recompute the
+      noise still to come. Saves write owner-only modes (directories 0700,
+      files 0600) whatever the umask. The SHA-256 in the metadata detects
+      accidents (bit rot, truncation), NOT tampering: anyone who can write the
+      directory can rewrite a state and its hash together, e.g. to reset the
+      step count and so the privacy spent. Authenticated checkpoints come
+      with ``dpjax.crypto``.
 
     Args:
       directory: where step directories go; created (0700) by the first save
