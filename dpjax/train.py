@@ -199,7 +199,10 @@ def train(cfg: TrainConfig, *, _load_only: bool = False) -> dict[str, Any]:
         for path in reserved:
             path.unlink(missing_ok=True)
         if ckpt is not None:
-            empty = not ckpt.steps()
+            try:
+                empty = not ckpt.steps()
+            except Exception:
+                empty = False  # keep whatever is there
             ckpt.close()
             if empty:
                 _remove_created(directory, first_missing)
@@ -433,10 +436,10 @@ def _train(cfg: TrainConfig, ckpt: Any, _load_only: bool, reserved: list[Path]) 
             raise BudgetExceededError(
                 f"{where}cannot take a step: {e}; nothing was run or written"
             ) from None
-    for s in set_aside:  # every check passed: move the corrupted later steps away
-        ckpt.set_aside(s)
     record_path = _reserve_record(cfg.output)
     reserved.append(record_path)  # removed by train() if anything below fails
+    for s in set_aside:  # every check passed: move the corrupted later steps away
+        ckpt.set_aside(s)
     every = cfg.checkpoint_every or max(1, steps // cfg.epochs)
     sample_keys = jax.random.split(k_sample, steps)
     steps_per_epoch = max(1, steps // cfg.epochs)
