@@ -182,7 +182,8 @@ class Checkpointer:
 
     Args:
       directory: where step directories go; created (0700) by the first save
-        or by ``exclusive=True``, never by a read.
+        or by ``exclusive=True``, never by a read. The first write takes the
+        directory's lock until ``close()``.
       max_to_keep: the newest checkpoints kept, >= 1.
       exclusive: take the directory's lock (``.lock``) until ``close()``;
         raises ``CheckpointError`` naming the holder's PID if another process
@@ -211,13 +212,18 @@ class Checkpointer:
         if self.directory.exists() and not self.directory.is_dir():
             raise CheckpointError(f"checkpoint directory {self.directory} is not a directory")
         if exclusive:
-            make_private_dir(self.directory)
-            self._lock()
+            self._take_for_writing()
             try:  # checkpoints an older dpjax wrote with the umask's modes
                 _make_private_tree(self.directory)
             except OSError as e:
                 self.close()
                 raise CheckpointError(f"cannot make {self.directory} owner-only: {e}") from e
+
+    def _take_for_writing(self) -> None:
+        """Creates the directory owner-only and takes its lock (kept until close)."""
+        if self._lock_fd is None:
+            make_private_dir(self.directory)
+            self._lock()
 
     def _lock(self) -> None:
         path = self.directory / LOCK_NAME
@@ -289,6 +295,7 @@ class Checkpointer:
     def set_aside(self, step: int) -> Path:
         """Renames checkpoint ``step`` to ``<step>.corrupted[-n]`` (kept, no longer a step)."""
         self._resolve(step)
+        self._take_for_writing()
         src = self.directory / str(step)
         for n in range(1000):
             dst = self.directory / (f"{step}.corrupted" + (f"-{n}" if n else ""))
@@ -334,7 +341,7 @@ class Checkpointer:
             "extra": extra or {},
         }
         ocp = self._ocp
-        make_private_dir(self.directory)
+        self._take_for_writing()  # a writer holds the lock until close()
         with private_umask():
             self._open()
             self._manager.save(

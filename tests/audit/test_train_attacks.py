@@ -194,7 +194,12 @@ def test_checkpointer_lock_is_exclusive(tmp_path):
             Checkpointer(d, exclusive=True)
     assert not (d / ".lock").exists()
     with Checkpointer(d, exclusive=True):  # released on close
-        pass
+        # A plain Checkpointer reads, but its first write needs the lock.
+        with Checkpointer(d) as other:
+            assert other.steps() == []
+            with pytest.raises(CheckpointError, match="in use"):
+                other.save(1, {"w": jnp.ones(3)})
+        assert not (d / "1").exists()
 
 
 def test_a_run_tightens_checkpoints_written_world_readable(tmp_path):
