@@ -45,22 +45,21 @@ def _env() -> dict[str, str]:
 # Item 7: the default run's noise is reproducible by anyone.
 
 
+@pytest.mark.slow
 def test_default_runs_draw_noise_nobody_can_reproduce(tmp_path):
-    # The adversary replays the default run with the default seed (0): on
-    # dpjax 0.1 every default run releases the model his replay computes, so
-    # with the other records known it is a deterministic function of the
-    # target's presence.
+    # The adversary replays the default run (on dpjax 0.1: seed 0) on the
+    # other records: every default run released exactly the model his replay
+    # computes, a deterministic function of the target's presence. Now two
+    # default runs share nothing an outsider could replay.
     a = train(TrainConfig(**SMALL, output=str(tmp_path / "a.json")))
     b = train(TrainConfig(**SMALL, output=str(tmp_path / "b.json")))
-    guess = train(TrainConfig(**SMALL, seed=0, output=str(tmp_path / "guess.json")))
-    assert a["params_sha256"] != guess["params_sha256"]
     assert a["params_sha256"] != b["params_sha256"]
-    assert a["noise_keys"] == b["noise_keys"] == "os-entropy" and a["warning"] is None
-    # A fixed seed is reproducible, and the record says so.
-    assert guess["noise_keys"] == "seed" and "reproducible" in guess["warning"]
-    assert guess["config"]["seed"] == 0
+    for r in (a, b):
+        assert r["noise_keys"] == "os-entropy" and r["warning"] is None
+        assert r["config"]["seed"] is None
 
 
+@pytest.mark.slow
 def test_seeded_cli_runs_agree_and_warn_on_stdout_and_record(tmp_path, capsys):
     recs, outs = [], []
     for name in ("s1", "s2"):
@@ -214,6 +213,7 @@ def test_a_run_tightens_checkpoints_written_world_readable(tmp_path):
         _assert_private(d)
 
 
+@pytest.mark.slow
 def test_default_record_names_never_collide(tmp_path, monkeypatch):
     # Two runs in the same second: on dpjax 0.1 the second record silently
     # replaced the first.
@@ -273,6 +273,7 @@ def _corrupt(step_dir: Path) -> None:
 # Reading damaged arrays, orbax's tensorstore reads still in flight complete
 # on an asyncio loop that the failed restore already closed (orbax internals,
 # reported as "unraisable"; the CheckpointError is what the caller sees).
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 def test_corrupt_latest_checkpoint_names_the_intact_ones_and_resumes(tmp_path, capsys):
     d = tmp_path / "ck"
