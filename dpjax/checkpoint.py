@@ -16,14 +16,31 @@ the checksum before handing anything back.
 Typed PRNG keys are stored as their key data (``jax.random.key_data``) and
 rewrapped with the template's implementation on restore. Anyone holding a
 checkpoint holds the noise key and can reproduce future noise: keep
-checkpoints as private as the training data.
+checkpoints as private as the training data. Saves create the directory and
+everything in it owner-only (0700 directories, 0600 files, whatever the
+umask) and tighten a pre-existing checkpoint directory to 0700.
+
+The SHA-256 detects accidents (bit rot, truncation, a half-copied file), not
+tampering: anyone who can write the directory can rewrite a state and its
+hash together, for example to reset the step count and so the privacy spent.
+Authenticated (signed) checkpoints come with ``dpjax.crypto``.
+
+``Checkpointer(directory, exclusive=True)`` holds an exclusive lock
+(``fcntl.flock`` on ``directory/.lock``, which records the holder's PID) until
+``close()``, so two training runs cannot write one directory. Reading a
+directory that does not exist raises ``CheckpointError`` and creates nothing.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
 import hashlib
 import json
 import logging
+import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +59,7 @@ __all__ = [
 
 PyTree = Any
 FORMAT_VERSION = 1
+LOCK_NAME = ".lock"
 
 
 class CheckpointError(RuntimeError):
@@ -104,6 +122,18 @@ def _digest(storable: PyTree) -> str:
     return h.hexdigest()
 
 
+def _make_private_tree(root: Path) -> None:
+    """chmod what a save wrote to 0700/0600 (the umask already should have)."""
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in [*dirnames, *filenames]:
+            p = os.path.join(dirpath, name)
+            mode = os.lstat(p).st_mode
+            if mode & 0o077 and not os.path.islink(p):
+                os.chmod(p, 0o700 if name in dirnames else 0o600)
+    if root.stat().st_mode & 0o077:
+        os.chmod(root, 0o700)
+
+
 def _first_difference(expected: list, found: list) -> str:
     for e, f in zip(expected, found, strict=False):
         if e != f:
@@ -111,12 +141,53 @@ def _first_difference(expected: list, found: list) -> str:
     return f"expected {len(expected)} arrays, checkpoint has {len(found)}"
 
 
+@contextlib.contextmanager
+def private_umask() -> Iterator[None]:
+    """Files and directories created inside are owner-only (umask 077).
+
+    The umask is per process: threads creating files meanwhile get owner-only
+    modes too (never wider ones).
+    """
+    old = os.umask(0o077)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
+def make_private_dir(directory: Path) -> None:
+    """Creates ``directory`` (and missing parents) 0700, or tightens it to 0700."""
+    try:
+        with private_umask():
+            directory.mkdir(parents=True, exist_ok=True)
+        if directory.stat().st_mode & 0o077:
+            os.chmod(directory, 0o700)
+    except OSError as e:
+        raise CheckpointError(
+            f"cannot create {directory} as a private (0700) directory: {e}"
+        ) from e
+
+
 class Checkpointer:
     """Saves and restores complete training states under one directory.
 
+    Privacy:
+      A checkpoint holds the noise key: whoever reads it can recompute the
+      noise still to come. Saves write owner-only modes (directories 0700,
+      files 0600) whatever the umask. The SHA-256 in the metadata detects
+      accidents (bit rot, truncation), NOT tampering: anyone who can write the
+      directory can rewrite a state and its hash together, e.g. to reset the
+      step count and so the privacy spent. Authenticated checkpoints come
+      with ``dpjax.crypto``.
+
     Args:
-      directory: where step directories go (created if absent).
+      directory: where step directories go; created (0700) by the first save
+        or by ``exclusive=True``, never by a read. The first write takes the
+        directory's lock until ``close()``.
       max_to_keep: the newest checkpoints kept, >= 1.
+      exclusive: take the directory's lock (``.lock``) until ``close()``;
+        raises ``CheckpointError`` naming the holder's PID if another process
+        (or another ``Checkpointer``) holds it.
 
     Example:
       >>> import tempfile, jax, jax.numpy as jnp
@@ -129,22 +200,84 @@ class Checkpointer:
       >>> ckpt.close()
     """
 
-    def __init__(self, directory: str | Path, *, max_to_keep: int = 3):
+    def __init__(self, directory: str | Path, *, max_to_keep: int = 3, exclusive: bool = False):
         import orbax.checkpoint as ocp
 
         self._ocp = ocp
         self.directory = Path(directory).absolute()
-        max_to_keep = _validate.positive_int("max_to_keep", max_to_keep)
+        self._max_to_keep = _validate.positive_int("max_to_keep", max_to_keep)
+        self._manager = None
+        self._lock_fd: int | None = None
         logging.getLogger("absl").setLevel(logging.WARNING)
-        self._manager = ocp.CheckpointManager(
-            self.directory,
-            options=ocp.CheckpointManagerOptions(
-                max_to_keep=max_to_keep, enable_async_checkpointing=False, create=True
-            ),
-        )
+        if self.directory.exists() and not self.directory.is_dir():
+            raise CheckpointError(f"checkpoint directory {self.directory} is not a directory")
+        if exclusive:
+            self._take_for_writing()
+            try:  # checkpoints an older dpjax wrote with the umask's modes
+                _make_private_tree(self.directory)
+            except OSError as e:
+                self.close()
+                raise CheckpointError(f"cannot make {self.directory} owner-only: {e}") from e
+
+    def _take_for_writing(self) -> None:
+        """Creates the directory owner-only and takes its lock (kept until close)."""
+        if self._lock_fd is None:
+            make_private_dir(self.directory)
+            self._lock()
+
+    def _lock(self) -> None:
+        path = self.directory / LOCK_NAME
+        for _ in range(5):
+            with private_umask():
+                fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as e:
+                os.close(fd)
+                if e.errno not in (errno.EAGAIN, errno.EACCES):
+                    raise
+                try:
+                    pid = path.read_text().strip() or "unknown"
+                except OSError:
+                    pid = "unknown"
+                raise CheckpointError(
+                    f"checkpoint directory {self.directory} is in use by another run "
+                    f"(PID {pid}); wait for it to end or use another directory"
+                ) from None
+            try:  # the previous holder may have unlinked the file we opened
+                same = os.stat(path).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                os.ftruncate(fd, 0)
+                os.write(fd, f"{os.getpid()}\n".encode())
+                self._lock_fd = fd
+                return
+            os.close(fd)
+        raise CheckpointError(f"could not lock checkpoint directory {self.directory}")
+
+    def _open(self) -> bool:
+        """Opens the orbax manager if the directory exists; never creates it."""
+        if self._manager is None and self.directory.is_dir():
+            ocp = self._ocp
+            self._manager = ocp.CheckpointManager(
+                self.directory,
+                options=ocp.CheckpointManagerOptions(
+                    max_to_keep=self._max_to_keep, enable_async_checkpointing=False, create=False
+                ),
+            )
+        return self._manager is not None
 
     def close(self) -> None:
-        self._manager.close()
+        """Closes the manager and releases (and removes) the lock, if held."""
+        if self._manager is not None:
+            self._manager.close()
+            self._manager = None
+        if self._lock_fd is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(self.directory / LOCK_NAME)  # still locked: no one else has it
+            os.close(self._lock_fd)
+            self._lock_fd = None
 
     def __enter__(self) -> Checkpointer:
         return self
@@ -153,9 +286,26 @@ class Checkpointer:
         self.close()
 
     def steps(self) -> list[int]:
-        """Steps of the complete checkpoints on disk, oldest first."""
+        """Steps of the complete checkpoints on disk, oldest first ([] if no directory)."""
+        if not self._open():
+            return []
         self._manager.reload()
         return sorted(self._manager.all_steps())
+
+    def set_aside(self, step: int) -> Path:
+        """Renames checkpoint ``step`` to ``<step>.corrupted[-n]`` (kept, no longer a step)."""
+        self._resolve(step)
+        self._take_for_writing()
+        src = self.directory / str(step)
+        for n in range(1000):
+            dst = self.directory / (f"{step}.corrupted" + (f"-{n}" if n else ""))
+            if not dst.exists():
+                break
+        else:
+            raise CheckpointError(f"cannot set aside checkpoint step {step} in {self.directory}")
+        os.rename(src, dst)
+        self._manager.reload()
+        return dst
 
     def latest_step(self) -> int | None:
         steps = self.steps()
@@ -191,14 +341,18 @@ class Checkpointer:
             "extra": extra or {},
         }
         ocp = self._ocp
-        self._manager.save(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardSave(storable), meta=ocp.args.JsonSave(meta)
-            ),
-            force=True,
-        )
-        self._manager.wait_until_finished()
+        self._take_for_writing()  # a writer holds the lock until close()
+        with private_umask():
+            self._open()
+            self._manager.save(
+                step,
+                args=ocp.args.Composite(
+                    state=ocp.args.StandardSave(storable), meta=ocp.args.JsonSave(meta)
+                ),
+                force=True,
+            )
+            self._manager.wait_until_finished()
+        _make_private_tree(self.directory / str(step))
 
     def read_metadata(self, step: int | None = None) -> dict[str, Any]:
         """The JSON metadata of checkpoint ``step`` (default: the latest)."""
@@ -220,6 +374,8 @@ class Checkpointer:
         return meta
 
     def _resolve(self, step: int | None) -> int:
+        if not self.directory.is_dir():
+            raise CheckpointError(f"no checkpoint directory {self.directory}")
         steps = self.steps()
         if not steps:
             raise CheckpointError(f"no complete checkpoint in {self.directory}")

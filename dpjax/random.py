@@ -1,4 +1,4 @@
-"""Keys seeded from the operating system's entropy (the ``secure`` option).
+"""Keys seeded from the operating system's entropy (``dpjax train``'s default).
 
 ``secure_key()`` draws the key data with :mod:`secrets` (the OS CSPRNG,
 ``getrandom``/``/dev/urandom``), so no seed exists that an attacker could

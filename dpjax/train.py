@@ -5,8 +5,15 @@ Poisson batches padded to a static size, noise calibrated to the target
 summary at the end and a JSON run record. Optionally: a privacy budget that
 ends training before the step that would exceed it (``--budget-epsilon``),
 atomic checkpoints of model, optimizer, keys and privacy state
-(``--checkpoint-dir``, ``--checkpoint-every``) and ``--resume`` after a crash
-or kill, and noise keys seeded from the OS entropy (``--secure``).
+(``--checkpoint-dir``, ``--checkpoint-every``, owner-only, locked for the run)
+and ``--resume`` after a crash or kill (``--resume-step`` past a corrupted
+latest checkpoint).
+
+Noise keys come from the OS entropy unless ``--seed N`` asks for a
+reproducible run: then anyone who knows or guesses N can recompute the noise,
+and stdout and the run record say so. Run records are created owner-only
+(0600: they hold non-private training statistics such as the batch loss)
+under fresh names, never overwriting a file.
 """
 
 from __future__ import annotations
@@ -21,6 +28,8 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from dpjax import _validate
 
 __all__ = ["TrainConfig", "TrainingDivergedError", "train", "load_trained", "register"]
 
@@ -41,7 +50,7 @@ class TrainConfig:
     delta: float = 1e-5
     noise_multiplier: float | None = None  # set to skip calibration
     accountant: str = "rdp"
-    seed: int = 0
+    seed: int | None = None  # None: keys from OS entropy; an int: reproducible noise
     microbatch_size: int | None = None
     method: str = "vmap"  # per-example norms: "vmap", "ghost" or "auto"
     progress: bool = True
@@ -51,7 +60,18 @@ class TrainConfig:
     checkpoint_dir: str | None = None
     checkpoint_every: int | None = None  # steps; default: once per epoch
     resume: bool = False
-    secure: bool = False  # keys from OS entropy instead of seed
+    resume_step: int | None = None  # default: the latest checkpoint
+    secure: bool = False  # require OS-entropy keys (the default); excludes seed
+
+
+def _seed_warning(seed: int | None) -> str | None:
+    if seed is None:
+        return None
+    return (
+        f"--seed {seed}: the noise is reproducible by anyone who knows or guesses the seed, "
+        "and against them the model is not private; use a seed only for research on public "
+        "data (omit --seed for keys from OS entropy)"
+    )
 
 
 def _digest(tree: Any) -> str:
@@ -61,8 +81,6 @@ def _digest(tree: Any) -> str:
 
 
 def _validate_config(cfg: TrainConfig) -> None:
-    from dpjax import _validate
-
     _validate.one_of("model", cfg.model, ("cnn", "mlp"))
     _validate.one_of("optimizer", cfg.optimizer, ("sgd", "adam"))
     _validate.one_of("accountant", cfg.accountant, ("rdp", "pld"))
@@ -75,7 +93,15 @@ def _validate_config(cfg: TrainConfig) -> None:
     _validate.open_unit("delta", cfg.delta)
     if cfg.noise_multiplier is not None:
         _validate.non_negative("noise_multiplier", cfg.noise_multiplier)
-    _validate.non_negative_int("seed", cfg.seed)
+    if cfg.seed is not None:
+        if cfg.secure:
+            raise ValueError(
+                f"secure=True and seed={cfg.seed} exclude each other: secure keys (the default) "
+                "come from OS entropy, a seed makes the noise reproducible"
+            )
+        from dpjax.random import key_from_seed
+
+        key_from_seed(cfg.seed)  # refuses seeds outside [0, 2**32)
     if cfg.budget_epsilon is not None:
         _validate.positive("budget_epsilon", cfg.budget_epsilon)
     if cfg.budget_delta is not None:
@@ -84,13 +110,109 @@ def _validate_config(cfg: TrainConfig) -> None:
         _validate.positive_int("checkpoint_every", cfg.checkpoint_every)
     if (cfg.resume or cfg.checkpoint_every is not None) and not cfg.checkpoint_dir:
         raise ValueError("resume and checkpoint_every need checkpoint_dir")
+    if cfg.resume_step is not None:
+        _validate.positive_int("resume_step", cfg.resume_step)
+        if not cfg.resume:
+            raise ValueError("resume_step needs resume=True")
+    if cfg.output and os.path.lexists(cfg.output):
+        raise ValueError(
+            f"output {cfg.output} already exists; run records are never overwritten, "
+            "choose another path"
+        )
+
+
+def _reserve_record(output: str | None) -> Path:
+    """Creates the run record file empty, owner-only, under a name no one else has."""
+    from dpjax.checkpoint import private_umask
+
+    base = Path(output) if output else Path("runs") / f"train-{time.strftime('%Y%m%d-%H%M%S')}"
+    with private_umask():
+        base.parent.mkdir(parents=True, exist_ok=True)
+        for n in range(1 if output else 1000):
+            path = base if output else base.with_name(base.name + (f"-{n}" if n else "") + ".json")
+            try:
+                os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+                return path
+            except FileExistsError:
+                continue
+    raise ValueError(
+        f"output {base} already exists; run records are never overwritten, choose another path"
+    )
+
+
+def _write_record(path: Path, record: dict[str, Any]) -> None:
+    """Replaces the reserved (empty, ours) ``path`` with the record, atomically."""
+    from dpjax.checkpoint import private_umask
+
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with private_umask():
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(json.dumps(record, indent=2))
+    os.replace(tmp, path)
+
+
+def _remove_created(directory: Path, first_missing: Path | None) -> None:
+    """Removes ``directory`` and its parents up to ``first_missing`` if empty."""
+    if first_missing is None:
+        return
+    d = directory
+    while True:
+        try:
+            d.rmdir()
+        except OSError:
+            return
+        if d == first_missing or d == d.parent:
+            return
+        d = d.parent
 
 
 def train(cfg: TrainConfig, *, _load_only: bool = False) -> dict[str, Any]:
-    """Runs private training; returns the run record (also written as JSON)."""
+    """Runs private training; returns the run record (also written as JSON).
+
+    Raises ``ValueError``/``TypeError`` for bad configurations, ``CheckpointError``
+    for a checkpoint directory that is missing (on resume), in use by another
+    run or damaged, ``BudgetExceededError`` when the budget refuses the first
+    step of this call. A failed call leaves the checkpoint directory, the run
+    record path and the budget as they were.
+    """
     _validate_config(cfg)
     if _load_only and not (cfg.resume and cfg.checkpoint_dir):
         raise ValueError("loading needs resume=True and checkpoint_dir")
+    from dpjax.checkpoint import Checkpointer, CheckpointError
+
+    ckpt, directory, first_missing = None, None, None
+    if cfg.checkpoint_dir:
+        directory = Path(cfg.checkpoint_dir).absolute()
+        if cfg.resume and not directory.is_dir():
+            raise CheckpointError(f"no checkpoint directory {directory} to resume from")
+        for d in (directory, *directory.parents):
+            if os.path.lexists(d):
+                break
+            first_missing = d
+        # Reads take no lock; a run holds the directory's lock for its lifetime.
+        ckpt = Checkpointer(directory, exclusive=not _load_only)
+    reserved: list[Path] = []
+    try:
+        out = _train(cfg, ckpt, _load_only, reserved)
+    except BaseException:
+        for path in reserved:
+            path.unlink(missing_ok=True)
+        if ckpt is not None:
+            try:
+                empty = not ckpt.steps()
+            except Exception:
+                empty = False  # keep whatever is there
+            ckpt.close()
+            if empty:
+                _remove_created(directory, first_missing)
+        raise
+    if ckpt is not None:
+        ckpt.close()
+    return out
+
+
+def _train(cfg: TrainConfig, ckpt: Any, _load_only: bool, reserved: list[Path]) -> dict[str, Any]:
     t_start = time.perf_counter()
     import jax
     import jax.numpy as jnp
@@ -125,12 +247,9 @@ def train(cfg: TrainConfig, *, _load_only: bool = False) -> dict[str, Any]:
     else:
         sigma = float(cfg.noise_multiplier)
 
-    if cfg.secure:
-        from dpjax.random import secure_key
+    from dpjax.random import key_from_seed, secure_key
 
-        key = secure_key()
-    else:
-        key = jax.random.key(cfg.seed)
+    key = secure_key() if cfg.seed is None else key_from_seed(cfg.seed)
     k_model, k_noise, k_sample = jax.random.split(key, 3)
     model = models.build(cfg.model, rngs=nnx.Rngs(params=k_model))
 
@@ -190,7 +309,6 @@ def train(cfg: TrainConfig, *, _load_only: bool = False) -> dict[str, Any]:
 
     history: list[dict[str, Any]] = []
     start = 0
-    ckpt = None
     privacy_cfg = {
         "noise_multiplier": sigma,
         "sampling_rate": q,
@@ -204,10 +322,8 @@ def train(cfg: TrainConfig, *, _load_only: bool = False) -> dict[str, Any]:
     }
     run_cfg = {
         k: getattr(cfg, k)
-        for k in ("model", "optimizer", "learning_rate", "microbatch_size", "epochs", "secure")
+        for k in ("model", "optimizer", "learning_rate", "microbatch_size", "epochs", "seed")
     }
-    if not cfg.secure:
-        run_cfg["seed"] = cfg.seed
 
     def full_state(sample_key):
         return {
@@ -216,21 +332,62 @@ def train(cfg: TrainConfig, *, _load_only: bool = False) -> dict[str, Any]:
             "sample_key": sample_key,
         }
 
-    if cfg.checkpoint_dir:
-        from dpjax.checkpoint import Checkpointer, CheckpointMismatchError
+    set_aside: list[int] = []  # corrupted checkpoints after resume_step
+    if ckpt is not None:
+        from dpjax.checkpoint import CheckpointError, CheckpointMismatchError
 
-        ckpt = Checkpointer(cfg.checkpoint_dir)
-        have = ckpt.latest_step()
+        on_disk = ckpt.steps()
         if cfg.resume:
-            if have is None:
-                raise ValueError(f"--resume: no checkpoint in {cfg.checkpoint_dir}")
-            meta = ckpt.read_metadata(have)
-            if meta["extra"].get("run") != run_cfg:
-                raise CheckpointMismatchError(
-                    f"checkpoint in {cfg.checkpoint_dir} is from another run configuration: "
-                    f"{meta['extra'].get('run')} != {run_cfg}"
+            if not on_disk:
+                raise CheckpointError(f"--resume: no checkpoint in {ckpt.directory}")
+
+            def load(step):
+                meta = ckpt.read_metadata(step)
+                saved_run = dict(meta["extra"].get("run") or {})
+                if saved_run.pop("secure", False):  # dpjax 0.1 records of secure runs
+                    saved_run["seed"] = None
+                if saved_run != run_cfg:
+                    raise CheckpointMismatchError(
+                        f"checkpoint in {ckpt.directory} is from another run configuration: "
+                        f"{meta['extra'].get('run')} != {run_cfg}"
+                    )
+                return ckpt.restore(full_state(k_sample), step=step, privacy=privacy_cfg)
+
+            def intact(step):
+                try:
+                    load(step)
+                except CheckpointError:
+                    return False
+                return True
+
+            target = on_disk[-1] if cfg.resume_step is None else cfg.resume_step
+            if target not in on_disk:
+                raise CheckpointError(
+                    f"no checkpoint for step {target} in {ckpt.directory}; have {on_disk}"
                 )
-            restored, meta = ckpt.restore(full_state(k_sample), privacy=privacy_cfg)
+            if not _load_only:
+                for s in on_disk[on_disk.index(target) + 1 :]:
+                    if intact(s):
+                        raise ValueError(
+                            f"resume_step {target}: step {s} is intact; resuming from an earlier "
+                            f"step would replay the noise keys of steps {target + 1}-{s} (a second "
+                            "release of that noise); resume from the latest intact step"
+                        )
+                    set_aside.append(s)
+            try:
+                restored, meta = load(target)
+            except CheckpointMismatchError:
+                raise
+            except CheckpointError as e:
+                good = [s for s in on_disk if s < target and intact(s)]
+                hint = (
+                    f"intact older checkpoints: {good}; resume from one with --resume-step "
+                    f"{good[-1]} (resume_step; the corrupted later steps are set aside, not "
+                    "deleted)"
+                    if good
+                    else "no intact older checkpoint"
+                )
+                raise CheckpointError(f"{e}; {hint}") from e
             nnx.replace_by_pure_dict(ostate := nnx.state(optimizer), restored["optimizer"])
             nnx.update(optimizer, ostate)
             nnx.replace_by_pure_dict(mstate := nnx.state(model), restored["model"])
@@ -244,12 +401,16 @@ def train(cfg: TrainConfig, *, _load_only: bool = False) -> dict[str, Any]:
                     f"checkpoint step {start} holds a privacy state at step {count}"
                 )
             if _load_only:
-                ckpt.close()
                 return {"model": model, "optimizer": optimizer, "metadata": meta}
-        elif have is not None:
+            if start >= steps:
+                raise ValueError(
+                    f"checkpoint_dir {ckpt.directory} holds a finished run (step {start} of "
+                    f"{steps}); nothing to resume"
+                )
+        elif on_disk:
             raise ValueError(
                 f"checkpoint_dir {cfg.checkpoint_dir} already holds checkpoints (latest step "
-                f"{have}); pass --resume to continue that run or use an empty directory"
+                f"{on_disk[-1]}); pass --resume to continue that run or use an empty directory"
             )
 
     def save(t: int) -> None:
@@ -266,6 +427,19 @@ def train(cfg: TrainConfig, *, _load_only: bool = False) -> dict[str, Any]:
             cfg.budget_delta if cfg.budget_delta is not None else cfg.delta,
             accountant=cfg.accountant,
         )
+        from dpjax.budget import BudgetExceededError
+
+        try:
+            budget.check(optimizer.opt_state)  # the first step of this call
+        except BudgetExceededError as e:
+            where = f"the run in {ckpt.directory} " if start else ""
+            raise BudgetExceededError(
+                f"{where}cannot take a step: {e}; nothing was run or written"
+            ) from None
+    record_path = _reserve_record(cfg.output)
+    reserved.append(record_path)  # removed by train() if anything below fails
+    for s in set_aside:  # every check passed: move the corrupted later steps away
+        ckpt.set_aside(s)
     every = cfg.checkpoint_every or max(1, steps // cfg.epochs)
     sample_keys = jax.random.split(k_sample, steps)
     steps_per_epoch = max(1, steps // cfg.epochs)
@@ -336,12 +510,8 @@ def train(cfg: TrainConfig, *, _load_only: bool = False) -> dict[str, Any]:
         raise
     finally:
         bar.close()
-        if ckpt is not None and sys.exc_info()[0] is not None:
-            ckpt.close()
     if ckpt is not None and stopped is not None and last_saved != t:
         save(t)  # the clean stop at the budget is a consistent state too
-    if ckpt is not None:
-        ckpt.close()
     spent = dpjax.privacy_spent(optimizer.opt_state, acct_delta, accountant=cfg.accountant)
     wall = time.perf_counter() - t_start
     record = {
@@ -363,6 +533,8 @@ def train(cfg: TrainConfig, *, _load_only: bool = False) -> dict[str, Any]:
         "budget": None if budget is None else {"epsilon": budget.epsilon, "delta": budget.delta},
         "resumed_from": start if cfg.resume else None,
         "checkpoint_dir": cfg.checkpoint_dir,
+        "noise_keys": "os-entropy" if cfg.seed is None else "seed",
+        "warning": _seed_warning(cfg.seed),
         "machine": {
             "platform": platform.platform(),
             "cpus": os.cpu_count(),
@@ -371,36 +543,40 @@ def train(cfg: TrainConfig, *, _load_only: bool = False) -> dict[str, Any]:
             "numpy": np.__version__,
         },
     }
-    out = (
-        Path(cfg.output)
-        if cfg.output
-        else Path("runs") / f"train-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(record, indent=2))
-    record["output"] = str(out)
+    record["output"] = str(record_path)
+    _write_record(record_path, record)
     return record
 
 
-def load_trained(checkpoint_dir: str | Path) -> dict[str, Any]:
-    """The model and optimizer of the latest checkpoint a ``dpjax train`` run wrote.
+def load_trained(checkpoint_dir: str | Path, step: int | None = None) -> dict[str, Any]:
+    """The model and optimizer of a checkpoint a ``dpjax train`` run wrote.
 
     Rebuilds them from the run configuration stored in the checkpoint and
     restores them with every check of ``dpjax.checkpoint`` (structure,
     privacy configuration, checksum). Returns ``{"model", "optimizer",
     "metadata"}``; ``dpjax.privacy_spent(result["optimizer"].opt_state, delta)``
-    gives the privacy spent up to that checkpoint.
+    gives the privacy spent up to that checkpoint. Takes no lock and writes
+    nothing; a missing directory raises ``CheckpointError``.
+
+    Args:
+      checkpoint_dir: the run's ``--checkpoint-dir``.
+      step: which checkpoint (default: the latest).
     """
     from dpjax.checkpoint import Checkpointer
 
+    if step is not None:
+        _validate.positive_int("step", step)
     with Checkpointer(checkpoint_dir) as ck:
-        meta = ck.read_metadata()
+        meta = ck.read_metadata(step)
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     saved = {k: v for k, v in meta["extra"].get("config", {}).items() if k in fields}
+    if saved.get("secure"):  # dpjax 0.1 stored seed 0 beside secure=True
+        saved["seed"] = None
     cfg = dataclasses.replace(
         TrainConfig(**saved),
         checkpoint_dir=str(checkpoint_dir),
         resume=True,
+        resume_step=meta["step"] or None,
         progress=False,
         output=None,
         budget_epsilon=None,
@@ -419,6 +595,8 @@ def _summary(r: dict[str, Any]) -> str:
         ]
     if r.get("resumed_from") is not None:
         head.append(f"  resumed from    step {r['resumed_from']} ({r['checkpoint_dir']})")
+    if r.get("warning"):
+        head.append(f"  warning         {r['warning']}")
     return "\n".join(
         [
             *head,
@@ -457,10 +635,14 @@ def _run(args: argparse.Namespace) -> int:
         checkpoint_dir=args.checkpoint_dir,
         checkpoint_every=args.checkpoint_every,
         resume=args.resume,
+        resume_step=args.resume_step,
         secure=args.secure,
     )
     from dpjax.checkpoint import CheckpointError
 
+    _validate_config(cfg)
+    if cfg.seed is not None:
+        print(f"dpjax train: warning: {_seed_warning(cfg.seed)}", flush=True)
     try:
         record = train(cfg)
     except CheckpointError as e:
@@ -500,7 +682,13 @@ def register(subparsers: Any) -> None:
         help="fix sigma instead of calibrating it to --epsilon",
     )
     p.add_argument("--accountant", choices=("rdp", "pld"), default=d.accountant)
-    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        help="reproducible noise from this seed in [0, 2**32): anyone who knows or guesses it "
+        "can recompute the noise; default: keys from OS entropy",
+    )
     p.add_argument("--microbatch-size", type=int, default=None)
     p.add_argument(
         "--method",
@@ -532,9 +720,16 @@ def register(subparsers: Any) -> None:
         help="continue from the latest checkpoint in --checkpoint-dir",
     )
     p.add_argument(
+        "--resume-step",
+        type=int,
+        default=None,
+        help="with --resume: continue from this step when later checkpoints are corrupted "
+        "(they are set aside as STEP.corrupted)",
+    )
+    p.add_argument(
         "--secure",
         action="store_true",
-        help="seed keys from OS entropy (not reproducible; see dpjax.random)",
+        help="keys from OS entropy: the default; kept for old scripts, excludes --seed",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--output", default=None, help="run record path (default runs/train-*.json)")

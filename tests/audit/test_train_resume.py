@@ -159,11 +159,15 @@ def test_killed_interrupted_and_failed_runs_resume_to_the_uninterrupted_result(
 
     # The budget: the same setup under a smaller budget ends early, and says so.
     out = tmp_path / "budget.json"
-    rc = cli.main([*base, "--secure", "--budget-epsilon", "1.5", "--output", str(out)])
+    # (Keys from OS entropy, the default: --secure is a no-op alias and
+    # excludes --seed.)
+    unseeded = ["train", "--model", "mlp", "--epochs", str(EPOCHS), "--no-progress"]
+    rc = cli.main([*unseeded, "--secure", "--budget-epsilon", "1.5", "--output", str(out)])
     text = capsys.readouterr().out
     assert rc == 0 and "stopped at the privacy budget" in text and "not run" in text
     b = json.loads(out.read_text())
     assert b["epsilon"] <= 1.5 and 0 < b["steps"] < TOTAL and b["config"]["secure"]
+    assert b["noise_keys"] == "os-entropy" and b["config"]["seed"] is None
     q, sigma = b["sampling_rate"], b["noise_multiplier"]
     trunc = float(np.float32(dpjax.PoissonSampler(1437, q).truncation_prob)) * (1 + 1e-6)
     ev = accounting.SelfComposed(accounting.PoissonSampledGaussian(sigma, q), b["steps"] + 1)
