@@ -31,7 +31,7 @@ def load_table(data: TableLike) -> pd.DataFrame:
     if isinstance(data, str | os.PathLike):
         if not os.path.isfile(data):
             raise ValueError(f"data: no such CSV file {os.fspath(data)!r}")
-        return pd.read_csv(data)
+        return pd.read_csv(data, float_precision="round_trip")  # the exact float64 written
     if isinstance(data, Mapping):
         try:
             return pd.DataFrame({k: np.asarray(v) for k, v in data.items()})

@@ -16,6 +16,19 @@ def parse(argv):
     return parser.parse_args(argv)
 
 
+@pytest.fixture(autouse=True)
+def ledger(tmp_path, monkeypatch):
+    """Every query here charges a ledger in tmp_path, never the real home directory."""
+    path = tmp_path / "ledger.sqlite"
+    monkeypatch.setenv("DPJAX_LEDGER", str(path))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    return path
+
+
+TOTAL = ["--total-epsilon", "100", "--total-delta", "1e-3"]
+
+
 @pytest.fixture
 def csv(tmp_path):
     rng = np.random.default_rng(0)
@@ -37,7 +50,7 @@ def test_query_sum_by_region_prints_noisy_table_with_intervals(csv, capsys):
     path, df = csv
     args = parse([
         "query", str(path), "--sum", "income", "--by", "region", "--bounds", "0,200000",
-        "--epsilon", "1", "--seed", "1",
+        "--epsilon", "1", "--seed", "1", *TOTAL,
     ])  # fmt: skip
     assert args.func(args) == 0
     out = capsys.readouterr().out.splitlines()
@@ -54,7 +67,7 @@ def test_query_sum_by_region_prints_noisy_table_with_intervals(csv, capsys):
 def test_query_count_with_public_integer_groups_and_zcdp(csv, capsys):
     path, _ = csv
     args = parse(["query", str(path), "--count", "--by", "code", "--groups", "1,2,3",
-                  "--rho", "0.5", "--seed", "0"])  # fmt: skip
+                  "--rho", "0.5", "--seed", "0", "--total-rho", "10"])  # fmt: skip
     assert args.func(args) == 0
     lines = capsys.readouterr().out.splitlines()
     assert "rho=0.5, delta=0" in lines[0]
@@ -66,7 +79,7 @@ def test_query_seed_is_optional_and_output_varies(csv, capsys):
     outs = []
     for _ in range(2):
         args = parse(["query", str(path), "--mean", "income", "--bounds", "0,200000",
-                      "--epsilon", "0.5"])  # fmt: skip
+                      "--epsilon", "0.5", *TOTAL])  # fmt: skip
         assert args.func(args) == 0
         outs.append(capsys.readouterr().out)
     assert outs[0] != outs[1]  # fresh OS entropy each run, no default seed
@@ -83,7 +96,7 @@ def test_query_seed_is_optional_and_output_varies(csv, capsys):
 )
 def test_query_bad_input(csv, argv, match):
     path, _ = csv
-    args = parse(["query", str(path), *argv])
+    args = parse(["query", str(path), *argv, *TOTAL])
     with pytest.raises(ValueError, match=match):
         args.func(args)
 
@@ -101,8 +114,8 @@ def test_dispatcher_runs_query_and_maps_errors_to_exit_code_2(csv, capsys, monke
 
     monkeypatch.setattr(dispatcher, "_SUBCOMMANDS", ("dpjax.mechanisms.cli",))
     path, _ = csv
-    argv = ["query", str(path), "--count", "--epsilon", "1", "--seed", "0"]
+    argv = ["query", str(path), "--count", "--epsilon", "1", "--seed", "0", *TOTAL]
     assert dispatcher.main(argv) == 0
     assert capsys.readouterr().out.startswith("count  [epsilon=1")
-    assert dispatcher.main(["query", str(path), "--count", "--epsilon", "0"]) == 2
+    assert dispatcher.main(["query", str(path), "--count", "--epsilon", "0", *TOTAL]) == 2
     assert "epsilon must be > 0" in capsys.readouterr().err
