@@ -32,7 +32,7 @@ from dpjax.random import key_from_seed, secure_key
 
 _STATS = queries.STATISTICS
 # "-10,10" and "-1e3,5" are values, not options (argparse only knows "-10").
-_NEGATIVE_NUMBERS = re.compile(r"^-\.?\d[\d.eE+,-]*$")
+_NEGATIVE_NUMBERS = re.compile(r"^-(\.?\d[\d.eE+,-]*|inf|infinity|nan)$", re.IGNORECASE)
 
 
 def _floats(text: str) -> list[float]:

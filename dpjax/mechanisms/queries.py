@@ -104,7 +104,10 @@ def _release(key, x, l1, l2, nz: _Noise, alpha: float, integer: bool = False):
         t, s = _exact.rational_scale(sens_g, nz.epsilon)
         z = np.asarray(_dlap(key, t, s, (_pad(n),)))[:n]
         p = math.exp(-float(s) / float(t))  # P[|Z| >= k] = 2 p^k / (1 + p)
-        k = max(0, math.ceil(math.log(alpha * (1.0 + p) / 2.0) / math.log(p)) - 1)
+        if p == 0.0:  # scale below ~1/745: the noise is 0 in float64
+            k = 0
+        else:
+            k = max(0, math.ceil(math.log(alpha * (1.0 + p) / 2.0) / math.log(p)) - 1)
     else:
         sigma = l2 / math.sqrt(2.0 * nz.rho)
         integer = integer and 2.0**-15 < sigma <= _exact.MAX_SIGMA / 2

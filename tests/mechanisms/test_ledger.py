@@ -152,8 +152,7 @@ _RACER = textwrap.dedent(
     while not os.path.exists(sys.argv[2]):
         time.sleep(0.001)
     try:
-        led.charge("d", B.PrivacyCost(epsilon=0.6), budget=B.PrivacyFilter(epsilon=1.0),
-                   statistic="count", columns=[])
+        led.charge("d", B.PrivacyCost(epsilon=0.6), statistic="count", columns=[])
         print("charged")
     except B.BudgetExceededError:
         print("refused")
@@ -175,7 +174,7 @@ def _wait_for(paths, procs, timeout=120.0):
 @pytest.mark.slow  # three processes importing jax at once: ~15 s on two cores
 def test_concurrent_charges_cannot_both_pass(tmp_path):
     db, go = tmp_path / "race.sqlite", tmp_path / "go"
-    L.Ledger(db)  # schema in place; the processes race to register and charge
+    L.Ledger(db).register("d", PrivacyFilter(epsilon=1.0))  # the processes race to charge
     n = 3
     ready = [tmp_path / f"ready{i}" for i in range(n)]
     procs = [subprocess.Popen([sys.executable, "-c", _RACER, str(db), str(go), str(r)],
