@@ -31,7 +31,15 @@ def load_table(data: TableLike) -> pd.DataFrame:
     if isinstance(data, str | os.PathLike):
         if not os.path.isfile(data):
             raise ValueError(f"data: no such CSV file {os.fspath(data)!r}")
-        return pd.read_csv(data, float_precision="round_trip")  # the exact float64 written
+        try:
+            return pd.read_csv(data, float_precision="round_trip")  # the exact float64 written
+        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError):
+            # pandas' own message names the offending line, field counts or byte
+            # position: data-dependent numbers, so they are not passed on.
+            raise ValueError(
+                f"data: {os.fspath(data)!r} is not a readable CSV file (UTF-8 text, a header "
+                "row, the same number of fields on every row); check it with the data's owner"
+            ) from None
     if isinstance(data, Mapping):
         try:
             return pd.DataFrame({k: np.asarray(v) for k, v in data.items()})

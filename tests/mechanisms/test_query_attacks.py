@@ -123,3 +123,24 @@ def test_seed_wider_than_32_bits_is_an_error_not_truncated(csv, capsys):
     assert cli.main([*base, "--seed", "7"]) == 0
     captured = capsys.readouterr()
     assert "reproducible" in captured.err and "public data only" in captured.err
+
+
+@pytest.mark.parametrize(
+    "bad_rows",
+    [
+        (["1,2", "1,2,3"], ["1,2", "1,2", "1,2", "1,2,3"]),  # a malformed row: pandas names its line
+        ([b"1,\xff"], [b"1,2", b"1,2", b"1,\xff"]),  # a bad byte: Python names its position
+    ],
+)
+def test_unreadable_csv_message_does_not_locate_the_bad_row(tmp_path, bad_rows):
+    messages = set()
+    for i, rows in enumerate(bad_rows):
+        path = tmp_path / f"t{i}.csv"
+        sep = b"\n" if isinstance(rows[0], bytes) else "\n"
+        body = sep.join([b"a,b" if isinstance(rows[0], bytes) else "a,b", *rows]) + sep
+        path.write_bytes(body) if isinstance(body, bytes) else path.write_text(body)
+        with pytest.raises(ValueError) as e:
+            M.aggregate(str(path), "count", key=jax.random.key(0), epsilon=1.0)
+        messages.add(str(e.value).replace(f"t{i}.csv", "t.csv"))
+    assert len(messages) == 1, messages
+    assert "not a readable CSV file" in messages.pop()
