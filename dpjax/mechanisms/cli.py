@@ -233,7 +233,7 @@ def run(args: argparse.Namespace) -> int:
         confidence=args.confidence,
         missing=args.missing,
     )
-    ledger = Ledger(args.ledger)
+    ledger = _open(args.ledger, create=budget is not None)
     dataset = args.dataset or dataset_id(table)
     account = ledger.charge(
         dataset,
@@ -256,6 +256,16 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _open(location: str | None, create: bool = True) -> Ledger:
+    try:
+        return Ledger(location, create=create)
+    except FileNotFoundError as e:
+        raise ValueError(
+            f"ledger {e.args[0]} does not exist yet: the first query on a data set registers "
+            "its total budget (--total-epsilon E or --total-rho R, and --total-delta D)"
+        ) from None
+
+
 def _left(f: PrivacyFilter) -> str:
     left = f.remaining()
     if f.kind == "pure":
@@ -274,7 +284,11 @@ def _target(args: argparse.Namespace, ledger: Ledger) -> str | None:
 
 
 def _show(args: argparse.Namespace) -> int:
-    ledger = Ledger(args.ledger)
+    try:
+        ledger = Ledger(args.ledger, create=False)
+    except FileNotFoundError as e:
+        print(f"ledger {e.args[0]} does not exist yet: no data set registered")
+        return 0
     target = _target(args, ledger)
     accounts = [a for a in ledger.accounts() if target is None or a.dataset == target]
     print(f"ledger {ledger.location}")
@@ -287,7 +301,7 @@ def _show(args: argparse.Namespace) -> int:
 
 
 def _reset(args: argparse.Namespace) -> int:
-    ledger = Ledger(args.ledger)
+    ledger = _open(args.ledger, create=False)
     target = _target(args, ledger)
     if target is None:
         raise ValueError("budget reset needs the data set: a CSV file or --dataset ID")

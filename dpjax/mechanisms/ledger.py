@@ -208,6 +208,8 @@ class Ledger:
 
     Args:
       location: file path or URL; None means :func:`default_location`.
+      create: create a missing SQLite file; with False a missing file is an
+        error and nothing is written.
 
     >>> import tempfile, os
     >>> led = Ledger(os.path.join(tempfile.mkdtemp(), "ledger.sqlite"))
@@ -217,9 +219,11 @@ class Ledger:
     (0.6, 1)
     """
 
-    def __init__(self, location: str | os.PathLike | None = None):
+    def __init__(self, location: str | os.PathLike | None = None, *, create: bool = True):
         self._dialect = _dialect(location)
         self.location = self._dialect.location
+        if not create and isinstance(self._dialect, _SQLite) and not os.path.exists(self.location):
+            raise FileNotFoundError(self.location)
         with self._connection() as con:
             for stmt in _SCHEMA:
                 con.execute(stmt)

@@ -260,6 +260,12 @@ def test_repeated_cli_queries_cannot_average_the_noise_away(csv, capsys):
 def test_first_query_needs_a_total_and_refusals_write_nothing(csv, capsys):
     path, df = csv
     assert _query(path, "--epsilon", "0.5") == 2
+    assert "does not exist yet" in capsys.readouterr().err
+    assert not os.path.exists(L.default_location())  # a refused query creates no file
+    assert cli.main(["budget", "show"]) == 0
+    assert "does not exist yet" in capsys.readouterr().out
+    L.Ledger()  # an empty ledger
+    assert _query(path, "--epsilon", "0.5") == 2
     assert "has no budget in the ledger" in capsys.readouterr().err
     assert L.Ledger().account(L.dataset_id(df)) is None
     # Invalid queries are refused before the ledger is touched (nothing registered).

@@ -128,7 +128,10 @@ def test_seed_wider_than_32_bits_is_an_error_not_truncated(csv, capsys):
 @pytest.mark.parametrize(
     "bad_rows",
     [
-        (["1,2", "1,2,3"], ["1,2", "1,2", "1,2", "1,2,3"]),  # a malformed row: pandas names its line
+        (
+            ["1,2", "1,2,3"],
+            ["1,2", "1,2", "1,2", "1,2,3"],
+        ),  # a malformed row: pandas names its line
         ([b"1,\xff"], [b"1,2", b"1,2", b"1,\xff"]),  # a bad byte: Python names its position
     ],
 )
