@@ -88,6 +88,27 @@ def _pad(n: int) -> int:
     return max(8, 1 << (n - 1).bit_length())  # few distinct shapes, few compilations
 
 
+_MAX_LAPLACE_SCALE = 2.0**24  # the discrete Laplace sampler's cap (2**24 or above)
+
+
+def _calibrate(l1: float, l2: float, nz: _Noise, integer: bool):
+    """Grid and exact-sampler parameters of one release; a function of public settings only.
+
+    Raises the samplers' ValueError when a noise scale is outside their range;
+    :func:`_plan` calls it for every release of a query before anything runs.
+    """
+    if nz.epsilon is not None:
+        integer = integer and 2.0**-30 < l1 / nz.epsilon <= _MAX_LAPLACE_SCALE  # else the grid
+        g = 1.0 if integer else grid_for(l1 / nz.epsilon)
+        sens_g = round(l1) if integer else math.ceil(l1 / g) + 1
+        return g, integer, _exact.rational_scale(sens_g, nz.epsilon)
+    sigma = l2 / math.sqrt(2.0 * nz.rho)
+    integer = integer and 2.0**-15 < sigma <= _exact.MAX_SIGMA / 2
+    g = 1.0 if integer else grid_for(2.0 * sigma)
+    sens_g = l2 if integer else math.ceil(l2 / g) + 1
+    return g, integer, _exact.gaussian_params(np.asarray(sens_g**2 / (2.0 * nz.rho)))
+
+
 def _release(key, x, l1, l2, nz: _Noise, alpha: float, integer: bool = False):
     """Grid release of float64 ``x`` with L1 (pure) / L2 (zCDP) sensitivity.
 
@@ -97,11 +118,9 @@ def _release(key, x, l1, l2, nz: _Noise, alpha: float, integer: bool = False):
     [value - h, value + h] holds the exact x with probability >= 1 - alpha.
     """
     n = len(x)
+    g, integer, params = _calibrate(l1, l2, nz, integer)
     if nz.epsilon is not None:
-        integer = integer and 2.0**-30 < l1 / nz.epsilon <= 2.0**28  # else the grid path
-        g = 1.0 if integer else grid_for(l1 / nz.epsilon)
-        sens_g = round(l1) if integer else math.ceil(l1 / g) + 1
-        t, s = _exact.rational_scale(sens_g, nz.epsilon)
+        t, s = params
         z = np.asarray(_dlap(key, t, s, (_pad(n),)))[:n]
         p = math.exp(-float(s) / float(t))  # P[|Z| >= k] = 2 p^k / (1 + p)
         if p == 0.0:  # scale below ~1/745: the noise is 0 in float64
@@ -109,11 +128,7 @@ def _release(key, x, l1, l2, nz: _Noise, alpha: float, integer: bool = False):
         else:
             k = max(0, math.ceil(math.log(alpha * (1.0 + p) / 2.0) / math.log(p)) - 1)
     else:
-        sigma = l2 / math.sqrt(2.0 * nz.rho)
-        integer = integer and 2.0**-15 < sigma <= _exact.MAX_SIGMA / 2
-        g = 1.0 if integer else grid_for(2.0 * sigma)
-        sens_g = l2 if integer else math.ceil(l2 / g) + 1
-        t, m, d = _exact.gaussian_params(np.asarray(sens_g**2 / (2.0 * nz.rho)))
+        t, m, d = params
         z = np.asarray(_dgauss(key, t, m, d, (_pad(n),)))[:n]
         sig2 = float(t) * float(m) / float(d)
         ys = np.arange(0, int(40 * math.sqrt(sig2)) + 2)
@@ -123,6 +138,37 @@ def _release(key, x, l1, l2, nz: _Noise, alpha: float, integer: bool = False):
         k = int(np.argmax(np.append(tail[1:], 0.0) <= alpha))  # smallest k: P[|Z| > k] <= alpha
     base = np.round(x / g)  # exact: g is a power of two
     return (base + z) * g, (k + (0.0 if integer else 0.5)) * g
+
+
+def _check_noise(statistic, bounds, nz: _Noise, l_inf: int, l0: int) -> None:
+    """Calibrates every noisy sum of a query up front: unsupported scales fail before any work.
+
+    Mirrors :func:`_moments`: a count is one integer sum; a sum one sum of
+    clamped values; a mean two sums (count, centred values); a variance three.
+    """
+    if statistic == "quantiles":
+        return
+    if statistic in ("count", "histogram"):
+        sums = [(1.0, True)]
+    else:
+        lo, hi = bounds
+        r = (hi - lo) / 2.0
+        sums = {"sum": [(max(abs(lo), abs(hi)), False)], "mean": [(1.0, True), (r, False)],
+                "variance": [(1.0, True), (r, False), (r * r, False)]}[statistic]  # fmt: skip
+    part = nz.split(len(sums))
+    for c, integer in sums:
+        try:
+            _calibrate(l0 * l_inf * c, math.sqrt(l0) * l_inf * c, part, integer)
+        except ValueError:
+            name = "epsilon" if nz.epsilon is not None else "rho"
+            value = nz.epsilon if nz.epsilon is not None else nz.rho
+            raise ValueError(
+                f"{name} is out of range for this query: each of its {len(sums)} noisy sum(s) "
+                f"gets {name}={value / len(sums):g} after partition selection's share, and "
+                "its noise scale (sensitivity from bounds, max_rows_per_unit and "
+                "max_groups_per_unit) is outside what the exact samplers draw; raise "
+                f"{name}, lower selection_fraction, or narrow those settings"
+            ) from None
 
 
 def _uniform64(key: jax.Array, n: int) -> np.ndarray:
@@ -391,6 +437,8 @@ def _plan(statistic, column, epsilon, rho, delta, bounds, by, groups, quantiles,
                      None if rho is None else rho * selection_fraction)  # fmt: skip
         nz = _Noise(None if epsilon is None else epsilon - sel.epsilon,
                     None if rho is None else rho - sel.rho)  # fmt: skip
+    l0_eff = l0 if cols or statistic == "histogram" else 1  # as in _run
+    _check_noise(statistic, bounds, nz, l_inf if privacy_unit else 1, l0_eff)
     q = _Query(statistic, column, bounds, cols, groups, qs, bins)
     opts = dict(sel=sel, delta=delta, unit=privacy_unit, l_inf=l_inf, l0=l0, conf=confidence)
     return q, nz, total, opts

@@ -191,6 +191,14 @@ def test_filter_rejects_mixing_zcdp_into_pure():
         (dict(epsilon=1.0, by=["g", "x"], groups=["a1"]), r"each key must be a tuple of 2"),
         (dict(epsilon=1.0, by="g", groups=["a", "a"]), "groups must not list a key twice"),
         (dict(epsilon=1.0, groups=["a"]), "groups needs by="),
+        (
+            dict(epsilon=1e-6, statistic="variance", by="g", delta=1e-6, selection_fraction=0.99),
+            "epsilon is out of range for this query: each of its 3 noisy sum",
+        ),
+        (
+            dict(rho=1e-5, statistic="mean", by="g", delta=1e-6, selection_fraction=0.99),
+            "rho is out of range for this query: each of its 2 noisy sum",
+        ),
         (dict(epsilon=1.0, by="g"), r"delta must be in \(0, 1\) for partition selection"),
         (dict(epsilon=1.0, bounds=None), "bounds must be given"),
         (dict(rho=1.0, epsilon=1.0), "exactly one of epsilon"),
