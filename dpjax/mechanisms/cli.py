@@ -224,7 +224,7 @@ def run(args: argparse.Namespace) -> int:
         delta=args.delta,
         bounds=args.bounds,
         by=by,
-        groups=_groups(args.groups, by, table),
+        groups=_groups(args.groups, [column] if stat == "histogram" else by, table),
         quantiles=args.q,
         bins=args.bins,
         privacy_unit=args.privacy_unit,

@@ -64,9 +64,9 @@ _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS dpjax_releases (
         dataset TEXT NOT NULL REFERENCES dpjax_datasets (dataset),
         seq INTEGER NOT NULL,
-        time TEXT NOT NULL,
+        released_at TEXT NOT NULL,
         statistic TEXT NOT NULL,
-        columns TEXT NOT NULL,
+        columns_read TEXT NOT NULL,
         epsilon DOUBLE PRECISION NOT NULL,
         delta DOUBLE PRECISION NOT NULL,
         rho DOUBLE PRECISION NOT NULL,
@@ -160,6 +160,9 @@ class _SQLite:
     def sql(self, text: str) -> str:
         return text
 
+    def errors(self) -> tuple[type[Exception], ...]:
+        return (sqlite3.Error,)
+
     begin = "BEGIN IMMEDIATE"
     lock = ""
 
@@ -183,6 +186,11 @@ class _Postgres:
 
     def sql(self, text: str) -> str:
         return text.replace("?", "%s")
+
+    def errors(self) -> tuple[type[Exception], ...]:
+        import psycopg
+
+        return (psycopg.Error,)
 
     begin = "BEGIN"
     lock = " FOR UPDATE"
@@ -237,7 +245,10 @@ class Ledger:
                 return self
 
             def execute(self, text, params=()):
-                return self.con.execute(dialect.sql(text), tuple(params))
+                try:
+                    return self.con.execute(dialect.sql(text), tuple(params))
+                except dialect.errors() as e:  # locked past the timeout, not a database, ...
+                    raise ValueError(f"ledger {dialect.location}: {e}") from None
 
             def __exit__(self, *exc):
                 self.con.close()
@@ -334,8 +345,8 @@ class Ledger:
             after = acc.filter.charge(cost)  # the session filter's rule; raises if it won't fit
             c = acc.filter.converted(cost)
             con.execute(
-                "INSERT INTO dpjax_releases (dataset, seq, time, statistic, columns, epsilon, "
-                "delta, rho) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO dpjax_releases (dataset, seq, released_at, statistic, columns_read, "
+                "epsilon, delta, rho) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (dataset, acc.releases + 1, _now(), statistic, ",".join(columns),
                  c.epsilon, c.delta, c.rho),
             )  # fmt: skip
@@ -360,7 +371,8 @@ class Ledger:
         """(seq, time, statistic, columns, epsilon, delta, rho) of each release, in order."""
         with self._connection() as con:
             return con.execute(
-                "SELECT seq, time, statistic, columns, epsilon, delta, rho FROM dpjax_releases "
+                "SELECT seq, released_at, statistic, columns_read, epsilon, delta, rho "
+                "FROM dpjax_releases "
                 "WHERE dataset = ? ORDER BY seq",
                 (dataset,),
             ).fetchall()

@@ -196,3 +196,12 @@ def test_privacy_parameters_at_the_ends_of_the_range_work(csv, capsys, value, st
             "--privacy-unit", "code", "--max-groups", "3", "--epsilon", value,
             "--total-epsilon", "1e7", "--total-delta", "1e-3"]  # fmt: skip
     assert _main(argv) == 0, capsys.readouterr().err
+
+
+def test_histogram_categories_with_public_groups(csv, capsys):
+    path, _ = csv
+    argv = ["query", str(path), "--histogram", "code", "--groups", "1,2,3", "--epsilon", "1",
+            *TOTAL]  # fmt: skip
+    assert _main(argv) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in lines[2:]] == ["1", "2", "3"]

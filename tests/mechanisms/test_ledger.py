@@ -314,3 +314,12 @@ def test_query_session_with_a_ledger_shares_the_total(csv, tmp_path):
         b.count(epsilon=0.6)  # the ledger holds a's spending
     assert b.filter == before
     assert L.Ledger(db).account(L.dataset_id(df)).releases == 1
+
+
+def test_a_file_that_is_not_a_ledger_is_a_clear_error(tmp_path, csv, capsys):
+    bogus = tmp_path / "bogus.sqlite"
+    bogus.write_bytes(b"this is not a database" * 100)
+    path, _ = csv
+    assert _query(path, "--epsilon", "0.5", "--total-epsilon", "1", "--ledger", str(bogus)) == 2
+    err = capsys.readouterr().err
+    assert "ledger" in err and "not a database" in err and "Traceback" not in err
