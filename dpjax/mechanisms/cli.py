@@ -202,7 +202,10 @@ def _budget(args: argparse.Namespace) -> PrivacyFilter | None:
         if args.total_delta:
             raise ValueError("--total-delta needs --total-epsilon or --total-rho")
         return None
-    return PrivacyFilter(epsilon=args.total_epsilon, rho=args.total_rho, delta=args.total_delta)
+    try:
+        return PrivacyFilter(epsilon=args.total_epsilon, rho=args.total_rho, delta=args.total_delta)
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"the data set's total budget (--total-*): {e}") from None
 
 
 def run(args: argparse.Namespace) -> int:

@@ -6,6 +6,7 @@ $DPJAX_LEDGER, $HOME and $XDG_DATA_HOME there), never in the real home.
 
 import doctest
 import os
+import re
 import signal
 import stat
 import subprocess
@@ -323,3 +324,24 @@ def test_a_file_that_is_not_a_ledger_is_a_clear_error(tmp_path, csv, capsys):
     assert _query(path, "--epsilon", "0.5", "--total-epsilon", "1", "--ledger", str(bogus)) == 2
     err = capsys.readouterr().err
     assert "ledger" in err and "not a database" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    "extra,match",
+    [
+        (
+            ["--total-epsilon", "inf"],
+            r"total budget \(--total-\*\): epsilon must be > 0 and finite",
+        ),
+        (
+            ["--total-epsilon", "1", "--total-delta", "1"],
+            r"total budget .*delta must be in \[0.0, 1.0\)",
+        ),
+        (["--total-delta", "1e-6"], "--total-delta needs --total-epsilon or --total-rho"),
+    ],
+)
+def test_bad_total_budget_is_a_clear_error_and_writes_nothing(csv, capsys, extra, match):
+    path, _ = csv
+    assert _query(path, "--epsilon", "0.5", *extra) == 2
+    assert re.search(match, capsys.readouterr().err)
+    assert not os.path.exists(L.default_location())
