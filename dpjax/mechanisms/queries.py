@@ -362,9 +362,11 @@ def _check_groups(groups: Any, cols: list[str], statistic: str) -> list[Any] | N
         return None
     if not cols and statistic != "histogram":
         raise ValueError("groups needs by= (the group-by columns the keys belong to)")
-    if isinstance(groups, str | bytes) or not isinstance(groups, Sequence | np.ndarray):
+    if isinstance(groups, str | bytes | dict) or not hasattr(groups, "__iter__"):
         raise ValueError(f"groups must be a list of group keys, got {groups!r}")
     out = list(groups)
+    if not out:
+        raise ValueError("groups must list at least one key (or be None for partition selection)")
     if len(cols) > 1:
         for g in out:
             if isinstance(g, str | bytes) or not isinstance(g, Sequence) or len(g) != len(cols):
@@ -373,6 +375,12 @@ def _check_groups(groups: Any, cols: list[str], statistic: str) -> list[Any] | N
                     f"got {g!r}"
                 )
         out = [tuple(g) for g in out]
+    else:
+        for g in out:
+            if isinstance(g, tuple | list | np.ndarray):
+                raise ValueError(
+                    f"groups: with one group-by column each key is one value, got {g!r}"
+                )
     try:
         repeated = len(set(out)) != len(out)
     except TypeError:

@@ -191,6 +191,7 @@ def test_filter_rejects_mixing_zcdp_into_pure():
         (dict(epsilon=1.0, by=["g", "x"], groups=["a1"]), r"each key must be a tuple of 2"),
         (dict(epsilon=1.0, by="g", groups=["a", "a"]), "groups must not list a key twice"),
         (dict(epsilon=1.0, groups=["a"]), "groups needs by="),
+        (dict(epsilon=1.0, by=["g", "x"], groups=[]), "groups must list at least one key"),
         (
             dict(epsilon=1e-6, statistic="variance", by="g", delta=1e-6, selection_fraction=0.99),
             "epsilon is out of range for this query: each of its 3 noisy sum",
