@@ -67,6 +67,9 @@ def test_refused_query_leaves_the_session_filter_as_it_was():
     with pytest.raises(ValueError, match="groups"):  # a multi-column key given as a string
         s.count(epsilon=0.5, by=["g", "u"], groups=["a1", "b2"])
     assert s.filter == before
+    with pytest.raises(ValueError, match="groups"):  # tuple keys for one column (failed in _run)
+        s.count(epsilon=0.5, by="g", groups=[("a", 1), ("b", 2)])
+    assert s.filter == before
     r = s.sum("x", epsilon=0.5, bounds=(0, 20), missing="drop")
     assert r.cost.epsilon == 0.5 and s.filter.spent.epsilon == 0.5
 
