@@ -9,10 +9,15 @@ from __future__ import annotations
 import argparse
 import time
 
+from dpjax import _validate as V
 from dpjax.accounting import api, calibrate
 from dpjax.accounting import events as ev
 
 __all__ = ["register"]
+
+# Ranges the accountants' numerics handle (outside them: overflow, division by zero).
+SIGMA_RANGE = (1e-3, 1e6)
+EPSILON_MAX = 1e4
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -23,7 +28,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Epsilon of DP-SGD: Poisson sampling at rate q, noise multiplier sigma.",
     )
     p.add_argument("--q", type=float, required=True, help="sampling rate in (0, 1]")
-    p.add_argument("--sigma", type=float, required=True, help="noise multiplier > 0")
+    p.add_argument("--sigma", type=float, required=True, help="noise multiplier in [1e-3, 1e6]")
     p.add_argument("--steps", type=int, required=True, help="number of steps >= 0")
     p.add_argument("--delta", type=float, required=True, help="target delta in (0, 1)")
     p.add_argument("--accountant", choices=("pld", "rdp", "all"), default="pld")
@@ -34,7 +39,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="noise multiplier for a target epsilon",
         description="Smallest noise multiplier whose epsilon is <= the target (checked).",
     )
-    c.add_argument("--epsilon", type=float, required=True, help="target epsilon > 0")
+    c.add_argument("--epsilon", type=float, required=True, help="target epsilon in (0, 1e4]")
     c.add_argument("--delta", type=float, required=True, help="target delta in (0, 1)")
     c.add_argument("--q", type=float, required=True, help="sampling rate in (0, 1]")
     c.add_argument("--steps", type=int, required=True, help="number of steps >= 1")
@@ -53,6 +58,8 @@ def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
 
 
 def _epsilon(args: argparse.Namespace) -> int:
+    V.positive("noise_multiplier (--sigma)", args.sigma)
+    V.in_range("noise_multiplier (--sigma)", args.sigma, *SIGMA_RANGE)
     event = ev.SelfComposed(ev.PoissonSampledGaussian(args.sigma, args.q), args.steps)
     rows = []
     for name in _names(args.accountant):
@@ -68,6 +75,8 @@ def _epsilon(args: argparse.Namespace) -> int:
 
 
 def _calibrate(args: argparse.Namespace) -> int:
+    V.positive("target_epsilon (--epsilon)", args.epsilon)
+    V.in_range("target_epsilon (--epsilon)", args.epsilon, 0.0, EPSILON_MAX, lo_closed=False)
     rows = []
     for name in _names(args.accountant):
         t = time.perf_counter()

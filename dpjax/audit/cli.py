@@ -20,11 +20,14 @@ from typing import Any
 
 __all__ = ["register"]
 
+_SEED_HELP = "seed in [0, 2**32) for a reproducible run (default: OS entropy)"
 
-def _key(seed: int):
-    import jax
 
-    return jax.random.key(seed)
+def _key(seed: int | None):
+    """OS entropy by default; ``--seed`` in [0, 2**32) for a reproducible audit (no truncation)."""
+    from dpjax.random import key_from_seed, secure_key
+
+    return secure_key() if seed is None else key_from_seed(seed)
 
 
 def _write(path: str | None, record: dict[str, Any]) -> None:
@@ -176,7 +179,7 @@ def register(subparsers: Any) -> None:
     def common(sp, trials: bool = True):
         sp.add_argument("--noise-multiplier", type=float, default=1.0)
         sp.add_argument("--delta", type=float, default=1e-5)
-        sp.add_argument("--seed", type=int, default=0)
+        sp.add_argument("--seed", type=int, default=None, help=_SEED_HELP)
         sp.add_argument("--output", default=None, help="JSON record path")
         if trials:
             sp.add_argument("--trials", type=int, default=100_000, help="runs per side")
@@ -215,7 +218,7 @@ def register(subparsers: Any) -> None:
     s.add_argument("--non-private", action="store_true", help="no noise, no clipping")
     s.add_argument("--delta", type=float, default=1e-5)
     s.add_argument("--shadows", type=int, default=4)
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--seed", type=int, default=None, help=_SEED_HELP)
     s.add_argument(
         "--checkpoint-dir",
         default=None,

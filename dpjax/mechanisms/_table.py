@@ -31,7 +31,15 @@ def load_table(data: TableLike) -> pd.DataFrame:
     if isinstance(data, str | os.PathLike):
         if not os.path.isfile(data):
             raise ValueError(f"data: no such CSV file {os.fspath(data)!r}")
-        return pd.read_csv(data)
+        try:
+            return pd.read_csv(data, float_precision="round_trip")  # the exact float64 written
+        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError):
+            # pandas' own message names the offending line, field counts or byte
+            # position: data-dependent numbers, so they are not passed on.
+            raise ValueError(
+                f"data: {os.fspath(data)!r} is not a readable CSV file (UTF-8 text, a header "
+                "row, the same number of fields on every row); check it with the data's owner"
+            ) from None
     if isinstance(data, Mapping):
         try:
             return pd.DataFrame({k: np.asarray(v) for k, v in data.items()})
@@ -49,34 +57,63 @@ def as_columns(by: str | Sequence[str] | None) -> list[str]:
     return [by] if isinstance(by, str) else list(by)
 
 
+MISSING = ("error", "drop")
+
+
 def check_columns(df: pd.DataFrame, columns: Sequence[str], *, numeric: Sequence[str] = ()) -> None:
-    """Raises a ValueError naming a missing column, a non-numeric one, or one holding NaN."""
+    """Raises a ValueError naming a column that is not in the table or is not numeric.
+
+    The table's schema (column names) is public; messages about values carry no
+    data-dependent numbers and no values (not even the dtype, which a single
+    stray string in a CSV column decides). Infinite values are not refused:
+    they are clamped to the public bounds like every other value.
+    """
     for c in columns:
         if c not in df.columns:
             raise ValueError(f"column {c!r} is not in the table; columns are {list(df.columns)}")
-        n_missing = int(df[c].isna().sum())
-        if n_missing:
-            raise ValueError(
-                f"column {c!r} has {n_missing} missing (NaN) values; drop or impute them first "
-                "(dropping rows by a per-row rule is private)"
-            )
     for c in numeric:
         if not pd.api.types.is_numeric_dtype(df[c]) or pd.api.types.is_bool_dtype(df[c]):
-            raise ValueError(f"column {c!r} must be numeric, got dtype {df[c].dtype}")
-        if not np.all(np.isfinite(df[c].to_numpy(np.float64))):
-            raise ValueError(f"column {c!r} has infinite values; bounds must be finite")
+            raise ValueError(f"column {c!r} must be numeric (some value is not a number)")
+
+
+def handle_missing(df: pd.DataFrame, columns: Sequence[str], missing: str) -> pd.DataFrame:
+    """Applies the declared handling of missing (NaN / empty) values in ``columns``.
+
+    ``missing="drop"`` drops every row with a missing value in one of the
+    columns the query reads: a per-row rule, so neighbouring tables stay
+    neighbouring and the guarantee holds unchanged. ``"error"`` refuses the
+    query, saying only *that* there are missing values (one bit, never a count).
+    """
+    V.one_of("missing", missing, MISSING)
+    cols = list(dict.fromkeys(columns))
+    if not cols:
+        return df
+    has = df[cols].isna().any(axis=1)
+    if missing == "drop":
+        return df[~has.to_numpy()]
+    for c in cols:
+        if df[c].isna().any():
+            raise ValueError(
+                f"column {c!r} has missing (NaN or empty) values; declare their handling: "
+                "missing='drop' (CLI: --missing drop) drops the rows that have one, a per-row "
+                "rule that keeps the guarantee, or impute them before the query"
+            )
+    return df
+
+
+MAX_BOUND = 1e30  # squares and sums of clamped values stay far from float64 overflow
 
 
 def check_bounds(bounds: Any) -> tuple[float, float]:
-    """Public clamping bounds ``(lower, upper)``: finite, lower < upper."""
+    """Public clamping bounds ``(lower, upper)``: in [-1e30, 1e30], lower < upper."""
     if bounds is None:
         raise ValueError("bounds must be given as (lower, upper); they are never read from data")
     try:
         lo, hi = bounds
     except (TypeError, ValueError):
         raise ValueError(f"bounds must be a pair (lower, upper), got {bounds!r}") from None
-    V.finite("bounds[0]", lo)
-    V.finite("bounds[1]", hi)
+    V.in_range("bounds[0]", lo, -MAX_BOUND, MAX_BOUND)
+    V.in_range("bounds[1]", hi, -MAX_BOUND, MAX_BOUND)
     if not float(lo) < float(hi):
         raise ValueError(f"bounds must satisfy lower < upper, got ({lo}, {hi})")
     return float(lo), float(hi)

@@ -89,6 +89,10 @@ class PrivacyFilter:
         """``"pure"`` (eps, delta sequential composition) or ``"zcdp"``."""
         return "pure" if self.epsilon is not None else "zcdp"
 
+    def converted(self, cost: PrivacyCost) -> PrivacyCost:
+        """``cost`` as this filter counts it (a pure eps costs rho = eps^2 / 2 in a zCDP filter)."""
+        return self._as_kind(cost)
+
     def _as_kind(self, cost: PrivacyCost) -> PrivacyCost:
         if self.kind == "zcdp":
             return PrivacyCost(rho=cost.rho + cost.epsilon**2 / 2.0, delta=cost.delta)

@@ -23,6 +23,7 @@ exponential mechanism over a public grid of candidates and have no interval.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -36,19 +37,25 @@ from scipy import special
 from dpjax import _validate as V
 from dpjax.mechanisms import _exact, _quantile
 from dpjax.mechanisms._table import (
+    MISSING,
     TableLike,
     as_columns,
     bound_contributions,
     check_bounds,
     check_columns,
+    handle_missing,
     load_table,
 )
 from dpjax.mechanisms.budget import PrivacyCost, PrivacyFilter
 from dpjax.mechanisms.noise import grid_for
 
-__all__ = ["Release", "QuerySession", "aggregate", "STATISTICS"]
+__all__ = ["Release", "PreparedQuery", "QuerySession", "aggregate", "prepare", "STATISTICS"]
 
 STATISTICS = ("count", "sum", "mean", "variance", "histogram", "quantiles")
+# Privacy parameters the exact samplers support for every statistic (noise scales
+# within the int32 discrete samplers' ranges after the budget is split).
+EPSILON_RANGE = (1e-6, 1e6)
+RHO_RANGE = (1e-5, 1e6)
 _dlap = _exact.discrete_laplace_noise  # jitted inside
 _dgauss = _exact.discrete_gaussian_noise
 
@@ -81,6 +88,27 @@ def _pad(n: int) -> int:
     return max(8, 1 << (n - 1).bit_length())  # few distinct shapes, few compilations
 
 
+_MAX_LAPLACE_SCALE = 2.0**24  # the discrete Laplace sampler's cap (2**24 or above)
+
+
+def _calibrate(l1: float, l2: float, nz: _Noise, integer: bool):
+    """Grid and exact-sampler parameters of one release; a function of public settings only.
+
+    Raises the samplers' ValueError when a noise scale is outside their range;
+    :func:`_plan` calls it for every release of a query before anything runs.
+    """
+    if nz.epsilon is not None:
+        integer = integer and 2.0**-30 < l1 / nz.epsilon <= _MAX_LAPLACE_SCALE  # else the grid
+        g = 1.0 if integer else grid_for(l1 / nz.epsilon)
+        sens_g = round(l1) if integer else math.ceil(l1 / g) + 1
+        return g, integer, _exact.rational_scale(sens_g, nz.epsilon)
+    sigma = l2 / math.sqrt(2.0 * nz.rho)
+    integer = integer and 2.0**-15 < sigma <= _exact.MAX_SIGMA / 2
+    g = 1.0 if integer else grid_for(2.0 * sigma)
+    sens_g = l2 if integer else math.ceil(l2 / g) + 1
+    return g, integer, _exact.gaussian_params(np.asarray(sens_g**2 / (2.0 * nz.rho)))
+
+
 def _release(key, x, l1, l2, nz: _Noise, alpha: float, integer: bool = False):
     """Grid release of float64 ``x`` with L1 (pure) / L2 (zCDP) sensitivity.
 
@@ -90,19 +118,17 @@ def _release(key, x, l1, l2, nz: _Noise, alpha: float, integer: bool = False):
     [value - h, value + h] holds the exact x with probability >= 1 - alpha.
     """
     n = len(x)
+    g, integer, params = _calibrate(l1, l2, nz, integer)
     if nz.epsilon is not None:
-        g = 1.0 if integer else grid_for(l1 / nz.epsilon)
-        sens_g = round(l1) if integer else math.ceil(l1 / g) + 1
-        t, s = _exact.rational_scale(sens_g, nz.epsilon)
+        t, s = params
         z = np.asarray(_dlap(key, t, s, (_pad(n),)))[:n]
         p = math.exp(-float(s) / float(t))  # P[|Z| >= k] = 2 p^k / (1 + p)
-        k = max(0, math.ceil(math.log(alpha * (1.0 + p) / 2.0) / math.log(p)) - 1)
+        if p == 0.0:  # scale below ~1/745: the noise is 0 in float64
+            k = 0
+        else:
+            k = max(0, math.ceil(math.log(alpha * (1.0 + p) / 2.0) / math.log(p)) - 1)
     else:
-        sigma = l2 / math.sqrt(2.0 * nz.rho)
-        integer = integer and sigma <= _exact.MAX_SIGMA / 2
-        g = 1.0 if integer else grid_for(2.0 * sigma)
-        sens_g = l2 if integer else math.ceil(l2 / g) + 1
-        t, m, d = _exact.gaussian_params(np.asarray(sens_g**2 / (2.0 * nz.rho)))
+        t, m, d = params
         z = np.asarray(_dgauss(key, t, m, d, (_pad(n),)))[:n]
         sig2 = float(t) * float(m) / float(d)
         ys = np.arange(0, int(40 * math.sqrt(sig2)) + 2)
@@ -112,6 +138,37 @@ def _release(key, x, l1, l2, nz: _Noise, alpha: float, integer: bool = False):
         k = int(np.argmax(np.append(tail[1:], 0.0) <= alpha))  # smallest k: P[|Z| > k] <= alpha
     base = np.round(x / g)  # exact: g is a power of two
     return (base + z) * g, (k + (0.0 if integer else 0.5)) * g
+
+
+def _check_noise(statistic, bounds, nz: _Noise, l_inf: int, l0: int) -> None:
+    """Calibrates every noisy sum of a query up front: unsupported scales fail before any work.
+
+    Mirrors :func:`_moments`: a count is one integer sum; a sum one sum of
+    clamped values; a mean two sums (count, centred values); a variance three.
+    """
+    if statistic == "quantiles":
+        return
+    if statistic in ("count", "histogram"):
+        sums = [(1.0, True)]
+    else:
+        lo, hi = bounds
+        r = (hi - lo) / 2.0
+        sums = {"sum": [(max(abs(lo), abs(hi)), False)], "mean": [(1.0, True), (r, False)],
+                "variance": [(1.0, True), (r, False), (r * r, False)]}[statistic]  # fmt: skip
+    part = nz.split(len(sums))
+    for c, integer in sums:
+        try:
+            _calibrate(l0 * l_inf * c, math.sqrt(l0) * l_inf * c, part, integer)
+        except ValueError:
+            name = "epsilon" if nz.epsilon is not None else "rho"
+            value = nz.epsilon if nz.epsilon is not None else nz.rho
+            raise ValueError(
+                f"{name} is out of range for this query: each of its {len(sums)} noisy sum(s) "
+                f"gets {name}={value / len(sums):g} after partition selection's share, and "
+                "its noise scale (sensitivity from bounds, max_rows_per_unit and "
+                "max_groups_per_unit) is outside what the exact samplers draw; raise "
+                f"{name}, lower selection_fraction, or narrow those settings"
+            ) from None
 
 
 def _uniform64(key: jax.Array, n: int) -> np.ndarray:
@@ -152,6 +209,81 @@ class _Query:
     bins: Any
 
 
+@dataclasses.dataclass(frozen=True, eq=False)
+class PreparedQuery:
+    """A query checked against its table and priced; :meth:`run` releases it.
+
+    Everything checkable (parameters, columns, missing values) is checked when
+    the query is prepared, before any budget is charged, so a refused query
+    costs nothing; the cost depends on the parameters only, never on the data.
+    """
+
+    data: pd.DataFrame
+    query: _Query
+    noise: _Noise
+    cost: PrivacyCost
+    options: dict[str, Any]
+
+    @property
+    def columns(self) -> list[str]:
+        """The columns the query reads (value, group-by, privacy unit)."""
+        q, unit = self.query, self.options["unit"]
+        return list(dict.fromkeys([*([q.column] if q.column else []), *q.by,
+                                   *([unit] if unit else [])]))  # fmt: skip
+
+    def run(self, key: jax.Array) -> Release:
+        """Draws the noise with ``key`` and returns the :class:`Release`."""
+        key = V.prng_key("key", key)
+        return _run(self.data, key, self.query, self.noise, self.cost, **self.options)
+
+
+def prepare(
+    data: TableLike,
+    statistic: str,
+    column: str | None = None,
+    *,
+    epsilon: float | None = None,
+    rho: float | None = None,
+    delta: float = 0.0,
+    bounds: tuple[float, float] | None = None,
+    by: str | Sequence[str] | None = None,
+    groups: Sequence[Any] | None = None,
+    quantiles: Sequence[float] = (0.5,),
+    bins: Any = None,
+    privacy_unit: str | None = None,
+    max_rows_per_unit: int = 1,
+    max_groups_per_unit: int = 1,
+    selection_fraction: float = 0.5,
+    confidence: float = 0.95,
+    missing: str = "error",
+) -> PreparedQuery:
+    """Checks a query against its table and prices it; see :func:`aggregate` for the arguments.
+
+    Privacy: preparing releases nothing. Its errors name parameters and columns
+    (the public schema) and say at most *that* a column has missing values,
+    never how many.
+
+    >>> import numpy as np
+    >>> p = prepare({"x": np.arange(4.0)}, "sum", "x", epsilon=0.5, bounds=(0, 4))
+    >>> p.cost.epsilon, p.columns
+    (0.5, ['x'])
+    """
+    q, nz, cost, opts = _plan(
+        statistic, column, epsilon, rho, delta, bounds, by, groups, quantiles, bins,
+        privacy_unit, max_rows_per_unit, max_groups_per_unit, selection_fraction, confidence,
+    )  # fmt: skip
+    V.one_of("missing", missing, MISSING)
+    df = load_table(data)
+    unit = opts["unit"]
+    need = ([q.column] if q.column else []) + q.by + ([unit] if unit else [])
+    numeric = [q.column] if q.statistic != "count" and q.column else []
+    if q.statistic == "histogram" and q.bins is None:
+        numeric = []
+    check_columns(df, need, numeric=numeric)
+    df = handle_missing(df, need, missing)
+    return PreparedQuery(df, q, nz, cost, opts)
+
+
 def aggregate(
     data: TableLike,
     statistic: str,
@@ -171,6 +303,7 @@ def aggregate(
     max_groups_per_unit: int = 1,
     selection_fraction: float = 0.5,
     confidence: float = 0.95,
+    missing: str = "error",
 ) -> Release:
     """One DP aggregate of a table; see the module docstring for the guarantee.
 
@@ -178,26 +311,34 @@ def aggregate(
       data: DataFrame, mapping of column arrays, or CSV path.
       statistic: one of ``count, sum, mean, variance, histogram, quantiles``.
       column: the value column (all but ``count``).
-      key: a ``jax.random.key``; required (no default seed).
-      epsilon / rho: the query's privacy parameter (exactly one).
+      key: a ``jax.random.key``; required (no default seed). Where the noise
+        protects data use :func:`dpjax.secure_key`.
+      epsilon / rho: the query's privacy parameter (exactly one), epsilon in
+        ``EPSILON_RANGE`` = [1e-6, 1e6], rho in ``RHO_RANGE`` = [1e-5, 1e6].
       delta: partition selection's delta, needed when ``by`` is given without
         ``groups``.
-      bounds: public (lower, upper) clamping bounds (sum, mean, variance, quantiles).
-      by: group-by column(s); ``groups``: public list of group keys (then no selection).
-      quantiles: quantile levels in [0, 1]; ``bins``: histogram bin edges (numeric)
-        or, if None, the column's values are categories released via selection
-        unless ``groups`` lists them.
+      bounds: public (lower, upper) clamping bounds (sum, mean, variance,
+        quantiles), within [-1e30, 1e30]; infinite values are clamped too.
+      by: group-by column(s); ``groups``: public list of group keys (then no
+        selection); with several ``by`` columns each key is a tuple.
+      quantiles: quantile levels in [0, 1]; ``bins``: histogram bin edges
+        (numeric; values below the first or at/above the last edge are counted
+        in two extra bins, ``(-inf, first)`` and ``[last, inf)``, always
+        released) or, if None, the column's values are categories released via
+        selection unless ``groups`` lists them.
       privacy_unit: column identifying a unit (person); None means one row.
       max_rows_per_unit: L-inf bound (rows per unit per group).
       max_groups_per_unit: L0 bound (groups per unit).
       selection_fraction: share of the budget spent on partition selection.
       confidence: confidence level of the intervals.
+      missing: ``"error"`` (default) refuses a table with missing values in a
+        column the query reads; ``"drop"`` drops those rows (a per-row rule).
 
     Returns:
       A :class:`Release`.
 
     Raises:
-      ValueError: a parameter out of range, a missing column, NaN values ...
+      ValueError: a parameter out of range, a missing column, missing values ...
 
     >>> import jax, numpy as np
     >>> data = {"region": np.array(["a"] * 50 + ["b"] * 50), "income": np.arange(100.0)}
@@ -206,12 +347,47 @@ def aggregate(
     >>> list(r.table.columns)
     ['region', 'value', 'ci_low', 'ci_high']
     """
-    q, nz, cost, opts = _plan(
-        statistic, column, epsilon, rho, delta, bounds, by, groups, quantiles, bins,
-        privacy_unit, max_rows_per_unit, max_groups_per_unit, selection_fraction, confidence,
-    )  # fmt: skip
     key = V.prng_key("key", key)
-    return _run(load_table(data), key, q, nz, cost, **opts)
+    return prepare(
+        data, statistic, column, epsilon=epsilon, rho=rho, delta=delta, bounds=bounds, by=by,
+        groups=groups, quantiles=quantiles, bins=bins, privacy_unit=privacy_unit,
+        max_rows_per_unit=max_rows_per_unit, max_groups_per_unit=max_groups_per_unit,
+        selection_fraction=selection_fraction, confidence=confidence, missing=missing,
+    ).run(key)  # fmt: skip
+
+
+def _check_groups(groups: Any, cols: list[str], statistic: str) -> list[Any] | None:
+    """Public group keys: scalars for one group-by column, tuples of len(by) for several."""
+    if groups is None:
+        return None
+    if not cols and statistic != "histogram":
+        raise ValueError("groups needs by= (the group-by columns the keys belong to)")
+    if isinstance(groups, str | bytes | dict) or not hasattr(groups, "__iter__"):
+        raise ValueError(f"groups must be a list of group keys, got {groups!r}")
+    out = list(groups)
+    if not out:
+        raise ValueError("groups must list at least one key (or be None for partition selection)")
+    if len(cols) > 1:
+        for g in out:
+            if isinstance(g, str | bytes) or not isinstance(g, Sequence) or len(g) != len(cols):
+                raise ValueError(
+                    f"groups: with by={cols} each key must be a tuple of {len(cols)} values, "
+                    f"got {g!r}"
+                )
+        out = [tuple(g) for g in out]
+    else:
+        for g in out:
+            if isinstance(g, tuple | list | np.ndarray):
+                raise ValueError(
+                    f"groups: with one group-by column each key is one value, got {g!r}"
+                )
+    try:
+        repeated = len(set(out)) != len(out)
+    except TypeError:
+        raise ValueError(f"groups: keys must be hashable values, got {out!r}") from None
+    if repeated:
+        raise ValueError("groups must not list a key twice")
+    return out
 
 
 def _plan(statistic, column, epsilon, rho, delta, bounds, by, groups, quantiles, bins,
@@ -222,8 +398,10 @@ def _plan(statistic, column, epsilon, rho, delta, bounds, by, groups, quantiles,
         raise ValueError("give exactly one of epsilon (pure DP) or rho (zCDP)")
     if epsilon is not None:
         V.positive("epsilon", epsilon)
+        V.in_range("epsilon", epsilon, *EPSILON_RANGE)
     else:
         V.positive("rho", rho)
+        V.in_range("rho", rho, *RHO_RANGE)
     V.in_range("delta", delta, 0.0, 1.0, hi_closed=False)
     V.open_unit("confidence", confidence)
     V.open_unit("selection_fraction", selection_fraction)
@@ -249,7 +427,10 @@ def _plan(statistic, column, epsilon, rho, delta, bounds, by, groups, quantiles,
                 raise ValueError(f"bins must be >= 2 finite edges, got {bins!r}")
             if np.any(np.diff(edges) <= 0):
                 raise ValueError("bins must be strictly increasing")
+            if groups is not None:
+                raise ValueError("give bins or groups for a histogram, not both")
             bins = edges
+    groups = _check_groups(groups, cols, statistic)
     selecting = (bool(cols) or (statistic == "histogram" and bins is None)) and groups is None
     if selecting and not 0.0 < delta < 1.0:
         raise ValueError(
@@ -264,27 +445,33 @@ def _plan(statistic, column, epsilon, rho, delta, bounds, by, groups, quantiles,
                      None if rho is None else rho * selection_fraction)  # fmt: skip
         nz = _Noise(None if epsilon is None else epsilon - sel.epsilon,
                     None if rho is None else rho - sel.rho)  # fmt: skip
-    q = _Query(statistic, column, bounds, cols, None if groups is None else list(groups), qs, bins)
+    l0_eff = l0 if cols or statistic == "histogram" else 1  # as in _run
+    _check_noise(statistic, bounds, nz, l_inf if privacy_unit else 1, l0_eff)
+    q = _Query(statistic, column, bounds, cols, groups, qs, bins)
     opts = dict(sel=sel, delta=delta, unit=privacy_unit, l_inf=l_inf, l0=l0, conf=confidence)
     return q, nz, total, opts
 
 
+def _histogram_bins(values: np.ndarray, edges: np.ndarray) -> tuple[np.ndarray, list[str]]:
+    """Bin labels of ``values``: the edges' bins plus an underflow and an overflow bin.
+
+    The two extra bins are always released (noised like the others), whatever
+    the data, so out-of-range values are counted openly instead of being moved
+    into the edge bins.
+    """
+    idx = np.searchsorted(edges, values, "right")  # 0: below edges[0]; len(e): >= edges[-1]
+    labels = [f"(-inf, {edges[0]:g})"]
+    labels += [f"[{edges[i]:g}, {edges[i + 1]:g})" for i in range(len(edges) - 1)]
+    labels += [f"[{edges[-1]:g}, inf)"]
+    return np.asarray(labels, dtype=object)[idx], labels
+
+
 def _run(df, key, q: _Query, nz: _Noise, cost, *, sel, delta, unit, l_inf, l0, conf) -> Release:
-    need = ([q.column] if q.column else []) + q.by + ([unit] if unit else [])
-    numeric = [q.column] if q.statistic not in ("count",) and q.column else []
-    if q.statistic == "histogram" and q.bins is None:
-        numeric = []
-    check_columns(df, need, numeric=numeric)
     by = list(q.by)
     if q.statistic == "histogram":
         df = df.copy()
         if q.bins is not None:
-            e = q.bins
-            idx = np.clip(np.searchsorted(e, df[q.column].to_numpy(np.float64), "right") - 1,
-                          0, len(e) - 2)  # fmt: skip
-            labels = [f"[{e[i]:g}, {e[i + 1]:g})" for i in range(len(e) - 1)]
-            df["bin"] = np.asarray(labels, dtype=object)[idx]
-            groups = labels
+            df["bin"], groups = _histogram_bins(df[q.column].to_numpy(np.float64), q.bins)
         else:
             df["bin"] = df[q.column]
             groups = q.groups
@@ -409,12 +596,20 @@ def _quantiles(df, key, q: _Query, by, index, nz: _Noise, l_inf, l0) -> pd.DataF
 class QuerySession:
     """A sequence of DP queries on one table sharing one :class:`PrivacyFilter`.
 
-    Each query is priced before it runs; a query that would exceed the budget
-    raises :class:`BudgetExceededError` and nothing is released or spent. The
-    session splits its key for every query.
+    Each query is checked against the table and priced before anything is
+    charged; a query refused for its parameters or data, or one that would
+    exceed the budget, raises and leaves the filter (and the ledger) exactly as
+    it was. The session splits its key for every query.
+
+    With ``ledger`` (a :class:`dpjax.mechanisms.ledger.Ledger` or its location),
+    every query is also charged to the table's account in that persistent
+    ledger, in one transaction, before its noise is drawn; the session's budget
+    is the account's total when the table is first registered.
 
     Privacy: the whole session is (epsilon, delta)-DP (or rho-zCDP plus delta)
-    for the budget given, under add/remove of one privacy unit.
+    for the budget given, under add/remove of one privacy unit; with a ledger,
+    every session and CLI query on the same table together stay within the
+    account's total.
 
     >>> import jax, numpy as np
     >>> s = QuerySession({"x": np.arange(10.0)}, key=jax.random.key(0), epsilon=1.0)
@@ -435,35 +630,45 @@ class QuerySession:
         max_rows_per_unit: int = 1,
         max_groups_per_unit: int = 1,
         confidence: float = 0.95,
+        missing: str = "error",
+        ledger: Any = None,
     ):
         self._key = V.prng_key("key", key)
         self.filter = PrivacyFilter(epsilon=epsilon, rho=rho, delta=delta)
-        self.data = load_table(data)
         self._defaults = dict(
             privacy_unit=privacy_unit,
             max_rows_per_unit=V.positive_int("max_rows_per_unit", max_rows_per_unit),
             max_groups_per_unit=V.positive_int("max_groups_per_unit", max_groups_per_unit),
-            confidence=confidence,
+            confidence=V.open_unit("confidence", confidence),
+            missing=V.one_of("missing", missing, MISSING),
         )
+        self.data = load_table(data)
+        self.ledger, self.dataset = None, None
+        if ledger is not None:
+            from dpjax.mechanisms.ledger import Ledger, dataset_id
+
+            self.ledger = ledger if isinstance(ledger, Ledger) else Ledger(ledger)
+            self.dataset = dataset_id(self.data)
 
     def query(self, statistic: str, column: str | None = None, **kwargs: Any) -> Release:
-        """Runs :func:`aggregate` after charging its cost to the session's filter."""
+        """Runs :func:`aggregate` after charging its cost to the session's filter (and ledger)."""
         opts = {**self._defaults, **kwargs}
-        if "epsilon" not in opts and "rho" not in opts:
+        if opts.get("epsilon") is None and opts.get("rho") is None:
             raise ValueError("each query needs its own epsilon= (or rho=) out of the budget")
-        args = {k: opts.pop(k, None) for k in ("epsilon", "rho")}
-        q, nz, cost, run_opts = _plan(
-            statistic, column, args["epsilon"], args["rho"], opts.pop("delta", 0.0),
-            opts.pop("bounds", None), opts.pop("by", None), opts.pop("groups", None),
-            opts.pop("quantiles", (0.5,)), opts.pop("bins", None), opts.pop("privacy_unit"),
-            opts.pop("max_rows_per_unit"), opts.pop("max_groups_per_unit"),
-            opts.pop("selection_fraction", 0.5), opts.pop("confidence"),
-        )  # fmt: skip
-        if opts:
-            raise TypeError(f"unknown query options {sorted(opts)}")
-        self.filter = self.filter.charge(cost)  # raises before anything is computed
+        unknown = set(opts) - set(inspect.signature(prepare).parameters) | (
+            set(opts) & {"data", "statistic", "column"}
+        )
+        if unknown:
+            raise TypeError(f"unknown query options {sorted(unknown)}")
+        prepared = prepare(self.data, statistic, column, **opts)  # all checks, nothing spent
+        charged = self.filter.charge(prepared.cost)  # raises before anything is spent
+        if self.ledger is not None:
+            budget = dataclasses.replace(self.filter, spent=PrivacyCost())
+            self.ledger.charge(self.dataset, prepared.cost, budget=budget,
+                               statistic=statistic, columns=prepared.columns)  # fmt: skip
+        self.filter = charged  # spent from here on, even if the release below failed
         self._key, sub = jax.random.split(self._key)
-        return _run(self.data, sub, q, nz, cost, **run_opts)
+        return prepared.run(sub)
 
     def count(self, **kw: Any) -> Release:
         return self.query("count", None, **kw)

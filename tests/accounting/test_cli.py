@@ -1,6 +1,7 @@
 """The epsilon / calibrate subcommands, through a parser built here."""
 
 import argparse
+import re
 
 import pytest
 
@@ -52,3 +53,39 @@ def test_calibrate_meets_the_target(capsys):
 def test_bad_input_raises_value_error(argv, name):
     with pytest.raises(ValueError, match=name):
         _run([*argv, "--accountant", "rdp"])
+
+
+@pytest.mark.parametrize(
+    "argv,match",
+    [
+        (
+            ["epsilon", "--q", "0.01", "--sigma", "1e300", "--steps", "10", "--delta", "1e-5"],
+            r"noise_multiplier \(--sigma\) must be in \[0.001, 1000000.0\], got 1e\+300",
+        ),
+        (
+            ["epsilon", "--q", "0.01", "--sigma", "1e-300", "--steps", "10", "--delta", "1e-5"],
+            r"noise_multiplier \(--sigma\) must be in \[0.001, 1000000.0\], got 1e-300",
+        ),
+        (
+            ["epsilon", "--q", "0.01", "--sigma", "nan", "--steps", "10", "--delta", "1e-5"],
+            r"noise_multiplier \(--sigma\) must be > 0 and finite, got nan",
+        ),
+        (
+            ["calibrate", "--epsilon", "1e300", "--delta", "1e-5", "--q", "0.01", "--steps", "10"],
+            r"target_epsilon \(--epsilon\) must be in \(0.0, 10000.0\], got 1e\+300",
+        ),
+        (
+            ["calibrate", "--epsilon", "inf", "--delta", "1e-5", "--q", "0.01", "--steps", "10"],
+            r"target_epsilon \(--epsilon\) must be > 0 and finite, got inf",
+        ),
+    ],
+)
+def test_extreme_values_are_clear_errors_through_the_command(argv, match, capsys):
+    # Before: sigma=1e300 raised OverflowError and sigma=1e-300 a divide-by-zero
+    # from inside the accountant, with a traceback.
+    from dpjax import cli as dispatcher
+
+    assert dispatcher.main([*argv, "--accountant", "rdp"]) == 2
+    err = capsys.readouterr().err
+    assert re.search(match, err), err
+    assert "Traceback" not in err

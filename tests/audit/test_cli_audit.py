@@ -12,7 +12,9 @@ from dpjax.audit.cli import main as audit_main
 def test_audit_of_poisson_steps_reports_bound_and_claim(tmp_path, capsys):
     # Two Poisson-sampled steps (q = 0.5) at sigma = 1: the accountant claims 5.38.
     out = tmp_path / "a.json"
-    argv = ["audit", "step", "--trials", "4000", "--steps", "2", "--sampling-rate", "0.5"]
+    # A fixed key keeps the test deterministic (the default draws from OS entropy).
+    argv = ["audit", "step", "--trials", "4000", "--steps", "2", "--sampling-rate", "0.5",
+            "--seed", "0"]  # fmt: skip
     rc = audit_main([*argv, "--output", str(out)])
     text = capsys.readouterr().out
     assert rc == 0, text
@@ -27,6 +29,9 @@ def test_audit_of_poisson_steps_reports_bound_and_claim(tmp_path, capsys):
         (["audit", "step", "--trials", "0"], "num_trials must be >= 1"),
         (["audit", "step", "--noise-multiplier", "-1"], "noise_multiplier must be > 0"),
         (["audit", "one-run", "--canaries", "0"], "num_canaries must be >= 1"),
+        # JAX keeps 32 bits of an integer seed: a wider one is refused, not truncated.
+        (["audit", "step", "--seed", str(2**32 + 7)], r"seed must be in \[0, 2\*\*32\)"),
+        (["audit", "selftest", "--seed", "-1"], r"seed must be in \[0, 2\*\*32\)"),
     ],
 )
 def test_audit_bad_input_is_a_clear_error(argv, match, capsys):
