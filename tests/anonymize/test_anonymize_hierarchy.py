@@ -8,10 +8,15 @@ from dpjax.anonymize import CategoryTree, numeric_range, truncate_date, zip_pref
 from dpjax.data.census import DIAGNOSES, census_table
 
 
+def _values(series: pd.Series) -> list:
+    """The values with every missing marker as None (pandas 3 string columns hold NaN)."""
+    return [None if pd.isna(v) else v for v in series.tolist()]
+
+
 def test_numeric_range():
     s = pd.Series([0, 9, 10, -1, np.nan, 2.5])
     out = numeric_range(s, width=10)
-    assert out.tolist() == ["[0, 10)", "[0, 10)", "[10, 20)", "[-10, 0)", None, "[0, 10)"]
+    assert _values(out) == ["[0, 10)", "[0, 10)", "[10, 20)", "[-10, 0)", None, "[0, 10)"]
     assert numeric_range(pd.Series([7]), 5, start=2).tolist() == ["[7, 12)"]
     with pytest.raises(ValueError, match="width must be > 0"):
         numeric_range(s, 0)
@@ -19,12 +24,12 @@ def test_numeric_range():
 
 def test_truncate_date_and_zip_prefix():
     d = pd.Series(pd.to_datetime(["1984-07-19", None, "2001-01-01"]))
-    assert truncate_date(d, "month").tolist() == ["1984-07", None, "2001-01"]
-    assert truncate_date(d, "decade").tolist() == ["1980s", None, "2000s"]
+    assert _values(truncate_date(d, "month")) == ["1984-07", None, "2001-01"]
+    assert _values(truncate_date(d, "decade")) == ["1980s", None, "2000s"]
     with pytest.raises(ValueError, match="unit must be one of"):
         truncate_date(d, "week")
     z = pd.Series(["02139", "1", None, "10001-1234"])
-    assert zip_prefix(z, 3).tolist() == ["021**", "*", None, "100*******"]
+    assert _values(zip_prefix(z, 3)) == ["021**", "*", None, "100*******"]
 
 
 def test_category_tree():
@@ -35,7 +40,7 @@ def test_category_tree():
     assert t.height == 3 and t.n_leaves("other") == 2
     assert t.lca_of_range(0, 1) == "resp" and t.lca_of_range(1, 2) == "*"
     g = t.generalize(pd.Series(["fracture", "flu", None]), level=1)
-    assert g.tolist() == ["other", "resp", None]
+    assert _values(g) == ["other", "resp", None]
     assert t.generalize(pd.Series(["asthma"]), level=5).tolist() == ["asthma"]
     with pytest.raises(ValueError, match="no leaf for values"):
         t.generalize(pd.Series(["cold"], name="dx"), 1)
@@ -71,5 +76,5 @@ def test_census_is_seeded_and_realistic():
 def test_zip_prefix_keeps_every_kind_of_missing_missing(missing):
     """A missing ZIP code stays missing (not masked as the text '<NA>'); 'NA' is a value."""
     s = pd.Series(["02139", missing, "NA"], dtype=object)
-    assert zip_prefix(s, 3).tolist() == ["021**", None, "**"]
-    assert zip_prefix(s.astype("string"), 3).tolist() == ["021**", None, "**"]
+    assert _values(zip_prefix(s, 3)) == ["021**", None, "**"]
+    assert _values(zip_prefix(s.astype("string"), 3)) == ["021**", None, "**"]
