@@ -230,7 +230,8 @@ def test_clip_weights_bound_each_kept_example_and_zero_the_rest(clipping):
     np.testing.assert_allclose(w.norms, [0.3, 5.0, 0.0, 0.0, 0.0], rtol=1e-6)
     weights = np.stack([np.asarray(x) for x in w.weights])  # (leaves, n)
     assert np.all(np.isfinite(weights)) and np.all(weights[:, 3:] == 0.0)
-    clipped = np.sqrt(np.sum(weights**2 * np.stack([np.asarray(s) for s in sq])[:, :3], axis=0))
+    sq_kept = np.stack([np.asarray(s) for s in sq])[:, :3]
+    clipped = np.sqrt(np.sum(weights[:, :3] ** 2 * sq_kept, axis=0))
     assert np.all(clipped <= c * (1 + 1e-6)), clipped
     if clipping == "flat":
         np.testing.assert_allclose(weights[:, :3], [[1.0, c / 5.0, 1.0]] * 2, rtol=1e-6)
