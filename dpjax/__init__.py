@@ -9,17 +9,35 @@ import importlib.util as _ilu
 import sys as _sys
 from pathlib import Path as _Path
 
-# A wheel or an editable install maps the top-level `kernels/` folder to
-# `dpjax.kernels`. From a plain source checkout on PYTHONPATH nothing does, so
-# load it from beside the package.
-if _ilu.find_spec("dpjax.kernels") is None:
-    _kdir = _Path(__file__).resolve().parent.parent / "kernels"
-    _spec = _ilu.spec_from_file_location(
-        "dpjax.kernels", _kdir / "__init__.py", submodule_search_locations=[str(_kdir)]
+
+def _mount_kernels() -> None:
+    """Makes ``dpjax.kernels`` the ``kernels/`` folder that ships with this ``dpjax``.
+
+    The one rule: an installed wheel has ``dpjax/kernels/`` (pyproject.toml's
+    ``[tool.setuptools.package-dir]`` copies the top-level ``kernels/`` there)
+    and it is imported as an ordinary subpackage; a source tree (plain
+    checkout on ``PYTHONPATH`` or editable install) has ``kernels/`` beside
+    ``dpjax/`` and it is loaded from there, so dpjax and its kernels always
+    come from the same tree. A ``dpjax.kernels`` already imported is kept.
+    """
+    here = _Path(__file__).resolve().parent
+    kdir = here.parent / "kernels"
+    if (
+        "dpjax.kernels" in _sys.modules
+        or (here / "kernels").is_dir()
+        or not (kdir / "__init__.py").is_file()
+    ):
+        return
+    spec = _ilu.spec_from_file_location(
+        "dpjax.kernels", kdir / "__init__.py", submodule_search_locations=[str(kdir)]
     )
-    _mod = _ilu.module_from_spec(_spec)
-    _sys.modules["dpjax.kernels"] = _mod
-    _spec.loader.exec_module(_mod)
+    mod = _ilu.module_from_spec(spec)
+    _sys.modules["dpjax.kernels"] = mod
+    spec.loader.exec_module(mod)
+    globals()["kernels"] = mod  # what `import dpjax.kernels` would bind on the package
+
+
+_mount_kernels()
 
 from dpjax import accounting as accounting  # noqa: E402
 from dpjax import anonymize as anonymize  # noqa: E402

@@ -1,32 +1,51 @@
 """``clipped_grad``: a ``jax.grad``-like transform returning summed clipped gradients.
 
-Data flow for one batch (``../shared/DESIGN.md``): per-example gradients
-(``vmap(grad)``, microbatched if asked), per-example norms, clip factors
-``c_i = min(1, C / ||g_i||)``, then ``sum_i m_i c_i g_i`` where ``m_i`` is the
-mask. Padding examples and examples with a non-finite loss or gradient add
-exactly zero. The result is a *sum*: noise is added to it and it is divided
-by a public constant downstream (``dpjax.add_noise``).
+Data flow for one batch (``../shared/DESIGN.md``): per-example squared norms
+of each parameter leaf (from per-example gradients, :func:`_vmap_clipped_sum`,
+or from layer inputs and output gradients, :func:`_ghost_clipped_sum`), clip
+weights (:func:`_clip_weights`: ``c_i = min(1, C / ||g_i||)`` times the mask),
+then ``sum_i m_i c_i g_i``. Padding examples and examples with a non-finite
+loss or gradient add exactly zero. Both strategies return a
+:class:`ClippedSum`; microbatching sums it over chunks (``lax.scan``). The
+result is a *sum*: noise is added to it and it is divided by a public
+constant downstream (``dpjax.add_noise``).
+
+The options live in a frozen :class:`ClipConfig`, checked once when
+``clipped_grad`` is called; a :class:`ClippedGradFn` is the loss plus that
+config and carries the :class:`Sensitivity` that ``add_noise`` reads (any
+:class:`HasSensitivity`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
-from collections.abc import Callable
-from typing import Any, NamedTuple
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, runtime_checkable
 
 import jax
 import jax.numpy as jnp
 
 from dpjax import _validate
 from dpjax.kernels import clip as clip_k
-from dpjax.kernels import ghost as ghost_k
 from dpjax.kernels import per_example as pe
-from dpjax.kernels.dtypes import wide_float
+from dpjax.kernels.dtypes import cast_floating, wide_float
+
+if TYPE_CHECKING:
+    from dpjax.flax_ghost import GhostPlan
 
 PyTree = Any
 
-__all__ = ["Sensitivity", "ClipStats", "ClippedGradFn", "clipped_grad"]
+__all__ = [
+    "Sensitivity",
+    "HasSensitivity",
+    "sensitivity_of",
+    "ClipStats",
+    "ClipConfig",
+    "ClippedSum",
+    "PerExample",
+    "ClippedGradFn",
+    "clipped_grad",
+]
 
 RELATIONS = ("add_remove", "replace_one")
 CLIPPINGS = ("flat", "per_layer", "automatic")
@@ -60,6 +79,39 @@ class Sensitivity:
         return self.l2_clip * (2.0 if self.relation == "replace_one" else 1.0)
 
 
+@runtime_checkable
+class HasSensitivity(Protocol):
+    """Anything that carries the :class:`Sensitivity` of the sums it produces.
+
+    ``ClippedGradFn`` and ``dpjax.nnx.NnxClippedGradFn`` implement it, so
+    ``dpjax.add_noise(sensitivity=grad_fn, ...)`` builds the noise from the
+    clipping that made the sums.
+    """
+
+    @property
+    def sensitivity(self) -> Sensitivity: ...
+
+
+def sensitivity_of(source: Sensitivity | HasSensitivity) -> Sensitivity:
+    """``source`` itself if it is a :class:`Sensitivity`, else ``source.sensitivity``.
+
+    Raises:
+      TypeError: ``source`` is neither, or its ``sensitivity`` is not a
+        :class:`Sensitivity`.
+
+    >>> sensitivity_of(clipped_grad(lambda w, x: (w * x).sum(), 2.0)).l2
+    2.0
+    """
+    if isinstance(source, Sensitivity):
+        return source
+    if isinstance(source, HasSensitivity) and isinstance(source.sensitivity, Sensitivity):
+        return source.sensitivity
+    raise TypeError(
+        "sensitivity must be a dpjax.Sensitivity or the function dpjax.clipped_grad "
+        f"returned (anything with a Sensitivity in .sensitivity), got {type(source).__name__}"
+    )
+
+
 class ClipStats(NamedTuple):
     """Statistics of one clipped-gradient call (all scalars except ``aux``)."""
 
@@ -72,30 +124,139 @@ class ClipStats(NamedTuple):
     aux: Any = None  # per-example auxiliary outputs (leading axis n) with has_aux
 
 
+def _check_bool(name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+    return value
+
+
+def _check_compute_dtype(value: Any) -> Any:
+    if value is None:
+        return None
+    try:
+        dtype = jnp.dtype(value)
+    except TypeError:
+        raise TypeError(f"compute_dtype must be a floating dtype or None, got {value!r}") from None
+    if not jnp.issubdtype(dtype, jnp.floating):
+        raise ValueError(f"compute_dtype must be a floating dtype or None, got {value}")
+    return dtype
+
+
+@dataclasses.dataclass(frozen=True)
+class ClipConfig:
+    """The options of :func:`clipped_grad`, checked once when they are given.
+
+    See :func:`clipped_grad` for what each option means. Invalid values raise
+    ``ValueError`` (or ``TypeError`` for a wrong type) naming the parameter.
+
+    >>> ClipConfig(1.0, relation="replace_one").sensitivity.l2
+    2.0
+    """
+
+    l2_clip: float
+    relation: str = "add_remove"
+    has_aux: bool = False
+    clipping: str = "flat"
+    microbatch_size: int | None = None
+    keep_batch_dim: bool = True
+    stability: float = 0.01
+    method: str = "vmap"
+    compute_dtype: Any = None
+
+    def __post_init__(self):
+        Sensitivity(l2_clip=self.l2_clip, relation=self.relation)  # checks both
+        _validate.one_of("clipping", self.clipping, CLIPPINGS)
+        _validate.one_of("method", self.method, METHODS)
+        if self.microbatch_size is not None:
+            mb = _validate.positive_int("microbatch_size", self.microbatch_size)
+            object.__setattr__(self, "microbatch_size", mb)
+        _validate.positive("stability", self.stability)
+        object.__setattr__(self, "compute_dtype", _check_compute_dtype(self.compute_dtype))
+        _check_bool("has_aux", self.has_aux)
+        _check_bool("keep_batch_dim", self.keep_batch_dim)
+
+    @property
+    def sensitivity(self) -> Sensitivity:
+        """The L2 sensitivity of the clipped sums made under this config."""
+        return Sensitivity(l2_clip=self.l2_clip, relation=self.relation)
+
+    @property
+    def trace_options(self) -> dict[str, Any]:
+        """How the one-example loss is traced (aux, batch axis, compute dtype)."""
+        return dict(
+            has_aux=self.has_aux,
+            keep_batch_dim=self.keep_batch_dim,
+            compute_dtype=self.compute_dtype,
+        )
+
+
+class PerExample(NamedTuple):
+    """Per-example outputs of one clipped sum, each with leading axis ``n``."""
+
+    losses: jax.Array  # loss, 0 where not kept
+    norms: jax.Array  # pre-clip global norm, 0 where non-finite
+    keep: jax.Array  # bool: mask 1 and finite loss and gradient
+    nonfinite: jax.Array  # bool: mask 1 and non-finite loss or gradient
+    aux: Any  # auxiliary outputs with has_aux, else None
+
+
+class ClippedSum(NamedTuple):
+    """What either strategy returns for one (micro)batch."""
+
+    grads: PyTree  # like params, float32+: sum_i m_i c_i g_i
+    per_example: PerExample
+
+
+class ClipWeights(NamedTuple):
+    """Per-example norms and the clip weights derived from them."""
+
+    norms: jax.Array  # (n,): global pre-clip norm, 0 where non-finite
+    finite: jax.Array  # (n,) bool: finite loss and norm
+    keep: jax.Array  # (n,) bool: mask 1 and finite
+    weights: list[jax.Array]  # per parameter leaf: (n,) clip factor times keep
+
+
+@dataclasses.dataclass(frozen=True, repr=False)
 class ClippedGradFn:
     """The function ``clipped_grad`` returns; it carries its ``sensitivity``.
 
     Call as ``fn(params, *batch, mask=None) -> (summed_clipped_grads, ClipStats)``.
+    Immutable: the sensitivity that ``dpjax.add_noise`` reads from it is the
+    one the clipping uses.
+
+    Attributes:
+      loss_fn: the loss of one example, ``loss_fn(params, *example)``.
+      config: the :class:`ClipConfig`.
     """
 
-    def __init__(
-        self,
-        fn: Callable[..., tuple[PyTree, ClipStats]],
-        sensitivity: Sensitivity,
-        clipping: str,
-        microbatch_size: int | None,
-        method: str = "vmap",
-        plan_fn: Callable[..., dict[str, str]] | None = None,
-    ):
-        self._fn = fn
-        self._plan_fn = plan_fn
-        self.sensitivity = sensitivity
-        self.clipping = clipping
-        self.microbatch_size = microbatch_size
-        self.method = method
+    loss_fn: Callable[..., Any]
+    config: ClipConfig
+
+    def __post_init__(self):
+        if not callable(self.loss_fn):
+            raise TypeError(f"loss_fn must be callable, got {type(self.loss_fn).__name__}")
+        if not isinstance(self.config, ClipConfig):
+            raise TypeError(f"config must be a ClipConfig, got {type(self.config).__name__}")
+
+    @property
+    def sensitivity(self) -> Sensitivity:
+        """The :class:`Sensitivity` of the sums this function returns."""
+        return self.config.sensitivity
+
+    @property
+    def clipping(self) -> str:
+        return self.config.clipping
+
+    @property
+    def microbatch_size(self) -> int | None:
+        return self.config.microbatch_size
+
+    @property
+    def method(self) -> str:
+        return self.config.method
 
     def __call__(self, params: PyTree, *batch: Any, mask: jax.Array | None = None):
-        return self._fn(params, *batch, mask=mask)
+        return _clipped_grad(self.config, self.loss_fn, params, batch, mask)
 
     def plan(self, params: PyTree, *batch: Any) -> dict[str, str]:
         """``{parameter path: method}`` this function uses for these shapes.
@@ -104,17 +265,17 @@ class ClippedGradFn:
         (``||a||^2 ||b||^2``), ``"ghost:dense-gram"`` / ``"ghost:conv-gram"``
         (Gram form), ``"ghost:dense-direct"`` / ``"ghost:conv-direct"``
         (per-example product of input and output gradient, no parameter copy
-        from autodiff), ``"ghost:embedding"``, ``"ghost:bias"``. Traces shapes
-        only; nothing is computed.
+        from autodiff), ``"ghost:embedding"``, ``"ghost:norm-scale"``,
+        ``"ghost:bias"``. Traces shapes only; nothing is computed.
         """
-        assert self._plan_fn is not None
-        return self._plan_fn(params, *batch)
+        return _plan(self.config, self.loss_fn, params, batch)
 
     def __repr__(self) -> str:
+        c = self.config
         return (
-            f"ClippedGradFn(l2_clip={self.sensitivity.l2_clip}, relation="
-            f"{self.sensitivity.relation!r}, clipping={self.clipping!r}, "
-            f"microbatch_size={self.microbatch_size}, method={self.method!r})"
+            f"ClippedGradFn(l2_clip={c.l2_clip}, relation={c.relation!r}, "
+            f"clipping={c.clipping!r}, microbatch_size={c.microbatch_size}, "
+            f"method={c.method!r})"
         )
 
 
@@ -139,6 +300,182 @@ def _check_mask(mask: Any, n: int) -> jax.Array:
     if mask.shape != (n,):
         raise ValueError(f"mask must have shape (batch_size,) = ({n},), got {mask.shape}")
     return mask.astype(jnp.float32)
+
+
+def _check_params(params: PyTree) -> None:
+    if not jax.tree.leaves(params):
+        raise ValueError("params must hold at least one array to differentiate, got no leaves")
+
+
+def _clip_weights(
+    config: ClipConfig, sq_norms: Sequence[jax.Array], losses: jax.Array, mask: jax.Array
+) -> ClipWeights:
+    """Global norms, finiteness and per-leaf clip weights from per-leaf squared norms.
+
+    An example is kept when its mask is 1 and its loss and norm are finite;
+    the weight of every other example is exactly 0, and its norm reads 0.
+    """
+    norms = clip_k.global_norms(sq_norms)
+    finite = jnp.isfinite(norms) & jnp.isfinite(losses)
+    norms = jnp.where(finite, norms, jnp.zeros_like(norms))
+    keep = (mask > 0) & finite
+    keep_f = keep.astype(norms.dtype)
+    if config.clipping == "flat":
+        factors = [clip_k.clip_factors(norms, config.l2_clip)] * len(sq_norms)
+    elif config.clipping == "automatic":
+        f = clip_k.automatic_factors(norms, config.l2_clip, config.stability)
+        factors = [f] * len(sq_norms)
+    else:
+        zeroed = [jnp.where(finite, s, jnp.zeros_like(s)) for s in sq_norms]
+        factors = clip_k.per_layer_factors(zeroed, config.l2_clip)
+    return ClipWeights(norms, finite, keep, [f * keep_f for f in factors])
+
+
+def _assemble(
+    params: PyTree,
+    sums: Sequence[jax.Array],
+    losses: jax.Array,
+    aux: Any,
+    mask: jax.Array,
+    w: ClipWeights,
+) -> ClippedSum:
+    grads = jax.tree.unflatten(jax.tree.structure(params), list(sums))
+    losses = jnp.where(w.keep, losses, jnp.zeros_like(losses))
+    nonfinite = (mask > 0) & ~w.finite
+    return ClippedSum(grads, PerExample(losses, w.norms, w.keep, nonfinite, aux))
+
+
+def _vmap_clipped_sum(
+    config: ClipConfig,
+    loss_fn: Callable[..., Any],
+    params: PyTree,
+    batch: tuple[Any, ...],
+    mask: jax.Array,
+) -> ClippedSum:
+    """The clipped sum from per-example gradients materialized by ``vmap(grad)``."""
+    vg = pe.per_example_value_and_grad(
+        loss_fn, has_aux=config.has_aux, keep_batch_dim=config.keep_batch_dim
+    )
+    cast = config.compute_dtype
+    losses, aux, grads = vg(cast_floating(params, cast), *cast_floating(batch, cast))
+    leaves = jax.tree.leaves(grads)
+    w = _clip_weights(config, [clip_k.leaf_sq_norms(g) for g in leaves], losses, mask)
+    sums = [
+        clip_k.weighted_sum(clip_k.zero_rows(g, w.finite), wi)
+        for g, wi in zip(leaves, w.weights, strict=True)
+    ]
+    return _assemble(params, sums, losses, aux, mask, w)
+
+
+def _ghost_clipped_sum(
+    config: ClipConfig,
+    loss_fn: Callable[..., Any],
+    params: PyTree,
+    batch: tuple[Any, ...],
+    mask: jax.Array,
+    plan: GhostPlan,
+) -> ClippedSum:
+    """The clipped sum from layer inputs and output gradients (``dpjax.flax_ghost``)."""
+    from dpjax import flax_ghost
+
+    gp = flax_ghost.backward(loss_fn, params, batch, plan, **config.trace_options)
+    w = _clip_weights(config, flax_ghost.sq_norms(plan, gp), gp.losses, mask)
+    sums = flax_ghost.weighted_sums(plan, gp, w.weights, w.finite)
+    return _assemble(params, sums, gp.losses, gp.aux, mask, w)
+
+
+def _discover(
+    config: ClipConfig, loss_fn: Callable[..., Any], params: PyTree, batch: tuple[Any, ...]
+) -> GhostPlan:
+    from dpjax import flax_ghost  # Flax is imported only when ghost clipping is used.
+
+    return flax_ghost.discover(loss_fn, params, batch, **config.trace_options)
+
+
+def _uses_ghost(config: ClipConfig, plan: GhostPlan) -> bool:
+    if config.method == "auto":
+        return plan.ghost_fraction >= AUTO_GHOST_FRACTION
+    return config.method == "ghost"
+
+
+def _ghost_plan(
+    config: ClipConfig, loss_fn: Callable[..., Any], params: PyTree, batch: tuple[Any, ...]
+) -> GhostPlan | None:
+    """The plan for ghost clipping, or ``None`` when the batch takes the ``vmap`` path."""
+    if config.method == "vmap":
+        return None
+    plan = _discover(config, loss_fn, params, batch)
+    return plan if _uses_ghost(config, plan) else None
+
+
+def _clipped_sum(
+    config: ClipConfig,
+    loss_fn: Callable[..., Any],
+    params: PyTree,
+    batch: tuple[Any, ...],
+    mask: jax.Array,
+    plan: GhostPlan | None,
+) -> ClippedSum:
+    if plan is None:
+        return _vmap_clipped_sum(config, loss_fn, params, batch, mask)
+    return _ghost_clipped_sum(config, loss_fn, params, batch, mask, plan)
+
+
+def _clip_stats(l2_clip: float, mask: jax.Array, per_example: PerExample) -> ClipStats:
+    losses, norms, keep, nonfinite, aux = per_example
+    kept = jnp.sum(keep.astype(jnp.int32))
+    denom = jnp.maximum(kept, 1).astype(norms.dtype)
+    return ClipStats(
+        batch_size=jnp.sum((mask > 0).astype(jnp.int32)),
+        loss=jnp.sum(losses.astype(norms.dtype)) / denom,
+        mean_norm=jnp.sum(norms) / denom,
+        max_norm=jnp.max(jnp.where(keep, norms, jnp.zeros_like(norms))),
+        frac_clipped=jnp.sum(((norms > l2_clip) & keep).astype(norms.dtype)) / denom,
+        num_nonfinite=jnp.sum(nonfinite.astype(jnp.int32)),
+        aux=aux,
+    )
+
+
+def _clipped_grad(
+    config: ClipConfig,
+    loss_fn: Callable[..., Any],
+    params: PyTree,
+    batch: tuple[Any, ...],
+    mask: Any,
+) -> tuple[PyTree, ClipStats]:
+    """``ClippedGradFn.__call__``: checks, then one clipped sum or a scan over microbatches."""
+    n = _batch_size(batch)
+    mask = _check_mask(mask, n)
+    _check_params(params)
+    mb = config.microbatch_size
+    if mb is None or mb >= n:
+        plan = _ghost_plan(config, loss_fn, params, batch)
+        out = _clipped_sum(config, loss_fn, params, batch, mask, plan)
+    else:
+        init = jax.tree.map(
+            lambda p: jnp.zeros(jnp.shape(p), wide_float(jnp.result_type(p))), params
+        )
+        plan = _ghost_plan(config, loss_fn, params, jax.tree.map(lambda x: x[:mb], batch))
+        grads, per_ex = pe.scan_chunks(
+            lambda b, m: _clipped_sum(config, loss_fn, params, b, m, plan), batch, mask, mb, init
+        )
+        out = ClippedSum(grads, jax.tree.map(lambda x: x[:n], per_ex))
+    grads = jax.tree.map(lambda s, p: s.astype(jnp.result_type(p)), out.grads, params)
+    return grads, _clip_stats(config.l2_clip, mask, out.per_example)
+
+
+def _plan(
+    config: ClipConfig, loss_fn: Callable[..., Any], params: PyTree, batch: tuple[Any, ...]
+) -> dict[str, str]:
+    """``ClippedGradFn.plan``: ``{parameter path: method}``."""
+    from dpjax import flax_ghost
+
+    _batch_size(batch)
+    _check_params(params)
+    plan = _discover(config, loss_fn, params, batch)
+    if config.method == "vmap" or not _uses_ghost(config, plan):
+        return {k: "vmap" for k in flax_ghost.describe(plan, params)}
+    return flax_ghost.describe(plan, params)
 
 
 def clipped_grad(
@@ -174,7 +511,7 @@ def clipped_grad(
       method: ``"vmap"`` (per-example gradients by ``vmap(grad)``),
         ``"ghost"`` (norms from layer inputs and output gradients of known
         Flax layers, clipped sums by book-keeping, ``vmap`` only for other
-        parameters; see ``dpjax.ghost``) or ``"auto"`` (ghost when at least
+        parameters; see ``dpjax.flax_ghost``) or ``"auto"`` (ghost when at least
         half the parameters are covered by its kernels). All give the same
         result to float rounding.
       compute_dtype: e.g. ``jnp.bfloat16``: floating parameters and inputs are
@@ -203,112 +540,15 @@ def clipped_grad(
       >>> g.shape, int(stats.batch_size)
       ((3,), 4)
     """
-    from dpjax import ghost  # Flax is imported only when ghost clipping is used.
-
-    sensitivity = Sensitivity(l2_clip=l2_clip, relation=relation)
-    _validate.one_of("clipping", clipping, CLIPPINGS)
-    _validate.one_of("method", method, METHODS)
-    if microbatch_size is not None:
-        microbatch_size = _validate.positive_int("microbatch_size", microbatch_size)
-    _validate.positive("stability", stability)
-    if compute_dtype is not None and not jnp.issubdtype(compute_dtype, jnp.floating):
-        raise ValueError(f"compute_dtype must be a floating dtype or None, got {compute_dtype}")
-    vg = pe.per_example_value_and_grad(loss_fn, has_aux=has_aux, keep_batch_dim=keep_batch_dim)
-    opts = dict(has_aux=has_aux, keep_batch_dim=keep_batch_dim, compute_dtype=compute_dtype)
-
-    def cast(tree):
-        if compute_dtype is None:
-            return tree
-        return jax.tree.map(
-            lambda x: x.astype(compute_dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x,
-            jax.tree.map(jnp.asarray, tree),
-        )
-
-    def vmap_parts(params, batch):
-        losses, aux, grads = vg(cast(params), *cast(batch))
-        g_leaves = jax.tree.leaves(grads)
-
-        def summer(weights, finite):
-            return [
-                ghost_k.weighted_sum(clip_k.zero_nonfinite(g, finite), w)
-                for g, w in zip(g_leaves, weights, strict=True)
-            ]
-
-        return losses, aux, [ghost_k.leaf_sq_norms(g) for g in g_leaves], summer
-
-    def use_ghost(plan) -> bool:
-        if method == "auto":
-            return plan.ghost_fraction >= AUTO_GHOST_FRACTION
-        return method == "ghost"
-
-    def factors_for(sq, norms, finite):
-        if clipping == "flat":
-            return [clip_k.clip_factors(norms, l2_clip)] * len(sq)
-        if clipping == "automatic":
-            return [clip_k.automatic_factors(norms, l2_clip, stability)] * len(sq)
-        leaf_clip = l2_clip / math.sqrt(len(sq))
-        return [
-            clip_k.clip_factors(jnp.sqrt(jnp.where(finite, s, jnp.zeros_like(s))), leaf_clip)
-            for s in sq
-        ]
-
-    def chunk(params, batch, mask, plan):
-        if plan is not None and use_ghost(plan):
-            losses, aux, sq, summer = ghost.ghost_parts(loss_fn, params, batch, plan, **opts)
-        else:
-            losses, aux, sq, summer = vmap_parts(params, batch)
-        if not sq:
-            raise ValueError("global_norms: the gradient pytree has no leaves")
-        norms = jnp.sqrt(sum(sq[1:], sq[0]))
-        finite = jnp.isfinite(norms) & jnp.isfinite(losses)
-        norms = jnp.where(finite, norms, jnp.zeros_like(norms))
-        keep = (mask > 0) & finite
-        keep_f = keep.astype(norms.dtype)
-        weights = [f * keep_f for f in factors_for(sq, norms, finite)]
-        summed = jax.tree.unflatten(jax.tree.structure(params), summer(weights, finite))
-        losses = jnp.where(keep, losses, jnp.zeros_like(losses))
-        per_example = (losses, norms, keep, (mask > 0) & ~finite, aux)
-        return summed, per_example
-
-    def make_plan(params, batch):
-        if method == "vmap":
-            return None
-        return ghost.discover(loss_fn, params, batch, **opts)
-
-    def fn(params, *batch, mask=None):
-        n = _batch_size(batch)
-        mask = _check_mask(mask, n)
-        if microbatch_size is None or microbatch_size >= n:
-            summed, per_ex = chunk(params, batch, mask, make_plan(params, batch))
-        else:
-            init = jax.tree.map(
-                lambda p: jnp.zeros(jnp.shape(p), wide_float(jnp.result_type(p))), params
-            )
-            head = jax.tree.map(lambda x: x[:microbatch_size], batch)
-            plan = make_plan(params, head)
-            summed, per_ex = pe.scan_chunks(
-                lambda b, m: chunk(params, b, m, plan), batch, mask, microbatch_size, init
-            )
-            per_ex = jax.tree.map(lambda x: x[:n], per_ex)
-        summed = jax.tree.map(lambda s, p: s.astype(jnp.result_type(p)), summed, params)
-        losses, norms, keep, nonfinite, aux = per_ex
-        kept = jnp.sum(keep.astype(jnp.int32))
-        denom = jnp.maximum(kept, 1).astype(norms.dtype)
-        stats = ClipStats(
-            batch_size=jnp.sum((mask > 0).astype(jnp.int32)),
-            loss=jnp.sum(losses.astype(norms.dtype)) / denom,
-            mean_norm=jnp.sum(norms) / denom,
-            max_norm=jnp.max(jnp.where(keep, norms, jnp.zeros_like(norms))),
-            frac_clipped=jnp.sum(((norms > l2_clip) & keep).astype(norms.dtype)) / denom,
-            num_nonfinite=jnp.sum(nonfinite.astype(jnp.int32)),
-            aux=aux,
-        )
-        return summed, stats
-
-    def plan_fn(params, *batch):
-        plan = ghost.discover(loss_fn, params, batch, **opts)
-        if method == "vmap" or not use_ghost(plan):
-            return {k: "vmap" for k in ghost.describe(plan, params)}
-        return ghost.describe(plan, params)
-
-    return ClippedGradFn(fn, sensitivity, clipping, microbatch_size, method, plan_fn)
+    config = ClipConfig(
+        l2_clip=l2_clip,
+        relation=relation,
+        has_aux=has_aux,
+        clipping=clipping,
+        microbatch_size=microbatch_size,
+        keep_batch_dim=keep_batch_dim,
+        stability=stability,
+        method=method,
+        compute_dtype=compute_dtype,
+    )
+    return ClippedGradFn(loss_fn, config)

@@ -4,7 +4,7 @@ Ghost clipping needs nothing Linen-specific from the user:
 ``dpjax.clipped_grad(loss_from_apply(model.apply, xent), C, method="ghost")``
 intercepts ``nn.Dense``, ``nn.Conv``, ``nn.Embed``, ``nn.LayerNorm`` and
 ``nn.RMSNorm`` calls with ``flax.linen.intercept_methods`` while the loss is
-traced (``dpjax.ghost``).
+traced (``dpjax.flax_ghost``).
 """
 
 from __future__ import annotations

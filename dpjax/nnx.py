@@ -9,36 +9,54 @@ examples and are not private anyway; use LayerNorm or GroupNorm.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
 import jax
 from flax import nnx
 
-from dpjax.grad import ClipStats, Sensitivity
-from dpjax.grad import clipped_grad as _clipped_grad
+from dpjax.grad import ClipConfig, ClippedGradFn, ClipStats, Sensitivity
 
 __all__ = ["NnxClippedGradFn", "clipped_grad", "make_train_step"]
 
 
+@dataclasses.dataclass(frozen=True, repr=False)
 class NnxClippedGradFn:
-    """``f(model, *batch, mask=None) -> (grads: nnx.State, ClipStats)``; carries ``sensitivity``."""
+    """``f(model, *batch, mask=None) -> (grads: nnx.State, ClipStats)``; carries ``sensitivity``.
 
-    def __init__(self, loss_fn: Callable[..., Any], wrt: Any, kwargs: dict[str, Any]):
-        self._loss_fn = loss_fn
-        self._wrt = wrt
-        self._kwargs = kwargs
-        # Build once to validate the arguments where they are first given.
-        probe = _clipped_grad(lambda p, *e: 0.0, **kwargs)
-        self.sensitivity: Sensitivity = probe.sensitivity
+    Immutable, like ``dpjax.ClippedGradFn``; it implements
+    ``dpjax.grad.HasSensitivity``, so ``dpjax.add_noise`` accepts it.
 
-    def _bind(self, model: nnx.Module):
-        graphdef, params, rest = nnx.split(model, self._wrt, ...)
+    Attributes:
+      loss_fn: ``loss_fn(model, *example)``, the loss of one example.
+      wrt: the NNX filter of the variables to differentiate.
+      config: the ``dpjax.grad.ClipConfig``.
+    """
+
+    loss_fn: Callable[..., Any]
+    wrt: Any
+    config: ClipConfig
+
+    def __post_init__(self):
+        if not callable(self.loss_fn):
+            raise TypeError(f"loss_fn must be callable, got {type(self.loss_fn).__name__}")
+        if not isinstance(self.config, ClipConfig):
+            raise TypeError(f"config must be a ClipConfig, got {type(self.config).__name__}")
+
+    @property
+    def sensitivity(self) -> Sensitivity:
+        """The ``Sensitivity`` of the sums this function returns."""
+        return self.config.sensitivity
+
+    def _bind(self, model: nnx.Module) -> tuple[ClippedGradFn, nnx.State]:
+        graphdef, params, rest = nnx.split(model, self.wrt, ...)
+        loss_fn = self.loss_fn
 
         def loss(p, *example):
-            return self._loss_fn(nnx.merge(graphdef, p, rest), *example)
+            return loss_fn(nnx.merge(graphdef, p, rest), *example)
 
-        return _clipped_grad(loss, **self._kwargs), params
+        return ClippedGradFn(loss, self.config), params
 
     def __call__(self, model: nnx.Module, *batch: Any, mask: jax.Array | None = None):
         fn, params = self._bind(model)
@@ -48,6 +66,9 @@ class NnxClippedGradFn:
         """``{parameter path: method}`` for this model and batch (see ``ClippedGradFn.plan``)."""
         fn, params = self._bind(model)
         return fn.plan(params, *batch)
+
+    def __repr__(self) -> str:
+        return "Nnx" + repr(ClippedGradFn(self.loss_fn, self.config))
 
 
 def clipped_grad(
@@ -74,7 +95,7 @@ def clipped_grad(
       >>> g["kernel"].shape, int(st.batch_size)
       ((3, 2), 5)
     """
-    return NnxClippedGradFn(loss_fn, wrt, dict(l2_clip=l2_clip, **kwargs))
+    return NnxClippedGradFn(loss_fn, wrt, ClipConfig(l2_clip=l2_clip, **kwargs))
 
 
 def make_train_step(grad_fn: NnxClippedGradFn) -> Callable[..., ClipStats]:

@@ -13,7 +13,7 @@ from typing import Any
 import jax
 import optax
 
-from dpjax.grad import ClippedGradFn, Sensitivity
+from dpjax.grad import HasSensitivity, Sensitivity
 from dpjax.transforms import accumulate, add_noise
 
 __all__ = ["dp_sgd", "dp_adam", "dp_adamw", "dp_chain"]
@@ -22,7 +22,7 @@ __all__ = ["dp_sgd", "dp_adam", "dp_adamw", "dp_chain"]
 def dp_chain(
     optimizer: optax.GradientTransformation,
     *,
-    sensitivity: Sensitivity | ClippedGradFn,
+    sensitivity: Sensitivity | HasSensitivity,
     noise_multiplier: float,
     expected_batch_size: float,
     key: jax.Array,

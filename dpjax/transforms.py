@@ -19,7 +19,7 @@ import numpy as np
 import optax
 
 from dpjax import _validate
-from dpjax.grad import ClippedGradFn, Sensitivity
+from dpjax.grad import HasSensitivity, Sensitivity, sensitivity_of
 from dpjax.kernels import noise as noise_k
 
 PyTree = Any
@@ -49,7 +49,7 @@ def _f32_up(x: float) -> np.float32:
 
 
 def add_noise(
-    sensitivity: Sensitivity | ClippedGradFn,
+    sensitivity: Sensitivity | HasSensitivity,
     noise_multiplier: float,
     expected_batch_size: float,
     key: jax.Array,
@@ -61,8 +61,9 @@ def add_noise(
 
     Args:
       sensitivity: the ``Sensitivity`` of the summed gradients, or the
-        ``ClippedGradFn`` that produces them (its sensitivity is used), so the
-        noise cannot silently disagree with the clipping.
+        function that produces them (``ClippedGradFn``, ``NnxClippedGradFn``
+        or any ``dpjax.grad.HasSensitivity``; its ``sensitivity`` is used), so
+        the noise cannot silently disagree with the clipping.
       noise_multiplier: sigma >= 0; the noise std is ``sigma * sensitivity.l2``.
       expected_batch_size: the public constant the noisy sum is divided by
         (``q * N`` for Poisson sampling), > 0. Never the realized batch size.
@@ -89,13 +90,7 @@ def add_noise(
       >>> int(state.count)
       1
     """
-    if isinstance(getattr(sensitivity, "sensitivity", None), Sensitivity):
-        sensitivity = sensitivity.sensitivity  # a ClippedGradFn (plain or NNX)
-    if not isinstance(sensitivity, Sensitivity):
-        raise TypeError(
-            "sensitivity must be a dpjax.Sensitivity or the function dpjax.clipped_grad "
-            f"returned, got {type(sensitivity).__name__}"
-        )
+    sensitivity = sensitivity_of(sensitivity)
     _validate.non_negative("noise_multiplier", noise_multiplier)
     _validate.positive("expected_batch_size", expected_batch_size)
     key = _validate.prng_key("key", key)

@@ -1,8 +1,9 @@
-"""Clip factors and weighted sums of per-example gradients.
+"""Per-leaf norms, clip factors (flat, per-layer, automatic) and weighted sums.
 
-All functions take per-example gradient pytrees whose leaves have a leading
-batch axis ``n``. The weighted sum is written as one ``einsum`` per leaf: on
-XLA:CPU a multiply-then-sum formulation hits a slow reduction path.
+Generic kernels on one per-example gradient leaf ``(n, ...)`` (leading
+example axis ``n``) or on per-example norms ``(n,)``; layer-specific forms
+that avoid per-example gradients live in :mod:`.ghost`. Norms and sums
+accumulate in float32 or wider (:func:`.dtypes.wide_einsum`).
 
 References: Abadi et al. 2016, Deep Learning with Differential Privacy (flat
 clipping); McMahan et al. 2018, A General Approach to Adding DP to Iterative
@@ -12,50 +13,57 @@ Automatic Clipping (normalized clipping).
 
 from __future__ import annotations
 
-from typing import Any
+import math
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
 
-from .dtypes import wide_float
-
-PyTree = Any
-
+from .dtypes import accumulation_dtype, wide_einsum
 
 __all__ = [
-    "squared_norms_per_leaf",
+    "leaf_sq_norms",
     "global_norms",
     "clip_factors",
+    "per_layer_factors",
     "automatic_factors",
+    "zero_rows",
     "weighted_sum",
-    "zero_nonfinite",
 ]
 
 
-def squared_norms_per_leaf(grads: PyTree) -> PyTree:
-    """Per-example squared L2 norms of each leaf, each of shape ``(n,)`` in float32+."""
-
-    def sq(g):
-        g2 = jnp.reshape(g, (g.shape[0], -1))
-        acc = wide_float(g.dtype)
-        g2 = g2.astype(acc)
-        return jnp.einsum("nd,nd->n", g2, g2)
-
-    return jax.tree.map(sq, grads)
+def leaf_sq_norms(g: jax.Array) -> jax.Array:
+    """Per-example squared L2 norm of one per-example gradient leaf ``(n, ...)``, float32+."""
+    g2 = jnp.reshape(g, (g.shape[0], -1))
+    return wide_einsum("nd,nd->n", g2, g2)
 
 
-def global_norms(grads: PyTree) -> jax.Array:
-    """Per-example global L2 norms over all leaves, shape ``(n,)``."""
-    leaves = jax.tree.leaves(squared_norms_per_leaf(grads))
-    if not leaves:
-        raise ValueError("global_norms: the gradient pytree has no leaves")
-    return jnp.sqrt(sum(leaves[1:], leaves[0]))
+def global_norms(sq_norms: Sequence[jax.Array]) -> jax.Array:
+    """Per-example L2 norms over all leaves from their squared norms, shape ``(n,)``."""
+    if not sq_norms:
+        raise ValueError("global_norms: sq_norms must hold at least one leaf's norms, got none")
+    return jnp.sqrt(sum(sq_norms[1:], sq_norms[0]))
 
 
 def clip_factors(norms: jax.Array, l2_clip: float | jax.Array) -> jax.Array:
-    """``min(1, C / ||g||)``, with factor 1 for a zero gradient."""
+    """``min(1, C / ||g||)``, with factor 1 for a zero gradient.
+
+    >>> clip_factors(jnp.array([0.0, 0.5, 4.0]), 2.0).tolist()
+    [1.0, 1.0, 0.5]
+    """
     safe = jnp.where(norms > 0, norms, jnp.ones_like(norms))
     return jnp.minimum(jnp.ones_like(norms), jnp.asarray(l2_clip, norms.dtype) / safe)
+
+
+def per_layer_factors(sq_norms: Sequence[jax.Array], l2_clip: float) -> list[jax.Array]:
+    """Per-layer clipping: each of the ``L`` leaves to ``C / sqrt(L)``, total norm <= ``C``.
+
+    ``sq_norms`` holds each leaf's per-example squared norms; non-finite
+    entries must be zeroed by the caller (a NaN factor times a zero weight
+    is still NaN).
+    """
+    leaf_clip = l2_clip / math.sqrt(len(sq_norms))
+    return [clip_factors(jnp.sqrt(s), leaf_clip) for s in sq_norms]
 
 
 def automatic_factors(
@@ -66,28 +74,16 @@ def automatic_factors(
     return c / (norms + jnp.asarray(stability, norms.dtype))
 
 
-def zero_nonfinite(grads: PyTree, keep: jax.Array) -> PyTree:
-    """Replaces the per-example gradients where ``keep`` is False by exact zeros.
+def zero_rows(x: jax.Array, keep: jax.Array) -> jax.Array:
+    """``x`` with the examples (rows of the leading axis) where ``keep`` is False set to 0.
 
     Multiplying a NaN by a zero weight gives NaN, so non-finite examples must
     be selected away, not weighted away.
     """
-
-    def sel(g):
-        k = jnp.reshape(keep, (keep.shape[0],) + (1,) * (g.ndim - 1))
-        return jnp.where(k, g, jnp.zeros_like(g))
-
-    return jax.tree.map(sel, grads)
+    k = jnp.reshape(keep, (keep.shape[0],) + (1,) * (x.ndim - 1))
+    return jnp.where(k, x, jnp.zeros_like(x))
 
 
-def weighted_sum(grads: PyTree, weights: jax.Array | PyTree) -> PyTree:
-    """``sum_i w_i g_i`` per leaf as one contraction; ``weights`` is ``(n,)`` or a
-    pytree of ``(n,)`` arrays matching ``grads`` (per-layer factors)."""
-
-    def one(g, w):
-        w = w.astype(g.dtype)
-        return jnp.einsum("n...,n->...", g, w)
-
-    if isinstance(weights, jax.Array) or hasattr(weights, "shape"):
-        return jax.tree.map(lambda g: one(g, weights), grads)
-    return jax.tree.map(one, grads, weights)
+def weighted_sum(g: jax.Array, w: jax.Array) -> jax.Array:
+    """``sum_i w_i g_i`` for one per-example leaf, as one contraction, float32+."""
+    return wide_einsum("n...,n->...", g, w.astype(accumulation_dtype(g, w)))

@@ -1,4 +1,4 @@
-"""Per-example gradient norms without per-example gradients, and book-keeping sums.
+"""Per-layer forms: ghost norms and book-keeping sums for dense, conv, embedding and norm layers.
 
 For a layer whose parameter gradient for example ``i`` is ``A_i^T B_i`` (``A_i``:
 the layer input, ``T x d_in``; ``B_i``: the gradient of the loss with respect to
@@ -17,9 +17,9 @@ only ``A`` and ``B``:
 
 Convolutions reduce to the dense case on unfolded patches; embeddings to a sum
 over pairs of positions holding the same token. Every norm and sum is
-accumulated in float32 or wider (``preferred_element_type``), so bf16
-activations give f32 norms and sums. Weighted sums are written as ``einsum``
-contractions: on XLA:CPU a multiply-then-``sum`` reduction is a slow path.
+accumulated in float32 or wider (:func:`.dtypes.wide_einsum`), so bf16
+activations give f32 norms and sums. Generic per-leaf norms and weighted sums
+(any parameter whose per-example gradient is materialized) are in :mod:`.clip`.
 
 All functions take arrays with a leading example axis ``n``.
 """
@@ -27,14 +27,12 @@ All functions take arrays with a leading example axis ``n``.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import jax
 import jax.numpy as jnp
 
-from .dtypes import wide_float
-
-PyTree = Any
+from .dtypes import accumulation_dtype as _acc
+from .dtypes import wide_einsum as _ein
 
 __all__ = [
     "use_ghost_form",
@@ -48,22 +46,7 @@ __all__ = [
     "embedding_sq_norms",
     "embedding_weighted_grad",
     "norm_affine_grads",
-    "leaf_sq_norms",
-    "weighted_sum",
 ]
-
-
-def _acc(*arrays: jax.Array) -> jnp.dtype:
-    """The widest float32-or-wider accumulation dtype of the operands."""
-    return max((wide_float(a.dtype) for a in arrays), key=lambda d: d.itemsize)
-
-
-def _ein(spec: str, *ops: jax.Array) -> jax.Array:
-    """``einsum`` accumulating in float32+; mixed operand dtypes are cast to it."""
-    acc = _acc(*ops)
-    if len({jnp.dtype(o.dtype) for o in ops}) > 1:
-        ops = tuple(o.astype(acc) for o in ops)
-    return jnp.einsum(spec, *ops, preferred_element_type=acc)
 
 
 def _as_3d(x: jax.Array) -> jax.Array:
@@ -211,14 +194,3 @@ def norm_affine_grads(x_hat: jax.Array, b: jax.Array) -> tuple[jax.Array, jax.Ar
     """
     x_hat, b = _as_3d(x_hat), _as_3d(b)
     return _ein("ntd,ntd->nd", x_hat, b), jnp.sum(b, axis=1, dtype=_acc(b))
-
-
-def leaf_sq_norms(g: jax.Array) -> jax.Array:
-    """Per-example squared norm of one per-example gradient leaf ``(n, ...)``, float32+."""
-    g2 = jnp.reshape(g, (g.shape[0], -1))
-    return _ein("nd,nd->n", g2, g2)
-
-
-def weighted_sum(g: jax.Array, w: jax.Array) -> jax.Array:
-    """``sum_i w_i g_i`` for one per-example leaf, accumulated in float32+."""
-    return _ein("n...,n->...", g, w.astype(_acc(g, w)))

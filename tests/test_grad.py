@@ -163,3 +163,100 @@ def test_bad_mask_and_loss_shapes_raise(key):
     vector_loss = lambda p, xb, yb: jnp.ones(3) * mlp_loss(p, xb, yb)
     with pytest.raises(ValueError, match="scalar loss for one example"):
         dpjax.clipped_grad(vector_loss, 1.0)(params, x, y)
+
+
+@pytest.mark.parametrize(
+    "kwargs, err, match",
+    [
+        (dict(has_aux="yes"), TypeError, r"has_aux must be True or False"),
+        (dict(keep_batch_dim=1), TypeError, r"keep_batch_dim must be True or False"),
+        (dict(stability=0.0), ValueError, r"stability must be > 0"),
+        (dict(microbatch_size=2.5), TypeError, r"microbatch_size must be an integer"),
+        (dict(compute_dtype="no-such-dtype"), TypeError, r"compute_dtype must be a floating"),
+    ],
+)
+def test_every_option_is_checked_when_given(kwargs, err, match):
+    with pytest.raises(err, match=match):
+        dpjax.clipped_grad(mlp_loss, 1.0, **kwargs)
+    with pytest.raises(err, match=match):
+        dpjax.nnx.clipped_grad(lambda m, x, y: 0.0, 1.0, **kwargs)
+
+
+def test_loss_must_be_callable():
+    with pytest.raises(TypeError, match="loss_fn must be callable"):
+        dpjax.clipped_grad("mlp_loss", 1.0)
+
+
+def test_clipped_grad_functions_are_immutable():
+    import dataclasses
+
+    fn = dpjax.clipped_grad(mlp_loss, 1.0)
+    nfn = dpjax.nnx.clipped_grad(lambda m, x, y: 0.0, 1.0)
+    for f in (fn, nfn):
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            f.config = dpjax.grad.ClipConfig(100.0)
+        with pytest.raises(AttributeError):
+            f.sensitivity = dpjax.Sensitivity(100.0)
+        assert f.sensitivity == dpjax.Sensitivity(1.0)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        fn.config.l2_clip = 100.0
+
+
+def test_params_and_batch_are_checked_before_tracing(key):
+    fn = dpjax.clipped_grad(mlp_loss, 1.0)
+    x, y = jnp.ones((4, 5)), jnp.zeros(4, jnp.int32)
+    with pytest.raises(ValueError, match="params must hold at least one array"):
+        fn({}, x, y)
+    with pytest.raises(ValueError, match="params must hold at least one array"):
+        fn.plan({}, x, y)
+    with pytest.raises(ValueError, match="the batch has no arrays"):
+        fn.plan(mlp_params(key))
+
+
+@pytest.mark.parametrize("clipping", ["flat", "per_layer", "automatic"])
+def test_clip_weights_bound_each_kept_example_and_zero_the_rest(clipping):
+    from dpjax.grad import ClipConfig, _clip_weights
+
+    c = 1.5
+    config = ClipConfig(c, clipping=clipping)
+    # Per-leaf squared norms of 5 examples over 2 leaves: small, large, zero,
+    # non-finite (kept by the mask) and large but masked out.
+    sq = [jnp.array([0.04, 9.0, 0.0, jnp.inf, 16.0]), jnp.array([0.05, 16.0, 0.0, 1.0, 9.0])]
+    losses = jnp.array([0.1, 0.2, 0.3, 0.4, jnp.nan])
+    mask = jnp.array([1.0, 1.0, 1.0, 1.0, 0.0])
+    w = _clip_weights(config, sq, losses, mask)
+    np.testing.assert_array_equal(w.keep, [True, True, True, False, False])
+    np.testing.assert_array_equal(w.finite, [True, True, True, False, False])
+    np.testing.assert_allclose(w.norms, [0.3, 5.0, 0.0, 0.0, 0.0], rtol=1e-6)
+    weights = np.stack([np.asarray(x) for x in w.weights])  # (leaves, n)
+    assert np.all(np.isfinite(weights)) and np.all(weights[:, 3:] == 0.0)
+    sq_kept = np.stack([np.asarray(s) for s in sq])[:, :3]
+    clipped = np.sqrt(np.sum(weights[:, :3] ** 2 * sq_kept, axis=0))
+    assert np.all(clipped <= c * (1 + 1e-6)), clipped
+    if clipping == "flat":
+        np.testing.assert_allclose(weights[:, :3], [[1.0, c / 5.0, 1.0]] * 2, rtol=1e-6)
+    elif clipping == "automatic":
+        f = c / (np.array([0.3, 5.0, 0.0]) + config.stability)
+        np.testing.assert_allclose(weights[:, :3], [f, f], rtol=1e-6)
+    else:
+        leaf = c / np.sqrt(2.0)
+        np.testing.assert_allclose(weights[:, 1], [leaf / 3.0, leaf / 4.0], rtol=1e-6)
+
+
+def test_vmap_and_ghost_strategies_agree_per_example(key):
+    """The two ClippedSum producers agree example by example, not only in the sum."""
+    from dpjax.grad import ClipConfig, _ghost_clipped_sum, _ghost_plan, _vmap_clipped_sum
+
+    loss, params, x, y = nnx_case("seq", key)
+    mask = jnp.array([1, 1, 1, 0, 1, 1, 1, 1, 1], jnp.float32)
+    config = ClipConfig(0.1, method="ghost", clipping="per_layer")
+    plan = _ghost_plan(config, loss, params, (x, y))
+    assert plan is not None and plan.ghost_fraction > 0.5
+    vm = _vmap_clipped_sum(config, loss, params, (x, y), mask)
+    gh = _ghost_clipped_sum(config, loss, params, (x, y), mask, plan)
+    assert_tree_close(gh.per_example.norms, vm.per_example.norms, rtol=1e-5, atol=1e-6)
+    assert_tree_close(gh.per_example.losses, vm.per_example.losses, rtol=1e-6, atol=1e-7)
+    np.testing.assert_array_equal(gh.per_example.keep, vm.per_example.keep)
+    np.testing.assert_array_equal(gh.per_example.keep, mask > 0)
+    assert_tree_close(gh.grads, vm.grads, **TOL)
+    assert _ghost_plan(ClipConfig(0.1), loss, params, (x, y)) is None  # method="vmap"

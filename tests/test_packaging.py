@@ -1,6 +1,7 @@
 """The wheel ships `kernels/` as `dpjax.kernels`: build it, install it apart, import it."""
 
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -112,3 +113,33 @@ def test_no_exact_pins_in_the_environment_under_test():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     test_deps = project["optional-dependencies"]["test"]
     assert not [d for d in project["dependencies"] + test_deps if "==" in d]
+
+
+def test_a_source_tree_uses_the_kernels_beside_its_dpjax(tmp_path):
+    """dpjax and dpjax.kernels come from one tree, whatever else is installed.
+
+    A copy of the source tree put first on ``sys.path`` must load its own
+    ``kernels/``, even where an editable install maps ``dpjax.kernels`` to
+    another checkout (as the test environment's does).
+    """
+    src = tmp_path / "src"
+    skip = shutil.ignore_patterns("__pycache__")
+    shutil.copytree(ROOT / "dpjax", src / "dpjax", ignore=skip)
+    shutil.copytree(ROOT / "kernels", src / "kernels", ignore=skip)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    code = (
+        f"import sys; sys.path.insert(0, {str(src)!r}); import dpjax, dpjax.kernels.clip;"
+        "print(dpjax.__file__); print(dpjax.kernels.__file__); print(dpjax.kernels.clip.__file__)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        check=True,
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+    ).stdout
+    dpjax_file, kernels_file, clip_file = out.split()
+    assert Path(dpjax_file) == src / "dpjax" / "__init__.py"
+    assert Path(kernels_file) == src / "kernels" / "__init__.py"
+    assert Path(clip_file) == src / "kernels" / "clip.py"

@@ -162,3 +162,27 @@ def test_privacy_state_rounds_pessimistically():
     s = tx.init({"w": jnp.zeros(2)})
     assert float(s.noise_multiplier) <= 1.1
     assert float(s.sampling_rate) >= 0.01
+
+
+class _Carrier:
+    """Not a ClippedGradFn: anything with a Sensitivity in ``.sensitivity``."""
+
+    def __init__(self, sensitivity):
+        self.sensitivity = sensitivity
+
+
+def test_add_noise_takes_anything_that_has_a_sensitivity():
+    from dpjax.grad import HasSensitivity
+
+    fns = [
+        dpjax.clipped_grad(mlp_loss, 2.0, relation="replace_one"),
+        dpjax.nnx.clipped_grad(lambda m, x, y: 0.0, 2.0, relation="replace_one"),
+        _Carrier(dpjax.Sensitivity(2.0, "replace_one")),
+    ]
+    g = {"w": jnp.zeros(3)}
+    for fn in fns:
+        assert isinstance(fn, HasSensitivity)
+        tx = dpjax.add_noise(fn, 1.0, 4.0, jax.random.key(0))
+        assert bool(tx.init(g).replace_one)
+    with pytest.raises(TypeError, match=r"sensitivity must be a dpjax.Sensitivity"):
+        dpjax.add_noise(_Carrier(2.0), 1.0, 4.0, jax.random.key(0))

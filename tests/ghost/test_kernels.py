@@ -1,9 +1,10 @@
-"""The ghost kernels against per-example gradients materialized by autodiff."""
+"""The ghost and clip kernels against per-example gradients materialized by autodiff."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from dpjax.kernels import clip as ck
 from dpjax.kernels import ghost as gk
 
 EPS = float(jnp.finfo(jnp.float32).eps)
@@ -119,5 +120,5 @@ def test_bf16_inputs_accumulate_in_float32(key):
     np.testing.assert_allclose(gk.bias_sq_norms(b), gk.bias_sq_norms(b.astype(jnp.float32)))
     assert gk.bias_weighted_grad(b, w).dtype == jnp.float32
     assert all(g.dtype == jnp.float32 for g in gk.norm_affine_grads(b, b))
-    assert gk.leaf_sq_norms(a).dtype == jnp.float32
-    assert gk.weighted_sum(a, w).dtype == jnp.float32
+    assert ck.leaf_sq_norms(a).dtype == jnp.float32
+    assert ck.weighted_sum(a, w).dtype == jnp.float32

@@ -1,4 +1,4 @@
-"""Ghost clipping for Flax models: capture layer inputs and output gradients, no model change.
+"""The Flax side of ghost clipping: capture layer inputs and output gradients, no model change.
 
 During the traced per-example loss, known layers are intercepted: Linen
 through ``flax.linen.intercept_methods``, NNX by wrapping the ``__call__`` of
@@ -14,7 +14,8 @@ One backward pass (vmapped over examples) then gives the losses, every
 ``b_i``, and per-example gradients only for parameters no kernel knows
 (custom layers, parameters shared between layers, layers used through other
 methods such as ``Embed.attend``): those fall back to per-example ``vmap``.
-Norms come from :mod:`dpjax.kernels.ghost` and the clipped sum of each known
+Norms come from :mod:`dpjax.kernels.ghost` (per-layer forms) and
+:mod:`dpjax.kernels.clip` (fallback leaves), and the clipped sum of each known
 layer is one contraction ``A^T diag(c) B`` (Bu, Wang, Zha, Karypis 2023,
 Differentially Private Optimization on Large Model at Small Cost, Book-Keeping;
 Li, Tramer, Liang, Hashimoto 2022, ghost norms).
@@ -32,6 +33,11 @@ layer's call. A parameter read directly elsewhere (for example a tied output
 projection written as ``x @ model.embed.embedding.value.T``) would have that
 use missed; weight tying through ``Embed.attend`` or calling one layer twice
 is detected and falls back.
+
+Used by :mod:`dpjax.grad`: :func:`discover` makes a :class:`GhostPlan`,
+:func:`backward` runs the capturing backward pass, :func:`sq_norms` and
+:func:`weighted_sums` turn its :class:`GhostPass` into per-leaf norms and
+clipped sums.
 """
 
 from __future__ import annotations
@@ -41,20 +47,30 @@ import dataclasses
 import math
 import threading
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
 from flax import nnx
 
+from dpjax.kernels import clip as ck
 from dpjax.kernels import ghost as gk
 from dpjax.kernels import per_example as pe
-from dpjax.kernels.dtypes import wide_float
+from dpjax.kernels.dtypes import cast_floating, wide_float
 
 PyTree = Any
 
-__all__ = ["GhostPlan", "Site", "discover", "ghost_parts", "describe"]
+__all__ = [
+    "GhostPlan",
+    "GhostPass",
+    "Site",
+    "discover",
+    "describe",
+    "backward",
+    "sq_norms",
+    "weighted_sums",
+]
 
 _LOCAL = threading.local()
 
@@ -90,10 +106,21 @@ class GhostPlan:
         fb = sum(self.sizes[i] for i in self.fallback)
         return 0.0 if total == 0 else 1.0 - fb / total
 
+    @property
+    def active_sites(self) -> tuple[Site, ...]:
+        """The sites the ghost kernels handle, in call order."""
+        return tuple(s for s, a in zip(self.sites, self.active, strict=True) if a)
+
 
 class _Tape:
-    def __init__(self, mode: str, leaves: Sequence[Any], plan: GhostPlan | None = None, zs=()):
-        self.mode = mode
+    """Records the known layer calls of one trace.
+
+    Without a ``plan`` (discovery) it lists the calls (one :class:`Site` each);
+    with one it checks the calls against the plan, records the inputs of the
+    active sites and adds the zero perturbations ``zs`` to their outputs.
+    """
+
+    def __init__(self, leaves: Sequence[Any], plan: GhostPlan | None = None, zs=()):
         self.index = {id(x): i for i, x in enumerate(leaves)}
         self.plan = plan
         self.zs = list(zs)
@@ -113,13 +140,12 @@ class _Tape:
     def layer(self, kind, roles, config, x, call, act=None):
         if not roles:
             return call()
-        if self.mode == "discover":
+        if self.plan is None:
             out = call()
             self.sites.append(
                 Site(kind, roles, config, tuple(jnp.shape(x)), tuple(out.shape), out.dtype)
             )
             return out
-        assert self.plan is not None
         i = self.count
         self.count += 1
         if i >= len(self.plan.sites) or self.plan.sites[i].roles != roles:
@@ -303,21 +329,10 @@ def _capture(tape: _Tape):
 # ---- the single-example loss under capture ----
 
 
-def _cast(tree: PyTree, dtype) -> PyTree:
-    if dtype is None:
-        return tree
-
-    def c(x):
-        x = jnp.asarray(x)
-        return x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x
-
-    return jax.tree.map(c, tree)
-
-
 def _example(example, keep_batch_dim, compute_dtype):
     if keep_batch_dim:
         example = jax.tree.map(lambda x: jnp.expand_dims(x, 0), example)
-    return _cast(example, compute_dtype)
+    return cast_floating(example, compute_dtype)
 
 
 def _site_method(s: Site, role: str) -> str:
@@ -353,9 +368,9 @@ def discover(
 
     def f(params, *batch):
         def one(*example):
-            ls = jax.tree.leaves(_cast(params, compute_dtype))
+            ls = jax.tree.leaves(cast_floating(params, compute_dtype))
             p = jax.tree.unflatten(jax.tree.structure(params), ls)
-            tape = _Tape("discover", ls)
+            tape = _Tape(ls)
             with _capture(tape):
                 out = loss_fn(p, *_example(example, keep_batch_dim, compute_dtype))
             tapes.append(tape)
@@ -400,11 +415,6 @@ def _key_name(k: Any) -> str:
     return str(k)
 
 
-def _where_rows(keep: jax.Array, x: jax.Array) -> jax.Array:
-    k = jnp.reshape(keep, (keep.shape[0],) + (1,) * (x.ndim - 1))
-    return jnp.where(k, x, jnp.zeros_like(x))
-
-
 def _site_arrays(s: Site, a: jax.Array, b: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Per-example ``(A, B)`` in the dense layout ``(n, T, d)`` (ids ``(n, T)`` for embed)."""
     n = a.shape[0]
@@ -418,7 +428,17 @@ def _site_arrays(s: Site, a: jax.Array, b: jax.Array) -> tuple[jax.Array, jax.Ar
     return jnp.reshape(a, (n, -1, a.shape[-1])), jnp.reshape(b, (n, -1, b.shape[-1]))
 
 
-def ghost_parts(
+class GhostPass(NamedTuple):
+    """What one capturing backward pass gives, for one batch (leading axis ``n``)."""
+
+    losses: jax.Array  # (n,): per-example losses
+    aux: Any  # per-example auxiliary outputs with has_aux, else None
+    fallback_grads: list[jax.Array]  # per-example gradients of plan.fallback leaves
+    layers: list[tuple[jax.Array, jax.Array]]  # per active site: (A, B), see _site_arrays
+    shapes: tuple[tuple[int, ...], ...]  # per parameter leaf: its shape
+
+
+def backward(
     loss_fn: Callable[..., Any],
     params: PyTree,
     batch: tuple[Any, ...],
@@ -427,26 +447,22 @@ def ghost_parts(
     has_aux: bool = False,
     keep_batch_dim: bool = True,
     compute_dtype: Any = None,
-):
-    """One vmapped backward pass: losses, aux, per-leaf squared norms and a summer.
+) -> GhostPass:
+    """One vmapped backward pass under capture: losses, layer inputs and output gradients.
 
-    Returns:
-      ``(losses[n], aux, sq_norms, summer)``: ``sq_norms`` is a list with one
-      ``(n,)`` float32+ array per parameter leaf; ``summer(weights, finite)``
-      takes one ``(n,)`` weight vector per leaf and a ``(n,)`` boolean of
-      finite examples and returns the list of weighted sums (examples not
-      finite contribute exact zeros).
+    Parameters the plan sends to ``vmap`` get per-example gradients here;
+    for the active sites only their inputs ``A`` and output gradients ``B``
+    are kept.
     """
     leaves, treedef = jax.tree.flatten(params)
     fb = plan.fallback
-    active_sites = [s for s, a in zip(plan.sites, plan.active, strict=True) if a]
+    active_sites = plan.active_sites
 
     def single(fb_leaves, zs, example):
-        ls = jax.tree.leaves(_cast(params, compute_dtype))
-        ls = list(ls)
+        ls = list(jax.tree.leaves(cast_floating(params, compute_dtype)))
         for i, v in zip(fb, fb_leaves, strict=True):
             ls[i] = v
-        tape = _Tape("run", ls, plan, zs)
+        tape = _Tape(ls, plan, zs)
         with _capture(tape):
             out = loss_fn(jax.tree.unflatten(treedef, ls), *example)
         if tape.count != len(plan.sites):
@@ -458,7 +474,7 @@ def ghost_parts(
 
     def one(*example):
         example = _example(example, keep_batch_dim, compute_dtype)
-        cast_leaves = jax.tree.leaves(_cast(params, compute_dtype))
+        cast_leaves = jax.tree.leaves(cast_floating(params, compute_dtype))
         zs = [jnp.zeros(s.out_shape, s.out_dtype) for s in active_sites]
         fb_leaves = [cast_leaves[i] for i in fb]
         (loss, (aux, acts)), (g_fb, bs) = jax.value_and_grad(single, (0, 1), has_aux=True)(
@@ -467,45 +483,65 @@ def ghost_parts(
         return loss, aux, acts, g_fb, bs
 
     losses, aux, acts, g_fb, bs = jax.vmap(one)(*batch)
+    layers = [_site_arrays(s, a, b) for s, a, b in zip(active_sites, acts, bs, strict=True)]
+    shapes = tuple(tuple(jnp.shape(x)) for x in leaves)
+    return GhostPass(losses, aux, list(g_fb), layers, shapes)
 
-    sq: list[Any] = [None] * len(leaves)
-    for i, g in zip(fb, g_fb, strict=True):
-        sq[i] = gk.leaf_sq_norms(g)
-    arrays = [_site_arrays(s, a, b) for s, a, b in zip(active_sites, acts, bs, strict=True)]
-    for s, (a, b) in zip(active_sites, arrays, strict=True):
+
+def _site_sq_norms(s: Site, role: str, a: jax.Array, b: jax.Array, shape) -> jax.Array:
+    """Per-example squared norms ``(n,)`` of one parameter of an active site."""
+    if role == "bias":
+        return gk.bias_sq_norms(b)
+    if s.kind == "embed":
+        return gk.embedding_sq_norms(a, b, shape[0])
+    if s.kind == "norm":
+        return ck.leaf_sq_norms(gk.norm_affine_grads(a, b)[0])
+    return gk.dense_sq_norms(a, b)
+
+
+def _site_weighted_grad(
+    s: Site, role: str, a: jax.Array, b: jax.Array, w: jax.Array, shape
+) -> jax.Array:
+    """``sum_i w_i g_i`` of one parameter of an active site, shaped like the parameter."""
+    if role == "bias":
+        g = gk.bias_weighted_grad(b, w)
+    elif s.kind == "embed":
+        g = gk.embedding_weighted_grad(a, b, w, shape[0])
+    elif s.kind == "norm":
+        g = ck.weighted_sum(gk.norm_affine_grads(a, b)[0], w)
+    elif s.kind == "conv":
+        g = gk.conv_patch_grad_to_kernel(gk.dense_weighted_grad(a, b, w), shape)
+    else:
+        g = gk.dense_weighted_grad(a, b, w)
+    return jnp.reshape(g, shape)
+
+
+def sq_norms(plan: GhostPlan, gp: GhostPass) -> list[jax.Array]:
+    """Per-example squared norms, one ``(n,)`` float32+ array per parameter leaf."""
+    out: list[Any] = [None] * len(gp.shapes)
+    for i, g in zip(plan.fallback, gp.fallback_grads, strict=True):
+        out[i] = ck.leaf_sq_norms(g)
+    for s, (a, b) in zip(plan.active_sites, gp.layers, strict=True):
         for role, i in s.roles:
-            if role == "bias":
-                sq[i] = gk.bias_sq_norms(b)
-            elif s.kind == "embed":
-                sq[i] = gk.embedding_sq_norms(a, b, jnp.shape(leaves[i])[0])
-            elif s.kind == "norm":
-                sq[i] = gk.leaf_sq_norms(gk.norm_affine_grads(a, b)[0])
-            else:
-                sq[i] = gk.dense_sq_norms(a, b)
+            out[i] = _site_sq_norms(s, role, a, b, gp.shapes[i])
+    return out
 
-    def summer(weights: Sequence[jax.Array], finite: jax.Array) -> list[jax.Array]:
-        out: list[Any] = [None] * len(leaves)
-        for i, g in zip(fb, g_fb, strict=True):
-            out[i] = gk.weighted_sum(_where_rows(finite, g), weights[i])
-        for s, (a, b) in zip(active_sites, arrays, strict=True):
-            b = _where_rows(finite, b)
-            if s.kind != "embed":
-                a = _where_rows(finite, a)
-            for role, i in s.roles:
-                shape = jnp.shape(leaves[i])
-                if role == "bias":
-                    g = gk.bias_weighted_grad(b, weights[i])
-                elif s.kind == "embed":
-                    g = gk.embedding_weighted_grad(a, b, weights[i], shape[0])
-                elif s.kind == "norm":
-                    g = gk.weighted_sum(gk.norm_affine_grads(a, b)[0], weights[i])
-                elif s.kind == "conv":
-                    g = gk.conv_patch_grad_to_kernel(
-                        gk.dense_weighted_grad(a, b, weights[i]), shape
-                    )
-                else:
-                    g = gk.dense_weighted_grad(a, b, weights[i])
-                out[i] = jnp.reshape(g, shape)
-        return out
 
-    return losses, aux, sq, summer
+def weighted_sums(
+    plan: GhostPlan, gp: GhostPass, weights: Sequence[jax.Array], finite: jax.Array
+) -> list[jax.Array]:
+    """``sum_i w_i g_i`` per parameter leaf (``weights``: one ``(n,)`` vector per leaf).
+
+    Examples where ``finite`` is False contribute exact zeros: their inputs
+    and output gradients are selected away before the contraction.
+    """
+    out: list[Any] = [None] * len(gp.shapes)
+    for i, g in zip(plan.fallback, gp.fallback_grads, strict=True):
+        out[i] = ck.weighted_sum(ck.zero_rows(g, finite), weights[i])
+    for s, (a, b) in zip(plan.active_sites, gp.layers, strict=True):
+        b = ck.zero_rows(b, finite)
+        if s.kind != "embed":
+            a = ck.zero_rows(a, finite)
+        for role, i in s.roles:
+            out[i] = _site_weighted_grad(s, role, a, b, weights[i], gp.shapes[i])
+    return out
