@@ -156,7 +156,11 @@ def normalized_certainty_penalty(
         raise ValueError("original has no rows")
     missing = anonymized.index.difference(original.index)
     if len(missing):
-        raise ValueError(f"anonymized has index labels not in original: {list(missing[:5])}")
+        # No labels in the message: an index can itself be data (names, IDs).
+        raise ValueError(
+            "anonymized has index labels that are not in original; keep the original's "
+            "index labels on the released rows"
+        )
     hierarchies = hierarchies or {}
     cls = equivalence_classes(anonymized, quasi)
     at = original.index.get_indexer(anonymized.index)
