@@ -171,9 +171,7 @@ def mia_digits(
     spent = (
         math.inf
         if sigma == 0
-        else accounting.epsilon(
-            accounting.SelfComposed(accounting.PoissonSampledGaussian(sigma, q), steps), delta
-        )
+        else accounting.epsilon(accounting.dp_sgd_event(sigma, q, steps), delta)
     )
     report.update(
         {
