@@ -2,7 +2,8 @@
 
 Private training as a composable pipeline: ``clipped_grad`` (per-example
 gradients, clipping, sum) -> ``add_noise`` / ``dp_sgd`` / ``dp_adam`` (optax)
--> ``privacy_spent`` (the accountant, from the optimizer state).
+-> ``privacy_spent`` / ``PrivacyBudget`` (the accountant, from the optimizer
+state). Shared exceptions live in ``dpjax.errors``.
 """
 
 import importlib.util as _ilu
@@ -46,11 +47,10 @@ from dpjax import linen as linen  # noqa: E402
 from dpjax import mechanisms as mechanisms  # noqa: E402
 from dpjax import models as models  # noqa: E402
 from dpjax import nnx as nnx  # noqa: E402
-from dpjax.budget import BudgetExceededError as BudgetExceededError  # noqa: E402
-from dpjax.budget import PrivacyBudget as PrivacyBudget  # noqa: E402
 from dpjax.checkpoint import Checkpointer as Checkpointer  # noqa: E402
-from dpjax.checkpoint import CheckpointError as CheckpointError  # noqa: E402
-from dpjax.checkpoint import CheckpointMismatchError as CheckpointMismatchError  # noqa: E402
+from dpjax.errors import BudgetExceededError as BudgetExceededError  # noqa: E402
+from dpjax.errors import CheckpointError as CheckpointError  # noqa: E402
+from dpjax.errors import CheckpointMismatchError as CheckpointMismatchError  # noqa: E402
 from dpjax.grad import ClippedGradFn as ClippedGradFn  # noqa: E402
 from dpjax.grad import ClipStats as ClipStats  # noqa: E402
 from dpjax.grad import Sensitivity as Sensitivity  # noqa: E402
@@ -59,6 +59,7 @@ from dpjax.optimizers import dp_adam as dp_adam  # noqa: E402
 from dpjax.optimizers import dp_adamw as dp_adamw  # noqa: E402
 from dpjax.optimizers import dp_chain as dp_chain  # noqa: E402
 from dpjax.optimizers import dp_sgd as dp_sgd  # noqa: E402
+from dpjax.privacy import PrivacyBudget as PrivacyBudget  # noqa: E402
 from dpjax.privacy import PrivacySpent as PrivacySpent  # noqa: E402
 from dpjax.privacy import privacy_spent as privacy_spent  # noqa: E402
 from dpjax.random import key_from_seed as key_from_seed  # noqa: E402

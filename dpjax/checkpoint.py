@@ -48,6 +48,7 @@ import jax
 import numpy as np
 
 from dpjax import _validate
+from dpjax.errors import CheckpointError, CheckpointMismatchError
 
 __all__ = [
     "CheckpointError",
@@ -60,14 +61,6 @@ __all__ = [
 PyTree = Any
 FORMAT_VERSION = 1
 LOCK_NAME = ".lock"
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint is missing, unreadable or corrupted."""
-
-
-class CheckpointMismatchError(CheckpointError):
-    """A checkpoint belongs to another model or another privacy configuration."""
 
 
 def _is_key(x: Any) -> bool:

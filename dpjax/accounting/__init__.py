@@ -19,6 +19,7 @@ from dpjax.accounting.events import (
     SampledWithoutReplacementGaussian as SampledWithoutReplacementGaussian,
 )
 from dpjax.accounting.events import SelfComposed as SelfComposed
+from dpjax.accounting.events import dp_sgd_event as dp_sgd_event
 
 __all__ = [
     "Event",
@@ -28,6 +29,7 @@ __all__ = [
     "SampledWithoutReplacementGaussian",
     "Composed",
     "SelfComposed",
+    "dp_sgd_event",
     "epsilon",
     "delta",
     "calibrate_noise_multiplier",

@@ -19,8 +19,8 @@ def epsilon(event: ev.Event, delta: float, *, accountant: str = "rdp") -> float:
     """Epsilon such that ``event`` is (epsilon, delta)-DP: an upper bound.
 
     Args:
-      event: what the mechanism did, e.g. ``SelfComposed(PoissonSampledGaussian(
-        noise_multiplier, sampling_rate), count=steps)``.
+      event: what the mechanism did, e.g. ``dp_sgd_event(noise_multiplier,
+        sampling_rate, steps)`` for a DP-SGD run.
       delta: target delta in (0, 1).
       accountant: ``"rdp"`` (fast, looser) or ``"pld"`` (tight).
 
@@ -33,7 +33,7 @@ def epsilon(event: ev.Event, delta: float, *, accountant: str = "rdp") -> float:
     Privacy: the neighbouring relation is the one of the event (add/remove for
     Poisson sampling, replace-one for sampling without replacement).
 
-    >>> e = SelfComposed(PoissonSampledGaussian(1.1, 0.01), count=1000)
+    >>> e = dp_sgd_event(1.1, 0.01, 1000)
     >>> round(epsilon(e, 1e-5), 3)
     1.712
     """
@@ -69,5 +69,5 @@ def delta(event: ev.Event, epsilon: float, *, accountant: str = "rdp") -> float:
 
 # Names used in the doctests above.
 GaussianEvent = ev.GaussianEvent
-PoissonSampledGaussian = ev.PoissonSampledGaussian
 SelfComposed = ev.SelfComposed
+dp_sgd_event = ev.dp_sgd_event

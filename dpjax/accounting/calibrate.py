@@ -24,7 +24,7 @@ def _check(target_epsilon: float, delta: float, accountant: str) -> None:
 
 def _rdp_eps_fn(q: float, steps: int, delta: float):
     def f(sigma: float) -> float:
-        s = rdp.compose(rdp.init(), ev.PoissonSampledGaussian(sigma, q), steps)
+        s = rdp.compose(rdp.init(), ev.dp_sgd_event(sigma, q, steps))
         return rdp.epsilon(s, delta)
 
     return f
@@ -36,11 +36,11 @@ def _pld_eps_fn(q: float, steps: int, delta: float, sigma_min: float, target: fl
     # One plan for the whole search -> one compilation: made for the smallest
     # noise multiplier, its grids hold every larger one. The returned value is
     # checked with the public epsilon at the end.
-    event = ev.SelfComposed(ev.PoissonSampledGaussian(sigma_min, q), steps)
+    event = ev.dp_sgd_event(sigma_min, q, steps)
     plan = pld_plan.make_plan(event, target, delta=delta)
 
     def f(sigma: float) -> float:
-        e = ev.SelfComposed(ev.PoissonSampledGaussian(sigma, q), steps)
+        e = ev.dp_sgd_event(sigma, q, steps)
         return pld.epsilon_of_event(e, delta, plan=plan)
 
     return f
@@ -90,7 +90,7 @@ def calibrate_noise_multiplier(
         target.
 
     >>> s = calibrate_noise_multiplier(2.0, 1e-5, 0.01, 1000)
-    >>> api.epsilon(ev.SelfComposed(ev.PoissonSampledGaussian(s, 0.01), 1000), 1e-5) <= 2.0
+    >>> api.epsilon(ev.dp_sgd_event(s, 0.01, 1000), 1e-5) <= 2.0
     True
     """
     _check(target_epsilon, delta, accountant)
@@ -121,9 +121,9 @@ def calibrate_noise_multiplier(
             lo, hi = 0.8 * lo, lo
         hi = _search_decreasing(f, lo, hi, target_epsilon, rtol)
     # The returned value is checked with the public epsilon, never trusted.
-    event = lambda s: ev.SelfComposed(ev.PoissonSampledGaussian(s, sampling_rate), steps)  # noqa: E731
     for _ in range(20):
-        if api.epsilon(event(hi), delta, accountant=accountant) <= target_epsilon:
+        e = ev.dp_sgd_event(hi, sampling_rate, steps)
+        if api.epsilon(e, delta, accountant=accountant) <= target_epsilon:
             return float(hi)
         hi *= 1 + rtol
     raise RuntimeError(f"calibration failed to reach epsilon <= {target_epsilon}")
@@ -149,10 +149,10 @@ def calibrate_steps(
     _validate.positive("noise_multiplier", noise_multiplier)
     _validate.probability("sampling_rate", sampling_rate)
     max_steps = _validate.positive_int("max_steps", max_steps)
-    step = ev.PoissonSampledGaussian(noise_multiplier, sampling_rate)
 
     def f(t: int) -> float:
-        return api.epsilon(ev.SelfComposed(step, t), delta, accountant=accountant)
+        e = ev.dp_sgd_event(noise_multiplier, sampling_rate, t)
+        return api.epsilon(e, delta, accountant=accountant)
 
     if f(max_steps) <= target_epsilon:
         return max_steps
@@ -191,7 +191,7 @@ def calibrate_sampling_rate(
     _validate.in_range("rtol", rtol, 1e-8, 0.5)
 
     def f(q: float) -> float:
-        e = ev.SelfComposed(ev.PoissonSampledGaussian(noise_multiplier, q), steps)
+        e = ev.dp_sgd_event(noise_multiplier, q, steps)
         return api.epsilon(e, delta, accountant=accountant)
 
     if f(1.0) <= target_epsilon:

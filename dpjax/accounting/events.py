@@ -31,6 +31,7 @@ __all__ = [
     "SampledWithoutReplacementGaussian",
     "Composed",
     "SelfComposed",
+    "dp_sgd_event",
 ]
 
 
@@ -132,6 +133,31 @@ class SelfComposed(Event):
             raise TypeError(f"event must be an Event, got {self.event!r}")
         if not _is_traced(self.count):
             _validate.non_negative_int("count", self.count)
+
+
+def dp_sgd_event(noise_multiplier: Any, sampling_rate: Any, steps: Any) -> SelfComposed:
+    """The event of a DP-SGD run: ``steps`` Poisson-sampled Gaussian steps.
+
+    The one place dpjax builds it (training, budgets, calibration, audits), so
+    that every epsilon of a DP-SGD run comes from the same event.
+
+    Args:
+      noise_multiplier: sigma > 0, the noise std over the clip norm.
+      sampling_rate: q in (0, 1], each example's inclusion probability per step.
+      steps: the number of steps, >= 0 (0 costs nothing).
+
+    Returns:
+      ``SelfComposed(PoissonSampledGaussian(noise_multiplier, sampling_rate), steps)``.
+
+    Privacy:
+      Add/remove one example (Abadi et al. 2016, *Deep Learning with
+      Differential Privacy*); the caller passes sigma rounded down and q
+      rounded up when they come from lower-precision arithmetic.
+
+    >>> dp_sgd_event(1.1, 0.01, 1000)
+    SelfComposed(event=PoissonSampledGaussian(noise_multiplier=1.1, sampling_rate=0.01), count=1000)
+    """
+    return SelfComposed(PoissonSampledGaussian(noise_multiplier, sampling_rate), count=steps)
 
 
 def _is_traced(x: Any) -> bool:

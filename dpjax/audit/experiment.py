@@ -121,6 +121,8 @@ def mia_digits(
     """
     from dpjax import accounting
     from dpjax.data.digits import load_digits
+    from dpjax.privacy import accountant_delta
+    from dpjax.sampling import PoissonSampler
 
     key = _validate.prng_key("key", key)
     num_shadows = _validate.positive_int("num_shadows", num_shadows)
@@ -133,10 +135,14 @@ def mia_digits(
     half = n // 2
     steps_q = batch_size / half
     steps = math.ceil(epochs / steps_q)
+    # Padded Poisson batches are truncated with a small probability per step:
+    # charged to delta first, the accountant gets the rest (as in dpjax train).
+    trunc = PoissonSampler(num_examples=half, sampling_rate=steps_q).truncation_prob
+    acct_delta = accountant_delta(delta, steps, trunc)
     if epsilon is None:
         sigma, l2_clip = 0.0, 1e6  # the non-private baseline: no noise, no clipping
     else:
-        sigma = accounting.calibrate_noise_multiplier(epsilon, delta, steps_q, steps)
+        sigma = accounting.calibrate_noise_multiplier(epsilon, acct_delta, steps_q, steps)
     train, evaluate, q, steps = _trainer(
         model, half, epochs, batch_size, sigma, l2_clip, learning_rate
     )
@@ -171,9 +177,7 @@ def mia_digits(
     spent = (
         math.inf
         if sigma == 0
-        else accounting.epsilon(
-            accounting.SelfComposed(accounting.PoissonSampledGaussian(sigma, q), steps), delta
-        )
+        else accounting.epsilon(accounting.dp_sgd_event(sigma, q, steps), acct_delta)
     )
     report.update(
         {

@@ -313,9 +313,7 @@ def audit_dp_sgd(
         data_key=k_data,
         **release_kw,
     )
-    event = accounting.SelfComposed(
-        accounting.PoissonSampledGaussian(noise_multiplier, sampling_rate), count=num_steps
-    )
+    event = accounting.dp_sgd_event(noise_multiplier, sampling_rate, num_steps)
     claimed = accounting.epsilon(event, delta, accountant=accountant)
     return audit_mechanism(
         release,

@@ -193,9 +193,7 @@ def audit_dp_sgd_one_run(
     w0 = jnp.zeros((m + dim,), jnp.float32)
     w, _ = train(w0, tx.init(w0), jax.random.split(k_sample, steps))
     scores = -np.asarray(w[:m])
-    event = accounting.SelfComposed(
-        accounting.PoissonSampledGaussian(noise_multiplier, sampling_rate), count=steps
-    )
+    event = accounting.dp_sgd_event(noise_multiplier, sampling_rate, steps)
     claimed = accounting.epsilon(event, delta, accountant=accountant)
     return one_run_audit(
         scores,

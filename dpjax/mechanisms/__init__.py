@@ -6,11 +6,11 @@ queries on tables with contribution bounding and partition selection, and a
 privacy budget filter shared by a query session. See ``docs/mechanisms.md``.
 """
 
+from dpjax.errors import BudgetExceededError as BudgetExceededError
 from dpjax.mechanisms._exact import sample_discrete_gaussian as sample_discrete_gaussian
 from dpjax.mechanisms._exact import sample_discrete_laplace as sample_discrete_laplace
-from dpjax.mechanisms.budget import BudgetExceededError as BudgetExceededError
-from dpjax.mechanisms.budget import PrivacyCost as PrivacyCost
-from dpjax.mechanisms.budget import PrivacyFilter as PrivacyFilter
+from dpjax.mechanisms.filter import PrivacyCost as PrivacyCost
+from dpjax.mechanisms.filter import PrivacyFilter as PrivacyFilter
 from dpjax.mechanisms.noise import analytic_gaussian_sigma as analytic_gaussian_sigma
 from dpjax.mechanisms.noise import classic_gaussian_sigma as classic_gaussian_sigma
 from dpjax.mechanisms.noise import discrete_gaussian as discrete_gaussian

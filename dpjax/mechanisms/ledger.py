@@ -45,7 +45,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from dpjax.mechanisms.budget import PrivacyCost, PrivacyFilter
+from dpjax.mechanisms.filter import PrivacyCost, PrivacyFilter
 
 __all__ = ["Account", "Ledger", "dataset_id", "default_location"]
 

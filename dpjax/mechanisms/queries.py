@@ -46,7 +46,7 @@ from dpjax.mechanisms._table import (
     handle_missing,
     load_table,
 )
-from dpjax.mechanisms.budget import PrivacyCost, PrivacyFilter
+from dpjax.mechanisms.filter import PrivacyCost, PrivacyFilter
 from dpjax.mechanisms.noise import grid_for
 
 __all__ = ["Release", "PreparedQuery", "QuerySession", "aggregate", "prepare", "STATISTICS"]

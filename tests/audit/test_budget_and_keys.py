@@ -7,7 +7,8 @@ import pytest
 
 import dpjax
 from dpjax import accounting
-from dpjax.budget import BudgetExceededError, PrivacyBudget
+from dpjax.errors import BudgetExceededError
+from dpjax.privacy import PrivacyBudget
 from dpjax.random import key_from_seed, secure_key
 
 
