@@ -23,6 +23,10 @@ from dpjax import _validate as V
 
 TableLike = pd.DataFrame | Mapping[str, Any] | str | os.PathLike
 
+# pandas < 3 parses floats approximately unless asked; pandas 3 parses them
+# exactly by default and deprecates the option.
+_EXACT_FLOATS = {"float_precision": "round_trip"} if int(pd.__version__.split(".")[0]) < 3 else {}
+
 
 def load_table(data: TableLike) -> pd.DataFrame:
     """A pandas DataFrame from a DataFrame, a mapping of column arrays, or a CSV path."""
@@ -32,7 +36,7 @@ def load_table(data: TableLike) -> pd.DataFrame:
         if not os.path.isfile(data):
             raise ValueError(f"data: no such CSV file {os.fspath(data)!r}")
         try:
-            return pd.read_csv(data, float_precision="round_trip")  # the exact float64 written
+            return pd.read_csv(data, **_EXACT_FLOATS)  # the exact float64 written
         except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError):
             # pandas' own message names the offending line, field counts or byte
             # position: data-dependent numbers, so they are not passed on.
