@@ -25,7 +25,6 @@ import tqdm.auto
 
 import dpjax
 from dpjax import accounting, cli
-from dpjax.audit.cli import main as audit_main
 from dpjax.checkpoint import Checkpointer, CheckpointMismatchError
 from dpjax.train import TrainConfig, TrainingDivergedError, load_trained, train
 
@@ -174,7 +173,7 @@ def test_killed_interrupted_and_failed_runs_resume_to_the_uninterrupted_result(
     assert accounting.epsilon(ev, 1e-5 - (b["steps"] + 1) * trunc) > 1.5  # the refused step
 
     # Membership inference on the resumed run's checkpointed model.
-    rc = audit_main(["audit", "mia", "--checkpoint-dir", str(d), "--output-dir", str(tmp_path)])
+    rc = cli.main(["audit", "mia", "--checkpoint-dir", str(d), "--output-dir", str(tmp_path)])
     assert rc == 0 and f"step {TOTAL}" in capsys.readouterr().out
     rep = json.loads((tmp_path / "mia_report.json").read_text())
     assert rep["epsilon"] == ref["epsilon"] and 0.0 <= rep["loss threshold"]["auc"] <= 1.0
