@@ -1,5 +1,9 @@
 import json
+import os
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -33,3 +37,54 @@ def test_dpjax_train_bad_input_is_a_clear_error(argv, match, capsys):
     rc = cli.main(["train", "--no-progress", *argv])
     assert rc == 2
     assert re.search(match, capsys.readouterr().err)
+
+
+def test_old_module_paths_are_kept():
+    import dpjax.accounting.cli
+    import dpjax.anonymize.cli
+    import dpjax.audit.cli
+    import dpjax.audit.experiment
+    import dpjax.cli.accounting
+    import dpjax.cli.anonymize
+    import dpjax.cli.audit
+    import dpjax.cli.query
+    import dpjax.data.digits
+    import dpjax.digits
+    import dpjax.digits.data
+    import dpjax.digits.mia
+    import dpjax.digits.models
+    import dpjax.mechanisms.cli
+    import dpjax.models
+    import dpjax.train
+
+    assert dpjax.train.train is dpjax.digits.train
+    assert dpjax.train.load_trained is dpjax.digits.load_trained
+    assert dpjax.train.TrainConfig is dpjax.digits.TrainConfig
+    assert dpjax.models.DigitsCNN is dpjax.digits.models.DigitsCNN
+    assert dpjax.data.digits.load_digits is dpjax.digits.data.load_digits
+    assert dpjax.audit.experiment.mia_digits is dpjax.digits.mia.mia_digits
+    assert dpjax.audit.cli.main is cli.main
+    for old, new in [
+        (dpjax.accounting.cli, dpjax.cli.accounting),
+        (dpjax.mechanisms.cli, dpjax.cli.query),
+        (dpjax.anonymize.cli, dpjax.cli.anonymize),
+        (dpjax.audit.cli, dpjax.cli.audit),
+    ]:
+        assert old.register is new.register
+
+
+@pytest.mark.parametrize("module", ["dpjax", "dpjax.cli"])
+def test_python_m_runs_the_command(module):
+    root = Path(__file__).resolve().parents[1]
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]),
+    }
+    argv = ["epsilon", "--q", "0.01", "--sigma", "1", "--steps", "10", "--delta", "1e-5"]
+    done = subprocess.run([sys.executable, "-m", module, *argv, "--accountant", "rdp", "--json"],
+                          env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["results"][0]["accountant"] == "rdp"
+    bad = subprocess.run([sys.executable, "-m", module, *argv[:-2], "--delta", "2"],
+                         env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert bad.returncode == 2 and "dpjax epsilon: error: " in bad.stderr

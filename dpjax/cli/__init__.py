@@ -47,7 +47,7 @@ def _exit_codes() -> tuple[tuple[tuple[type[BaseException], ...], int], ...]:
     """(exception types, exit code) pairs, first match wins."""
     from dpjax.budget import BudgetExceededError
     from dpjax.checkpoint import CheckpointError
-    from dpjax.train import TrainingDivergedError
+    from dpjax.digits.job import TrainingDivergedError
 
     return (
         ((TrainingDivergedError,), 1),

@@ -32,7 +32,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--sigma", type=float, required=True, help="noise multiplier in [1e-3, 1e6]")
     p.add_argument("--steps", type=int, required=True, help="number of steps >= 0")
     p.add_argument("--delta", type=float, required=True, help="target delta in (0, 1)")
-    p.add_argument("--accountant", choices=("pld", "rdp", "all"), default="pld")
+    p.add_argument("--accountant", choices=(*V.ACCOUNTANTS, "all"), default="pld")
     add_json_flag(p)
     p.set_defaults(func=_epsilon)
 
@@ -45,13 +45,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     c.add_argument("--delta", type=float, required=True, help="target delta in (0, 1)")
     c.add_argument("--q", type=float, required=True, help="sampling rate in (0, 1]")
     c.add_argument("--steps", type=int, required=True, help="number of steps >= 1")
-    c.add_argument("--accountant", choices=("pld", "rdp", "all"), default="pld")
+    c.add_argument("--accountant", choices=(*V.ACCOUNTANTS, "all"), default="pld")
     add_json_flag(c)
     c.set_defaults(func=_calibrate)
 
 
 def _names(choice: str) -> tuple[str, ...]:
-    return api.ACCOUNTANTS if choice == "all" else (choice,)
+    return V.ACCOUNTANTS if choice == "all" else (choice,)
 
 
 def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:

@@ -17,6 +17,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from dpjax._validate import MODELS
+from dpjax.audit.mechanism import VARIANTS
 from dpjax.cli._output import add_json_flag, print_json
 
 __all__ = ["register"]
@@ -209,7 +211,7 @@ def register(subparsers: Any) -> None:
     s.add_argument(
         "--variant",
         default="correct",
-        choices=("correct", "no_clip", "half_noise", "mean_noise_on_sum"),
+        choices=VARIANTS,
     )
     s.set_defaults(func=_step)
 
@@ -228,7 +230,7 @@ def register(subparsers: Any) -> None:
     s.set_defaults(func=_one_run)
 
     s = sub.add_parser("mia", help="membership inference on digits", formatter_class=d)
-    s.add_argument("--model", choices=("mlp", "cnn"), default="mlp")
+    s.add_argument("--model", choices=MODELS, default="mlp")
     s.add_argument("--epochs", type=int, default=10)
     s.add_argument("--epsilon", type=float, default=3.0)
     s.add_argument("--non-private", action="store_true", help="no noise, no clipping")

@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from dpjax.train import TrainConfig, seed_warning, train, validate_config
-from dpjax.train import __doc__ as job_doc
+from dpjax import _validate as V
+from dpjax.digits.config import TrainConfig, seed_warning, validate_config
+from dpjax.digits.job import __doc__ as job_doc
+from dpjax.digits.job import train
 
 __all__ = ["register"]
 
@@ -81,14 +83,14 @@ def register(subparsers: Any) -> None:
         description=job_doc,
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--model", choices=("cnn", "mlp"), default=d.model)
+    p.add_argument("--model", choices=V.MODELS, default=d.model)
     p.add_argument("--epochs", type=int, default=d.epochs)
     p.add_argument(
         "--batch-size", type=int, default=d.batch_size, help="expected Poisson batch size"
     )
     p.add_argument("--clip", type=float, default=d.l2_clip, help="per-example L2 clip norm C")
     p.add_argument("--lr", type=float, default=d.learning_rate, help="learning rate")
-    p.add_argument("--optimizer", choices=("sgd", "adam"), default=d.optimizer)
+    p.add_argument("--optimizer", choices=V.OPTIMIZERS, default=d.optimizer)
     p.add_argument("--epsilon", type=float, default=d.epsilon, help="target epsilon")
     p.add_argument("--delta", type=float, default=d.delta, help="target delta")
     p.add_argument(
@@ -97,7 +99,7 @@ def register(subparsers: Any) -> None:
         default=None,
         help="fix sigma instead of calibrating it to --epsilon",
     )
-    p.add_argument("--accountant", choices=("rdp", "pld"), default=d.accountant)
+    p.add_argument("--accountant", choices=V.ACCOUNTANTS, default=d.accountant)
     p.add_argument(
         "--seed",
         type=int,
@@ -108,7 +110,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--microbatch-size", type=int, default=None)
     p.add_argument(
         "--method",
-        choices=("vmap", "ghost", "auto"),
+        choices=V.CLIP_METHODS,
         default=d.method,
         help="per-example gradient norms: vmap, ghost clipping or auto",
     )
