@@ -1,4 +1,20 @@
-"""``dpjax train``: the bundled digits demo's training job on the command line."""
+"""``dpjax train``: private training of a small CNN on scikit-learn's digits.
+
+Poisson batches padded to a static size, noise calibrated to the target
+(epsilon, delta), a progress bar with loss, accuracy and epsilon spent, a
+summary at the end and a JSON run record. Optionally: a privacy budget that
+ends training before the step that would exceed it (``--budget-epsilon``),
+atomic checkpoints of model, optimizer, keys and privacy state
+(``--checkpoint-dir``, ``--checkpoint-every``, owner-only, locked for the run)
+and ``--resume`` after a crash or kill (``--resume-step`` past a corrupted
+latest checkpoint).
+
+Noise keys come from the OS entropy unless ``--seed N`` asks for a
+reproducible run: then anyone who knows or guesses N can recompute the noise,
+and stdout and the run record say so. Run records are created owner-only
+(0600: they hold non-private training statistics such as the batch loss)
+under fresh names, never overwriting a file.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +23,6 @@ from typing import Any
 
 from dpjax import _validate as V
 from dpjax.digits.config import TrainConfig, seed_warning, validate_config
-from dpjax.digits.job import __doc__ as job_doc
 from dpjax.digits.job import train
 
 __all__ = ["register"]
@@ -80,7 +95,7 @@ def register(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "train",
         help="train a CNN privately on scikit-learn's digits (the main job)",
-        description=job_doc,
+        description=__doc__,
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--model", choices=V.MODELS, default=d.model)

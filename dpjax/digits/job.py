@@ -1,19 +1,4 @@
-"""``dpjax train``: private training of a small CNN on scikit-learn's digits.
-
-Poisson batches padded to a static size, noise calibrated to the target
-(epsilon, delta), a progress bar with loss, accuracy and epsilon spent, a
-summary at the end and a JSON run record. Optionally: a privacy budget that
-ends training before the step that would exceed it (``--budget-epsilon``),
-atomic checkpoints of model, optimizer, keys and privacy state
-(``--checkpoint-dir``, ``--checkpoint-every``, owner-only, locked for the run)
-and ``--resume`` after a crash or kill (``--resume-step`` past a corrupted
-latest checkpoint).
-
-Noise keys come from the OS entropy unless ``--seed N`` asks for a
-reproducible run: then anyone who knows or guesses N can recompute the noise,
-and stdout and the run record say so. Run records are created owner-only
-(0600: they hold non-private training statistics such as the batch loss)
-under fresh names, never overwriting a file.
+"""The ``dpjax train`` job: private training of a small CNN on scikit-learn's digits.
 
 The job in four parts: :func:`build` (data, calibration, keys, model,
 optimizer, compiled step), :func:`restore` (a checkpoint into the built job),
