@@ -8,6 +8,9 @@ from pathlib import Path
 import pytest
 
 from dpjax import cli
+from dpjax.budget import BudgetExceededError
+from dpjax.checkpoint import CheckpointError
+from dpjax.digits import TrainingDivergedError
 
 
 def test_dpjax_train_two_epochs_prints_summary_and_writes_record(tmp_path, capsys):
@@ -88,3 +91,46 @@ def test_python_m_runs_the_command(module):
     bad = subprocess.run([sys.executable, "-m", module, *argv[:-2], "--delta", "2"],
                          env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
     assert bad.returncode == 2 and "dpjax epsilon: error: " in bad.stderr
+
+
+def _raise(exc):
+    def run(*a, **k):
+        raise exc
+
+    return run
+
+
+@pytest.mark.parametrize(
+    "exc, code",
+    [
+        (ValueError("epsilon must be > 0, got 0"), 2),
+        (TypeError("seed: expected an int"), 2),
+        (BudgetExceededError("budget exhausted"), 2),
+        (CheckpointError("checkpoint in use"), 2),
+        (TrainingDivergedError("training diverged at step 3"), 1),
+    ],
+)
+def test_one_place_turns_errors_into_messages_and_exit_codes(exc, code, monkeypatch, capsys):
+    import dpjax.cli.train
+
+    monkeypatch.setattr(dpjax.cli.train, "train", _raise(exc))
+    assert cli.main(["train", "--no-progress"]) == code
+    assert capsys.readouterr().err == f"dpjax train: error: {exc}\n"
+
+
+def test_ctrl_c_is_exit_status_130_from_the_script_and_raised_in_process(monkeypatch):
+    import dpjax.cli.train
+
+    monkeypatch.setattr(dpjax.cli.train, "train", _raise(KeyboardInterrupt()))
+    with pytest.raises(KeyboardInterrupt):
+        cli.main(["train", "--no-progress"])
+    monkeypatch.setattr(sys, "argv", ["dpjax", "train", "--no-progress"])
+    assert cli.console() == 130
+
+
+def test_other_errors_are_not_hidden(monkeypatch):
+    import dpjax.cli.train
+
+    monkeypatch.setattr(dpjax.cli.train, "train", _raise(RuntimeError("a bug")))
+    with pytest.raises(RuntimeError, match="a bug"):
+        cli.main(["train", "--no-progress"])
