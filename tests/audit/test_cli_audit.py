@@ -82,3 +82,19 @@ def test_audit_json_is_the_record(argv, tmp_path, capsys):
     assert rc == (0 if printed["consistent"] else 1)
     assert printed["epsilon_lower_bound" if argv[0] == "step" else "epsilon"] >= 0
     assert printed["claimed_epsilon"] > 0
+
+
+@pytest.mark.slow  # ~20 s: trains a 12-step model, then attacks its checkpoint
+def test_audit_mia_on_a_checkpoint_json_is_the_report(tmp_path, capsys):
+    d = tmp_path / "ck"
+    argv = ["train", "--model", "mlp", "--epochs", "1", "--seed", "3", "--no-progress"]
+    assert cli.main([*argv, "--checkpoint-dir", str(d), "--output", str(tmp_path / "r.json")]) == 0
+    capsys.readouterr()
+    out = tmp_path / "audit"
+    assert cli.main(["audit", "mia", "--checkpoint-dir", str(d), "--output-dir", str(out),
+                     "--json"]) == 0  # fmt: skip
+    printed = json.loads(capsys.readouterr().out)  # stdout is the JSON object alone
+    assert printed == json.loads((out / "mia_report.json").read_text())
+    assert printed["checkpoint_step"] == 12 and printed["model"] == "mlp"
+    assert 0.0 <= printed["loss threshold"]["auc"] <= 1.0
+    assert printed["members"] + printed["non_members"] == 1797
