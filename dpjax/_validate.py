@@ -26,7 +26,17 @@ __all__ = [
     "non_negative_int",
     "prng_key",
     "one_of",
+    "ACCOUNTANTS",
+    "CLIP_METHODS",
+    "MODELS",
+    "OPTIMIZERS",
 ]
+
+# The allowed choices, one tuple each (checks, CLI ``choices`` and messages use these).
+ACCOUNTANTS = ("rdp", "pld")  # privacy accountants (dpjax.accounting)
+CLIP_METHODS = ("vmap", "ghost", "auto")  # per-example gradient norms (dpjax.clipped_grad)
+MODELS = ("cnn", "mlp")  # the digits demo's models (dpjax.digits.models)
+OPTIMIZERS = ("sgd", "adam")  # the digits demo's optimizers (dpjax.dp_sgd, dpjax.dp_adam)
 
 
 def _concrete(value: Any) -> float | None:

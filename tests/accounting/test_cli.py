@@ -1,12 +1,14 @@
 """The epsilon / calibrate subcommands, through a parser built here."""
 
 import argparse
+import json
 import re
 
 import pytest
 
 import dpjax.accounting as acc
-from dpjax.accounting import cli
+from dpjax.accounting.api import ACCOUNTANTS
+from dpjax.cli import accounting as cli
 
 
 def _run(argv):
@@ -89,3 +91,31 @@ def test_extreme_values_are_clear_errors_through_the_command(argv, match, capsys
     err = capsys.readouterr().err
     assert re.search(match, err), err
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("accountant", ["rdp", "all"])
+def test_epsilon_json_matches_the_accountant(accountant, capsys):
+    argv = ["epsilon", "--q", "0.01", "--sigma", "1.1", "--steps", "1000", "--delta", "1e-5"]
+    assert _run([*argv, "--accountant", accountant, "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["command"] == "epsilon" and out["relation"] == "add_remove"
+    assert (out["sampling_rate"], out["noise_multiplier"], out["steps"], out["delta"]) == (
+        0.01, 1.1, 1000, 1e-5,
+    )  # fmt: skip
+    names = [r["accountant"] for r in out["results"]]
+    assert names == (list(ACCOUNTANTS) if accountant == "all" else [accountant])
+    event = acc.SelfComposed(acc.PoissonSampledGaussian(1.1, 0.01), 1000)
+    for r in out["results"]:
+        assert r["epsilon"] == acc.epsilon(event, 1e-5, accountant=r["accountant"])
+        assert r["seconds"] >= 0
+
+
+def test_calibrate_json_meets_the_target(capsys):
+    argv = ["calibrate", "--epsilon", "2", "--delta", "1e-5", "--q", "0.01", "--steps", "500"]
+    assert _run([*argv, "--accountant", "rdp", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["command"] == "calibrate" and out["target_epsilon"] == 2.0
+    (r,) = out["results"]
+    assert r["accountant"] == "rdp" and r["epsilon"] <= 2.0
+    event = acc.SelfComposed(acc.PoissonSampledGaussian(r["noise_multiplier"], 0.01), 500)
+    assert acc.epsilon(event, 1e-5, accountant="rdp") == r["epsilon"]

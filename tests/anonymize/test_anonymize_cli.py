@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from dpjax.anonymize import write_key
-from dpjax.anonymize.cli import register
+from dpjax.cli.anonymize import register
 from dpjax.data.census import census_table
 from tests import oracles
 
@@ -155,7 +155,7 @@ def test_through_the_dpjax_dispatcher(files, monkeypatch, capsys):
     import dpjax.cli
 
     src, dst, _ = files
-    monkeypatch.setattr(dpjax.cli, "_SUBCOMMANDS", ("dpjax.anonymize.cli",))
+    monkeypatch.setattr(dpjax.cli, "_SUBCOMMANDS", ("dpjax.cli.anonymize",))
     rc = dpjax.cli.main(["anonymize", str(src), str(dst), "--quasi", "age,sex", "--k", "1"])
     assert rc == 2 and "--k must be >= 2" in capsys.readouterr().err
     assert dpjax.cli.main(["anonymize", str(src), str(dst), "--quasi", "age,sex", "--k", "3"]) == 0

@@ -20,9 +20,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import dpjax.anonymize.cli as anon_cli
 import dpjax.anonymize.table as anon_table
 import dpjax.cli
+import dpjax.cli.anonymize as anon_cli
 from dpjax.anonymize import pseudonymize
 from dpjax.data.census import census_table
 
@@ -41,7 +41,7 @@ def _read(path):
 
 @pytest.fixture
 def cli(monkeypatch, capsys):
-    monkeypatch.setattr(dpjax.cli, "_SUBCOMMANDS", ("dpjax.anonymize.cli",))
+    monkeypatch.setattr(dpjax.cli, "_SUBCOMMANDS", ("dpjax.cli.anonymize",))
 
     def run(argv):
         rc = dpjax.cli.main(["anonymize", *map(str, argv)])

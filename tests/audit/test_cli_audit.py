@@ -6,7 +6,6 @@ import re
 import pytest
 
 from dpjax import cli
-from dpjax.audit.cli import main as audit_main
 
 
 def test_audit_of_poisson_steps_reports_bound_and_claim(tmp_path, capsys):
@@ -15,7 +14,7 @@ def test_audit_of_poisson_steps_reports_bound_and_claim(tmp_path, capsys):
     # A fixed key keeps the test deterministic (the default draws from OS entropy).
     argv = ["audit", "step", "--trials", "4000", "--steps", "2", "--sampling-rate", "0.5",
             "--seed", "0"]  # fmt: skip
-    rc = audit_main([*argv, "--output", str(out)])
+    rc = cli.main([*argv, "--output", str(out)])
     text = capsys.readouterr().out
     assert rc == 0, text
     assert re.search(r"epsilon lower bound\s+[\d.]+\s+claimed\s+[\d.]+\s+ok", text)
@@ -35,13 +34,13 @@ def test_audit_of_poisson_steps_reports_bound_and_claim(tmp_path, capsys):
     ],
 )
 def test_audit_bad_input_is_a_clear_error(argv, match, capsys):
-    assert audit_main(argv) == 2
+    assert cli.main(argv) == 2
     assert re.search(match, capsys.readouterr().err)
 
 
 @pytest.mark.slow
 def test_audit_mia_writes_report_and_plot(tmp_path, capsys):
-    rc = audit_main(
+    rc = cli.main(
         ["audit", "mia", "--epochs", "1", "--shadows", "2", "--output-dir", str(tmp_path)]
     )
     assert rc == 0
@@ -66,3 +65,36 @@ def test_audit_mia_writes_report_and_plot(tmp_path, capsys):
 def test_train_new_flags_bad_input(argv, match, capsys):
     assert cli.main(["train", "--no-progress", *argv]) == 2
     assert re.search(match, capsys.readouterr().err)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["step", "--trials", "2000", "--steps", "2", "--sampling-rate", "0.5"],
+        ["one-run", "--canaries", "100", "--steps", "2"],
+    ],
+)
+def test_audit_json_is_the_record(argv, tmp_path, capsys):
+    out = tmp_path / "a.json"
+    rc = cli.main(["audit", *argv, "--seed", "0", "--output", str(out), "--json"])
+    printed = json.loads(capsys.readouterr().out)  # stdout is the JSON object alone
+    assert printed == json.loads(out.read_text())
+    assert rc == (0 if printed["consistent"] else 1)
+    assert printed["epsilon_lower_bound" if argv[0] == "step" else "epsilon"] >= 0
+    assert printed["claimed_epsilon"] > 0
+
+
+@pytest.mark.slow  # ~20 s: trains a 12-step model, then attacks its checkpoint
+def test_audit_mia_on_a_checkpoint_json_is_the_report(tmp_path, capsys):
+    d = tmp_path / "ck"
+    argv = ["train", "--model", "mlp", "--epochs", "1", "--seed", "3", "--no-progress"]
+    assert cli.main([*argv, "--checkpoint-dir", str(d), "--output", str(tmp_path / "r.json")]) == 0
+    capsys.readouterr()
+    out = tmp_path / "audit"
+    assert cli.main(["audit", "mia", "--checkpoint-dir", str(d), "--output-dir", str(out),
+                     "--json"]) == 0  # fmt: skip
+    printed = json.loads(capsys.readouterr().out)  # stdout is the JSON object alone
+    assert printed == json.loads((out / "mia_report.json").read_text())
+    assert printed["checkpoint_step"] == 12 and printed["model"] == "mlp"
+    assert 0.0 <= printed["loss threshold"]["auc"] <= 1.0
+    assert printed["members"] + printed["non_members"] == 1797

@@ -19,7 +19,7 @@ import pytest
 from dpjax import cli
 from dpjax.budget import BudgetExceededError
 from dpjax.checkpoint import Checkpointer, CheckpointError
-from dpjax.train import TrainConfig, load_trained, train
+from dpjax.digits import TrainConfig, load_trained, train
 
 ROOT = Path(__file__).resolve().parents[2]
 SMALL = dict(model="mlp", epochs=1, progress=False)  # 12 steps of q = 128 / 1437

@@ -25,9 +25,9 @@ import tqdm.auto
 
 import dpjax
 from dpjax import accounting, cli
-from dpjax.audit.cli import main as audit_main
 from dpjax.checkpoint import Checkpointer, CheckpointMismatchError
-from dpjax.train import TrainConfig, TrainingDivergedError, load_trained, train
+from dpjax.digits import TrainConfig, TrainingDivergedError, load_trained, train
+from dpjax.digits import data as digits_data
 
 EPOCHS, EVERY = 6, 4  # 68 steps of q = 128 / 1437, a checkpoint every 4
 TOTAL = 68
@@ -122,14 +122,14 @@ def test_killed_interrupted_and_failed_runs_resume_to_the_uninterrupted_result(
     _assert_loadable(d, interrupted_at)
 
     # A NaN loss (poisoned inputs) at the first resumed step.
-    real = dpjax.data.digits.load_digits
+    real = digits_data.load_digits
 
     def poisoned(*a, **k):
         s = real(*a, **k)
         return s._replace(x_train=np.full_like(s.x_train, np.nan))
 
     with monkeypatch.context() as m:
-        m.setattr(dpjax.data.digits, "load_digits", poisoned)
+        m.setattr(digits_data, "load_digits", poisoned)
         with pytest.raises(TrainingDivergedError, match=f"step {interrupted_at + 1}"):
             train(_cfg(tmp_path, "run", resume=True))
     assert _latest(d) == (interrupted_at, sha)
@@ -174,7 +174,7 @@ def test_killed_interrupted_and_failed_runs_resume_to_the_uninterrupted_result(
     assert accounting.epsilon(ev, 1e-5 - (b["steps"] + 1) * trunc) > 1.5  # the refused step
 
     # Membership inference on the resumed run's checkpointed model.
-    rc = audit_main(["audit", "mia", "--checkpoint-dir", str(d), "--output-dir", str(tmp_path)])
+    rc = cli.main(["audit", "mia", "--checkpoint-dir", str(d), "--output-dir", str(tmp_path)])
     assert rc == 0 and f"step {TOTAL}" in capsys.readouterr().out
     rep = json.loads((tmp_path / "mia_report.json").read_text())
     assert rep["epsilon"] == ref["epsilon"] and 0.0 <= rep["loss threshold"]["auc"] <= 1.0

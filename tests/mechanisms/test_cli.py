@@ -1,13 +1,14 @@
 """The ``dpjax query`` subcommand, built into a parser here as the dispatcher does."""
 
 import argparse
+import json
 import re
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from dpjax.mechanisms import cli
+from dpjax.cli import query as cli
 from dpjax.mechanisms import ledger as L
 from dpjax.mechanisms._table import load_table
 
@@ -115,7 +116,7 @@ def test_query_requires_a_statistic_and_a_budget(csv):
 def test_dispatcher_runs_query_and_maps_errors_to_exit_code_2(csv, capsys, monkeypatch):
     from dpjax import cli as dispatcher
 
-    monkeypatch.setattr(dispatcher, "_SUBCOMMANDS", ("dpjax.mechanisms.cli",))
+    monkeypatch.setattr(dispatcher, "_SUBCOMMANDS", ("dpjax.cli.query",))
     path, _ = csv
     argv = ["query", str(path), "--count", "--epsilon", "1", "--seed", "0", *TOTAL]
     assert dispatcher.main(argv) == 0
@@ -205,3 +206,25 @@ def test_histogram_categories_with_public_groups(csv, capsys):
     assert _main(argv) == 0
     lines = capsys.readouterr().out.splitlines()
     assert [line.split()[0] for line in lines[2:]] == ["1", "2", "3"]
+
+
+def test_query_json_is_one_object_with_the_table_rows(csv, capsys):
+    path, df = csv
+    argv = ["query", str(path), "--sum", "income", "--by", "region", "--bounds", "0,200000",
+            "--epsilon", "1", "--seed", "1", *TOTAL]  # fmt: skip
+    assert _main([*argv, "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)  # stdout is the JSON object alone
+    assert _main(argv) == 0  # the same query again, as a table (a second charge, same seed)
+    text = capsys.readouterr().out.splitlines()
+    assert (out["command"], out["statistic"], out["column"]) == ("query", "sum", "income")
+    assert out["cost"] == {"epsilon": 1.0, "rho": 0.0, "delta": 1e-6}
+    assert out["confidence"] == 0.95
+    rows = {r["region"]: r for r in out["rows"]}
+    assert set(rows) == {"east", "north", "south"}
+    true = df.groupby("region")["income"].sum()
+    for region, r in rows.items():
+        assert set(r) == {"region", "value", "ci_low", "ci_high"}
+        assert r["ci_low"] <= r["value"] <= r["ci_high"]
+        assert abs(r["value"] - true[region]) < 0.1 * true[region]
+    table = {line.split()[0]: float(line.split()[1]) for line in text[2:]}
+    assert table == pytest.approx({k: r["value"] for k, r in rows.items()}, rel=1e-5)

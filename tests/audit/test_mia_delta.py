@@ -9,7 +9,7 @@ import pytest
 
 import dpjax
 from dpjax import accounting
-from dpjax.audit import experiment
+from dpjax.digits import mia as experiment
 from dpjax.sampling import PoissonSampler
 
 

@@ -1,0 +1,169 @@
+"""``dpjax train``: private training of a small CNN on scikit-learn's digits.
+
+Poisson batches padded to a static size, noise calibrated to the target
+(epsilon, delta), a progress bar with loss, accuracy and epsilon spent, a
+summary at the end and a JSON run record. Optionally: a privacy budget that
+ends training before the step that would exceed it (``--budget-epsilon``),
+atomic checkpoints of model, optimizer, keys and privacy state
+(``--checkpoint-dir``, ``--checkpoint-every``, owner-only, locked for the run)
+and ``--resume`` after a crash or kill (``--resume-step`` past a corrupted
+latest checkpoint).
+
+Noise keys come from the OS entropy unless ``--seed N`` asks for a
+reproducible run: then anyone who knows or guesses N can recompute the noise,
+and stdout and the run record say so. Run records are created owner-only
+(0600: they hold non-private training statistics such as the batch loss)
+under fresh names, never overwriting a file.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from dpjax import _validate as V
+from dpjax.digits.config import TrainConfig, seed_warning, validate_config
+from dpjax.digits.job import train
+
+__all__ = ["register"]
+
+
+def _summary(r: dict[str, Any]) -> str:
+    head = ["dpjax train: done"]
+    if r.get("stopped_by_budget"):
+        b = r["budget"]
+        head = [
+            f"dpjax train: stopped at the privacy budget (epsilon = {b['epsilon']:g}, "
+            f"delta = {b['delta']:g}) after {r['steps']} steps",
+            f"  reason          {r['stopped_by_budget']}",
+        ]
+    if r.get("resumed_from") is not None:
+        head.append(f"  resumed from    step {r['resumed_from']} ({r['checkpoint_dir']})")
+    if r.get("warning"):
+        head.append(f"  warning         {r['warning']}")
+    return "\n".join(
+        [
+            *head,
+            f"  test accuracy   {r['test_accuracy']:.4f}",
+            f"  privacy         epsilon = {r['epsilon']:.3f}, delta = {r['delta']:.3g} "
+            f"({r['accountant']}, add/remove one example)",
+            f"  steps           {r['steps']} (sampling rate q = {r['sampling_rate']:.4f}, "
+            f"padded batch {r['max_batch_size']})",
+            f"  noise           sigma = {r['noise_multiplier']:.4f}, "
+            f"clip C = {r['config']['l2_clip']}",
+            f"  wall time       {r['wall_seconds']:.1f} s",
+            f"  run record      {r['output']}",
+        ]
+    )
+
+
+def _run(args: argparse.Namespace) -> int:
+    cfg = TrainConfig(
+        model=args.model,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        l2_clip=args.clip,
+        learning_rate=args.lr,
+        optimizer=args.optimizer,
+        epsilon=args.epsilon,
+        delta=args.delta,
+        noise_multiplier=args.noise_multiplier,
+        accountant=args.accountant,
+        seed=args.seed,
+        microbatch_size=args.microbatch_size,
+        method=args.method,
+        progress=not args.no_progress,
+        output=args.output,
+        budget_epsilon=args.budget_epsilon,
+        budget_delta=args.budget_delta,
+        checkpoint_dir=args.checkpoint_dir,
+        checkpoint_every=args.checkpoint_every,
+        resume=args.resume,
+        resume_step=args.resume_step,
+        secure=args.secure,
+    )
+    validate_config(cfg)
+    if cfg.seed is not None:
+        print(f"dpjax train: warning: {seed_warning(cfg.seed)}", flush=True)
+    record = train(cfg)  # errors -> messages and exit codes in dpjax.cli.main
+    print(_summary(record))
+    return 0
+
+
+def register(subparsers: Any) -> None:
+    d = TrainConfig()
+    p = subparsers.add_parser(
+        "train",
+        help="train a CNN privately on scikit-learn's digits (the main job)",
+        description=__doc__,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--model", choices=V.MODELS, default=d.model)
+    p.add_argument("--epochs", type=int, default=d.epochs)
+    p.add_argument(
+        "--batch-size", type=int, default=d.batch_size, help="expected Poisson batch size"
+    )
+    p.add_argument("--clip", type=float, default=d.l2_clip, help="per-example L2 clip norm C")
+    p.add_argument("--lr", type=float, default=d.learning_rate, help="learning rate")
+    p.add_argument("--optimizer", choices=V.OPTIMIZERS, default=d.optimizer)
+    p.add_argument("--epsilon", type=float, default=d.epsilon, help="target epsilon")
+    p.add_argument("--delta", type=float, default=d.delta, help="target delta")
+    p.add_argument(
+        "--noise-multiplier",
+        type=float,
+        default=None,
+        help="fix sigma instead of calibrating it to --epsilon",
+    )
+    p.add_argument("--accountant", choices=V.ACCOUNTANTS, default=d.accountant)
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        help="reproducible noise from this seed in [0, 2**32): anyone who knows or guesses it "
+        "can recompute the noise; default: keys from OS entropy",
+    )
+    p.add_argument("--microbatch-size", type=int, default=None)
+    p.add_argument(
+        "--method",
+        choices=V.CLIP_METHODS,
+        default=d.method,
+        help="per-example gradient norms: vmap, ghost clipping or auto",
+    )
+    p.add_argument(
+        "--budget-epsilon",
+        type=float,
+        default=None,
+        help="privacy budget: end training before the step that would exceed this epsilon",
+    )
+    p.add_argument(
+        "--budget-delta", type=float, default=None, help="delta of the budget (default --delta)"
+    )
+    p.add_argument(
+        "--checkpoint-dir", default=None, help="save model, optimizer, keys and privacy state here"
+    )
+    p.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=None,
+        help="steps between checkpoints (default: epoch)",
+    )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from the latest checkpoint in --checkpoint-dir",
+    )
+    p.add_argument(
+        "--resume-step",
+        type=int,
+        default=None,
+        help="with --resume: continue from this step when later checkpoints are corrupted "
+        "(they are set aside as STEP.corrupted)",
+    )
+    p.add_argument(
+        "--secure",
+        action="store_true",
+        help="keys from OS entropy: the default; kept for old scripts, excludes --seed",
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--output", default=None, help="run record path (default runs/train-*.json)")
+    p.set_defaults(func=_run)

@@ -1,0 +1,89 @@
+"""The ``dpjax train`` job's configuration and its checks (all before any work)."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+from dpjax import _validate
+
+__all__ = ["TrainConfig", "seed_warning", "validate_config"]
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Settings of one ``dpjax train`` run (the command's flags; see ``dpjax train --help``)."""
+
+    model: str = "cnn"
+    epochs: int = 30
+    batch_size: int = 128  # expected (Poisson) batch size
+    l2_clip: float = 1.0
+    learning_rate: float = 1e-2
+    optimizer: str = "adam"
+    epsilon: float = 3.0
+    delta: float = 1e-5
+    noise_multiplier: float | None = None  # set to skip calibration
+    accountant: str = "rdp"
+    seed: int | None = None  # None: keys from OS entropy; an int: reproducible noise
+    microbatch_size: int | None = None
+    method: str = "vmap"  # per-example norms: one of _validate.CLIP_METHODS
+    progress: bool = True
+    output: str | None = None
+    budget_epsilon: float | None = None  # stop before the step that would exceed it
+    budget_delta: float | None = None  # default: delta
+    checkpoint_dir: str | None = None
+    checkpoint_every: int | None = None  # steps; default: once per epoch
+    resume: bool = False
+    resume_step: int | None = None  # default: the latest checkpoint
+    secure: bool = False  # require OS-entropy keys (the default); excludes seed
+
+
+def seed_warning(seed: int | None) -> str | None:
+    if seed is None:
+        return None
+    return (
+        f"--seed {seed}: the noise is reproducible by anyone who knows or guesses the seed, "
+        "and against them the model is not private; use a seed only for research on public "
+        "data (omit --seed for keys from OS entropy)"
+    )
+
+
+def validate_config(cfg: TrainConfig) -> None:
+    _validate.one_of("model", cfg.model, _validate.MODELS)
+    _validate.one_of("optimizer", cfg.optimizer, _validate.OPTIMIZERS)
+    _validate.one_of("accountant", cfg.accountant, _validate.ACCOUNTANTS)
+    _validate.one_of("method", cfg.method, _validate.CLIP_METHODS)
+    _validate.positive_int("epochs", cfg.epochs)
+    _validate.positive_int("batch_size", cfg.batch_size)
+    _validate.positive("l2_clip", cfg.l2_clip)
+    _validate.positive("learning_rate", cfg.learning_rate)
+    _validate.positive("epsilon", cfg.epsilon)
+    _validate.open_unit("delta", cfg.delta)
+    if cfg.noise_multiplier is not None:
+        _validate.non_negative("noise_multiplier", cfg.noise_multiplier)
+    if cfg.seed is not None:
+        if cfg.secure:
+            raise ValueError(
+                f"secure=True and seed={cfg.seed} exclude each other: secure keys (the default) "
+                "come from OS entropy, a seed makes the noise reproducible"
+            )
+        from dpjax.random import key_from_seed
+
+        key_from_seed(cfg.seed)  # refuses seeds outside [0, 2**32)
+    if cfg.budget_epsilon is not None:
+        _validate.positive("budget_epsilon", cfg.budget_epsilon)
+    if cfg.budget_delta is not None:
+        _validate.open_unit("budget_delta", cfg.budget_delta)
+    if cfg.checkpoint_every is not None:
+        _validate.positive_int("checkpoint_every", cfg.checkpoint_every)
+    if (cfg.resume or cfg.checkpoint_every is not None) and not cfg.checkpoint_dir:
+        raise ValueError("resume and checkpoint_every need checkpoint_dir")
+    if cfg.resume_step is not None:
+        _validate.positive_int("resume_step", cfg.resume_step)
+        if not cfg.resume:
+            raise ValueError("resume_step needs resume=True")
+    if cfg.output and os.path.lexists(cfg.output):
+        raise ValueError(
+            f"output {cfg.output} already exists; run records are never overwritten, "
+            "choose another path"
+        )
