@@ -49,7 +49,7 @@ __all__ = [
 
 RELATIONS = ("add_remove", "replace_one")
 CLIPPINGS = ("flat", "per_layer", "automatic")
-METHODS = ("vmap", "ghost", "auto")
+METHODS = _validate.CLIP_METHODS
 # method="auto" uses ghost clipping when at least this fraction of the
 # parameters (by count) avoids per-example gradients.
 AUTO_GHOST_FRACTION = 0.5

@@ -227,7 +227,7 @@ def privacy_spent(opt_state: Any, delta: float, *, accountant: str = "rdp") -> P
     PrivacySpent(epsilon=0.0, delta=1e-05, steps=0)
     """
     _validate.open_unit("delta", delta)
-    _validate.one_of("accountant", accountant, ("rdp", "pld"))
+    _validate.one_of("accountant", accountant, _validate.ACCOUNTANTS)
     p = noise_params(opt_state)
     t = truncation_delta(p.steps, p.truncation_prob)
     delta_total = min(1.0, _float_up(Fraction(float(delta)) + Fraction(t)))
@@ -278,7 +278,7 @@ class PrivacyBudget:
     def __post_init__(self):
         _validate.positive("epsilon", self.epsilon)
         _validate.open_unit("delta", self.delta)
-        _validate.one_of("accountant", self.accountant, ("rdp", "pld"))
+        _validate.one_of("accountant", self.accountant, _validate.ACCOUNTANTS)
 
     def epsilon_after(self, opt_state: Any, steps: int) -> float:
         """Epsilon the run would have spent after ``steps`` steps (inf: not allowed)."""

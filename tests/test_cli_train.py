@@ -8,9 +8,8 @@ from pathlib import Path
 import pytest
 
 from dpjax import cli
-from dpjax.budget import BudgetExceededError
-from dpjax.checkpoint import CheckpointError
 from dpjax.digits import TrainingDivergedError
+from dpjax.errors import BudgetExceededError, CheckpointError
 
 
 def test_dpjax_train_two_epochs_prints_summary_and_writes_record(tmp_path, capsys):
@@ -46,7 +45,6 @@ def test_old_module_paths_are_kept():
     import dpjax.accounting.cli
     import dpjax.anonymize.cli
     import dpjax.audit.cli
-    import dpjax.audit.experiment
     import dpjax.cli.accounting
     import dpjax.cli.anonymize
     import dpjax.cli.audit
@@ -65,7 +63,6 @@ def test_old_module_paths_are_kept():
     assert dpjax.train.TrainConfig is dpjax.digits.TrainConfig
     assert dpjax.models.DigitsCNN is dpjax.digits.models.DigitsCNN
     assert dpjax.data.digits.load_digits is dpjax.digits.data.load_digits
-    assert dpjax.audit.experiment.mia_digits is dpjax.digits.mia.mia_digits
     assert dpjax.audit.cli.main is cli.main
     for old, new in [
         (dpjax.accounting.cli, dpjax.cli.accounting),

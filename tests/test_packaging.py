@@ -143,3 +143,14 @@ def test_a_source_tree_uses_the_kernels_beside_its_dpjax(tmp_path):
     assert Path(dpjax_file) == src / "dpjax" / "__init__.py"
     assert Path(kernels_file) == src / "kernels" / "__init__.py"
     assert Path(clip_file) == src / "kernels" / "clip.py"
+
+
+def test_the_audit_library_does_not_depend_on_the_digits_demo():
+    for path in (ROOT / "dpjax" / "audit").rglob("*.py"):
+        for line in path.read_text().splitlines():
+            s = line.strip()
+            if s.startswith(("import ", "from ")):
+                assert not s.startswith(
+                    ("from dpjax.digits", "import dpjax.digits", "from dpjax.train",
+                     "import dpjax.train", "from dpjax import digits", "from dpjax import train")
+                ), f"{path.name}: {s}"  # fmt: skip

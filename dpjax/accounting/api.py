@@ -12,7 +12,7 @@ from dpjax.accounting import rdp
 
 __all__ = ["ACCOUNTANTS", "epsilon", "delta"]
 
-ACCOUNTANTS = ("rdp", "pld")
+ACCOUNTANTS = _validate.ACCOUNTANTS
 
 
 def epsilon(event: ev.Event, delta: float, *, accountant: str = "rdp") -> float:

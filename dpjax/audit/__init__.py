@@ -11,13 +11,11 @@ accountant's, a broken one's rises above it.
   (Jagielski, Ullman, Oprea 2020; Nasr et al. 2021).
 * ``one_run_audit`` / ``audit_dp_sgd_one_run``: one training run, many
   canaries (Steinke, Nasr, Jagielski 2023).
-* ``roc_curve``, ``lira_offline_scores``, ``membership_report``,
-  ``mia_digits``, ``mia_checkpoint``: membership inference on a trained model (loss threshold,
-  offline LiRA; Carlini et al. 2022).
+* ``roc_curve``, ``lira_offline_scores``, ``membership_report``: membership
+  inference on a trained model (loss threshold, offline LiRA; Carlini et al.
+  2022). The experiment on the digits demo is :mod:`dpjax.digits.mia`.
 """
 
-from dpjax.audit.experiment import mia_checkpoint as mia_checkpoint
-from dpjax.audit.experiment import mia_digits as mia_digits
 from dpjax.audit.mechanism import VARIANTS as VARIANTS
 from dpjax.audit.mechanism import MechanismAudit as MechanismAudit
 from dpjax.audit.mechanism import audit_dp_sgd as audit_dp_sgd
@@ -57,8 +55,6 @@ __all__ = [
     "logit_confidence",
     "loss_threshold_scores",
     "membership_report",
-    "mia_checkpoint",
-    "mia_digits",
     "one_run_audit",
     "one_run_epsilon",
     "one_run_p_value",

@@ -45,9 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _exit_codes() -> tuple[tuple[tuple[type[BaseException], ...], int], ...]:
     """(exception types, exit code) pairs, first match wins."""
-    from dpjax.budget import BudgetExceededError
-    from dpjax.checkpoint import CheckpointError
     from dpjax.digits.job import TrainingDivergedError
+    from dpjax.errors import BudgetExceededError, CheckpointError
 
     return (
         ((TrainingDivergedError,), 1),

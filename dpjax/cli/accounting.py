@@ -63,7 +63,7 @@ def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
 def _epsilon(args: argparse.Namespace) -> int:
     V.positive("noise_multiplier (--sigma)", args.sigma)
     V.in_range("noise_multiplier (--sigma)", args.sigma, *SIGMA_RANGE)
-    event = ev.SelfComposed(ev.PoissonSampledGaussian(args.sigma, args.q), args.steps)
+    event = ev.dp_sgd_event(args.sigma, args.q, args.steps)
     results = []
     for name in _names(args.accountant):
         t = time.perf_counter()
@@ -103,7 +103,7 @@ def _calibrate(args: argparse.Namespace) -> int:
         sigma = calibrate.calibrate_noise_multiplier(
             args.epsilon, args.delta, args.q, args.steps, accountant=name
         )
-        event = ev.SelfComposed(ev.PoissonSampledGaussian(sigma, args.q), args.steps)
+        event = ev.dp_sgd_event(sigma, args.q, args.steps)
         eps = api.epsilon(event, args.delta, accountant=name)
         results.append(
             {

@@ -142,7 +142,7 @@ def _one_run(args: argparse.Namespace) -> int:
 
 
 def _mia(args: argparse.Namespace) -> int:
-    from dpjax.audit.experiment import mia_checkpoint, mia_digits
+    from dpjax.digits.mia import mia_checkpoint, mia_digits
 
     out = Path(args.output_dir)
     if args.checkpoint_dir:

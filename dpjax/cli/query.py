@@ -27,7 +27,7 @@ import pandas as pd
 from dpjax.cli._output import add_json_flag, print_json
 from dpjax.mechanisms import queries
 from dpjax.mechanisms._table import MISSING, load_table
-from dpjax.mechanisms.budget import PrivacyFilter
+from dpjax.mechanisms.filter import PrivacyFilter
 from dpjax.mechanisms.ledger import Ledger, dataset_id
 from dpjax.random import key_from_seed, secure_key
 

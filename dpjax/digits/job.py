@@ -88,6 +88,7 @@ def build(cfg: TrainConfig) -> Job:
     import dpjax
     from dpjax import accounting
     from dpjax.digits import data, models
+    from dpjax.privacy import accountant_delta
     from dpjax.random import key_from_seed, secure_key
 
     d = data.load_digits()
@@ -100,11 +101,8 @@ def build(cfg: TrainConfig) -> Job:
     sampler = dpjax.PoissonSampler(num_examples=n, sampling_rate=q)
     steps = math.ceil(cfg.epochs / q)
     # The accountant's delta plus the truncation delta (as the optimizer state
-    # rounds it, up) must not exceed the target.
-    trunc_delta = steps * float(np.float32(sampler.truncation_prob) * np.float32(1 + 1e-6))
-    acct_delta = float(np.nextafter(cfg.delta - trunc_delta, 0.0))
-    if acct_delta <= 0:
-        raise ValueError(f"delta={cfg.delta} is below the truncation delta {trunc_delta:.3g}")
+    # rounds it, up) must not exceed the target: the one split rule of dpjax.privacy.
+    acct_delta = accountant_delta(cfg.delta, steps, sampler.truncation_prob)
     if cfg.noise_multiplier is None:
         sigma = accounting.calibrate_noise_multiplier(
             cfg.epsilon, acct_delta, q, steps, accountant=cfg.accountant
@@ -208,7 +206,7 @@ def build(cfg: TrainConfig) -> Job:
 
 def _load(job: Job, ckpt: Any, step: int) -> tuple[dict[str, Any], dict[str, Any]]:
     """Reads checkpoint ``step`` with every check (run and privacy configuration, checksum)."""
-    from dpjax.checkpoint import CheckpointMismatchError
+    from dpjax.errors import CheckpointMismatchError
 
     meta = ckpt.read_metadata(step)
     saved_run = dict(meta["extra"].get("run") or {})
@@ -223,7 +221,7 @@ def _load(job: Job, ckpt: Any, step: int) -> tuple[dict[str, Any], dict[str, Any
 
 
 def _intact(job: Job, ckpt: Any, step: int) -> bool:
-    from dpjax.checkpoint import CheckpointError
+    from dpjax.errors import CheckpointError
 
     try:
         _load(job, ckpt, step)
@@ -234,7 +232,7 @@ def _intact(job: Job, ckpt: Any, step: int) -> bool:
 
 def resume_target(ckpt: Any, step: int | None) -> int:
     """The checkpoint to resume from: ``step``, or the latest; ``CheckpointError`` if absent."""
-    from dpjax.checkpoint import CheckpointError
+    from dpjax.errors import CheckpointError
 
     on_disk = ckpt.steps()
     if not on_disk:
@@ -274,7 +272,7 @@ def restore(job: Job, ckpt: Any, target: int) -> tuple[int, list[dict[str, Any]]
     from flax import nnx
 
     import dpjax
-    from dpjax.checkpoint import CheckpointError, CheckpointMismatchError
+    from dpjax.errors import CheckpointError, CheckpointMismatchError
 
     try:
         restored, meta = _load(job, ckpt, target)
@@ -333,7 +331,7 @@ def loop(
     from tqdm.auto import tqdm  # looked up per call
 
     import dpjax
-    from dpjax.budget import BudgetExceededError
+    from dpjax.errors import BudgetExceededError
 
     cfg, steps = job.cfg, job.steps
     t_loop = time.perf_counter()
@@ -435,7 +433,8 @@ def _budget(job: Job, ckpt: Any, start: int) -> Any:
     cfg = job.cfg
     if cfg.budget_epsilon is None:
         return None
-    from dpjax.budget import BudgetExceededError, PrivacyBudget
+    from dpjax.errors import BudgetExceededError
+    from dpjax.privacy import PrivacyBudget
 
     budget = PrivacyBudget(
         cfg.budget_epsilon,
@@ -501,7 +500,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     record path and the budget as they were.
     """
     validate_config(cfg)
-    from dpjax.checkpoint import Checkpointer, CheckpointError
+    from dpjax.checkpoint import Checkpointer
+    from dpjax.errors import CheckpointError
 
     ckpt, directory, first_missing = None, None, None
     if cfg.checkpoint_dir:
@@ -547,7 +547,8 @@ def load_trained(checkpoint_dir: str | Path, step: int | None = None) -> dict[st
       checkpoint_dir: the run's ``--checkpoint-dir``.
       step: which checkpoint (default: the latest).
     """
-    from dpjax.checkpoint import Checkpointer, CheckpointError
+    from dpjax.checkpoint import Checkpointer
+    from dpjax.errors import CheckpointError
 
     if step is not None:
         _validate.positive_int("step", step)

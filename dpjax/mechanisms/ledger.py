@@ -6,7 +6,7 @@ first registered; one row per release (time, statistic, columns, cost).
 :meth:`Ledger.charge` checks and charges in one transaction: the account row is
 locked (SQLite ``BEGIN IMMEDIATE``; PostgreSQL ``SELECT ... FOR UPDATE``), the
 spent budget is summed from the release rows, the cost goes through
-:meth:`PrivacyFilter.charge <dpjax.mechanisms.budget.PrivacyFilter.charge>`
+:meth:`PrivacyFilter.charge <dpjax.mechanisms.filter.PrivacyFilter.charge>`
 (the same composition rule as a query session: basic composition for epsilon
 and delta, rho adds up for zCDP), and the release row is committed before the
 caller draws any noise. Two queries started at the same moment therefore

@@ -9,7 +9,7 @@ the same batch shape. Sensitivity and privacy parameters must be concrete
 Privacy: the neighbouring relation is whatever ``sensitivity`` was computed
 for (dpjax's aggregates use add/remove one privacy unit). Each element of the
 batch is one release with the stated guarantee; releasing the whole batch
-composes (see :mod:`dpjax.mechanisms.budget`).
+composes (see :mod:`dpjax.mechanisms.filter`).
 
 Floating point: ``laplace`` and ``gaussian`` add float noise to a float value,
 which Mironov 2012 (*On Significance of the Least Significant Bits for

@@ -17,9 +17,9 @@ import jax.numpy as jnp
 import pytest
 
 from dpjax import cli
-from dpjax.budget import BudgetExceededError
 from dpjax.checkpoint import Checkpointer, CheckpointError
 from dpjax.digits import TrainConfig, load_trained, train
+from dpjax.errors import BudgetExceededError
 
 ROOT = Path(__file__).resolve().parents[2]
 SMALL = dict(model="mlp", epochs=1, progress=False)  # 12 steps of q = 128 / 1437

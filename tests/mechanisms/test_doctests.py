@@ -5,7 +5,7 @@ import importlib
 
 import pytest
 
-MODULES = ["_exact", "noise", "selection", "budget", "queries", "cli"]
+MODULES = ["_exact", "noise", "selection", "filter", "queries", "cli"]
 
 
 @pytest.mark.parametrize("name", MODULES)

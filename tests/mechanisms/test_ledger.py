@@ -21,10 +21,11 @@ import pandas as pd
 import pytest
 
 from dpjax import cli
+from dpjax.errors import BudgetExceededError
 from dpjax.mechanisms import QuerySession
 from dpjax.mechanisms import ledger as L
 from dpjax.mechanisms._table import load_table
-from dpjax.mechanisms.budget import BudgetExceededError, PrivacyCost, PrivacyFilter
+from dpjax.mechanisms.filter import PrivacyCost, PrivacyFilter
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -140,7 +141,7 @@ def test_postgres_dialect_uses_the_same_sql_with_its_paramstyle_and_row_lock():
 _RACER = textwrap.dedent(
     """
     import os, sys, time
-    from dpjax.mechanisms import budget as B
+    from dpjax.mechanisms import filter as B
     from dpjax.mechanisms.ledger import Ledger
     real = B.PrivacyFilter.charge
     def slow(self, cost):  # widen the window between the check and the write

@@ -202,7 +202,8 @@ def test_cli_quantiles_print_public_grid_points(tmp_path, capsys):
     step = (HI - LO) / 1024
     for seed in range(5):
         args = parser.parse_args(["query", str(path), "--quantiles", "x", "--bounds", "0,100",
-                                  "--epsilon", "1", "--seed", str(seed)])  # fmt: skip
+                                  "--epsilon", "1", "--seed", str(seed),
+                                  "--total-epsilon", "5"])  # fmt: skip
         assert cli.run(args) == 0
         value = float(capsys.readouterr().out.split()[-3])  # quantile, value, ci_low, ci_high
         assert abs(value / step - round(value / step)) < 1e-3, value
