@@ -107,8 +107,10 @@ def normalize_recipient(r: Any) -> Any:
     pub = keys.load_public_key(r)
     kind = keys.key_kind(pub)
     if kind == "ed25519":
-        raise ValueError("recipients must be X25519 or RSA-3072 public keys or a Passphrase, "
-                         "got an Ed25519 (signing) key")
+        raise ValueError(
+            "recipients must be X25519 or RSA-3072 public keys or a Passphrase, "
+            "got an Ed25519 (signing) key"
+        )
     return pub
 
 

@@ -20,10 +20,10 @@ from dpjax.crypto import (
     decrypt_file,
     encrypt_bytes,
     encrypt_file,
+    envelope,
     generate_private_key,
     read_header,
 )
-from dpjax.crypto import envelope
 
 from .conftest import TEST_LOG_N
 
@@ -57,7 +57,9 @@ def test_file_round_trip_every_recipient_kind(tmp_path, pair, size):
 
 def test_multiple_recipients_each_can_decrypt(x25519_key, rsa_key):
     other = generate_private_key("x25519")
-    blob = encrypt_bytes(b"weights", [x25519_key.public_key(), rsa_key.public_key(), other.public_key()])
+    blob = encrypt_bytes(
+        b"weights", [x25519_key.public_key(), rsa_key.public_key(), other.public_key()]
+    )
     for ident in (x25519_key, rsa_key, other):
         assert decrypt_bytes(blob, [ident]) == b"weights"
     assert len(read_header(io.BytesIO(blob)).fields["recipients"]) == 3
@@ -66,7 +68,7 @@ def test_multiple_recipients_each_can_decrypt(x25519_key, rsa_key):
 def test_fresh_data_key_per_file(x25519_key):
     a = encrypt_bytes(b"same", [x25519_key.public_key()])
     b = encrypt_bytes(b"same", [x25519_key.public_key()])
-    assert a != b and a[_payload_start(a):] != b[_payload_start(b):]
+    assert a != b and a[_payload_start(a) :] != b[_payload_start(b) :]
 
 
 @pytest.mark.parametrize("kind", ["x25519", "rsa3072", "passphrase"])
@@ -136,7 +138,7 @@ def test_reordered_or_duplicated_chunks_are_refused(x25519_key):
     salt_etc = blob[start : start + 56]  # Cobblestone's fixed prefix (56 bytes)
     body = blob[start + 56 :]
     chunks = [body[i : i + CT_CHUNK] for i in range(0, len(body), CT_CHUNK)]
-    head = blob[: start] + salt_etc
+    head = blob[:start] + salt_etc
     for order in ([1, 0, 2, 3, 4], [0, 1, 3, 2, 4], [0, 0, 1, 2, 3, 4], [0, 1, 2, 4]):
         with pytest.raises(DecryptionError, match="payload authentication failed"):
             decrypt_bytes(head + b"".join(chunks[i] for i in order), [identity])
@@ -161,7 +163,7 @@ def test_metadata_edit_is_refused(x25519_key):
     body = json.dumps(fields, sort_keys=True, separators=(",", ":")).encode()
     forged = envelope.MAGIC + bytes([1]) + len(body).to_bytes(4, "big") + body + header.raw[-32:]
     with pytest.raises(DecryptionError, match="header authentication failed"):
-        decrypt_bytes(forged + blob[len(header.raw):], [x25519_key])
+        decrypt_bytes(forged + blob[len(header.raw) :], [x25519_key])
 
 
 def test_failed_decrypt_leaves_no_plaintext_and_keeps_existing_output(tmp_path, x25519_key):
@@ -194,7 +196,9 @@ def test_streaming_memory_is_bounded(tmp_path, x25519_key):
         tracemalloc.stop()
     assert peak < size // 8, f"peak Python allocation {peak} bytes for an {size}-byte file"
     h = hashlib.sha256
-    assert h((tmp_path / "out").read_bytes()).digest() == h((tmp_path / "plain").read_bytes()).digest()
+    assert (
+        h((tmp_path / "out").read_bytes()).digest() == h((tmp_path / "plain").read_bytes()).digest()
+    )
 
 
 @pytest.mark.parametrize(
@@ -206,10 +210,14 @@ def test_streaming_memory_is_bounded(tmp_path, x25519_key):
         (["pw", "x25519"], ValueError, "Passphrase must be the only recipient"),
     ],
 )
-def test_bad_recipients_refused_before_any_write(tmp_path, ed25519_key, x25519_key, recipients,
-                                                 err, match):
-    sub = {"ed25519": ed25519_key.public_key(), "x25519": x25519_key.public_key(),
-           "pw": Passphrase("pw", log_n=TEST_LOG_N)}
+def test_bad_recipients_refused_before_any_write(
+    tmp_path, ed25519_key, x25519_key, recipients, err, match
+):
+    sub = {
+        "ed25519": ed25519_key.public_key(),
+        "x25519": x25519_key.public_key(),
+        "pw": Passphrase("pw", log_n=TEST_LOG_N),
+    }
     if isinstance(recipients, list):
         recipients = [sub[r] for r in recipients]
     (tmp_path / "plain").write_bytes(b"x")
