@@ -26,7 +26,7 @@ import numpy as np
 from dpjax.crypto import envelope
 from dpjax.crypto.errors import DecryptionError
 
-__all__ = ["decrypt_tree", "encrypt_tree", "TREE_FORMAT"]
+__all__ = ["decrypt_tree", "decrypt_tree_with_header", "encrypt_tree", "TREE_FORMAT"]
 
 TREE_FORMAT = 1
 _PY_TYPES = {"bool": bool, "int": int, "float": float}
@@ -46,10 +46,14 @@ def _check_dtype(name: str) -> np.dtype:
     return dt
 
 
-def _leaf_record(path, x) -> tuple[dict[str, Any], np.ndarray]:
+def _leaf_record(path, x, with_data: bool = True) -> tuple[dict[str, Any], np.ndarray | None]:
+    """The header record of leaf ``x`` and (if ``with_data``) its bytes as a C-order array.
+
+    Without ``with_data`` nothing is copied off the device (template checks).
+    """
     name = jax.tree_util.keystr(path)
     if _is_key(x):
-        data = np.asarray(jax.random.key_data(x))
+        data = jax.random.key_data(x)
         rec = {"kind": "key", "impl": str(jax.random.key_impl(x))}
     elif isinstance(x, bool | int | float) and not isinstance(x, np.generic):
         kind = type(x).__name__
@@ -63,17 +67,33 @@ def _leaf_record(path, x) -> tuple[dict[str, Any], np.ndarray]:
         data = np.asarray(x)
         rec = {"kind": "numpy-scalar"}
     elif isinstance(x, jax.Array | np.ndarray):
-        data = np.asarray(x)
+        data = x
         rec = {"kind": "array"}
     else:
         raise TypeError(
             f"leaf {name}: expected an array, a typed PRNG key or a Python bool/int/float, "
             f"got {type(x).__name__}"
         )
-    if data.dtype.hasobject or data.dtype.names is not None:
-        raise TypeError(f"leaf {name}: dtype {data.dtype} cannot be stored")
-    rec.update(path=name, shape=list(data.shape), dtype=data.dtype.name)
-    return rec, np.ascontiguousarray(data)
+    dtype = np.dtype(data.dtype)
+    if dtype.hasobject or dtype.names is not None:
+        raise TypeError(f"leaf {name}: dtype {dtype} cannot be stored")
+    rec.update(path=name, shape=list(data.shape), dtype=dtype.name)
+    return rec, (np.ascontiguousarray(np.asarray(data)) if with_data else None)
+
+
+def _check_like(like: Any, records: list[dict[str, Any]]) -> Any:
+    """Returns ``like``'s flat leaves and treedef; ValueError if they differ from the file's."""
+    flat, treedef = jax.tree_util.tree_flatten_with_path(like, is_leaf=_is_key)
+    expected = [_leaf_record(p, x, with_data=False)[0] for p, x in flat]
+    if expected != records:
+        for e, r in zip(expected, records, strict=False):
+            if e != r:
+                raise ValueError(f"like= does not match the file: expected leaf {e}, file has {r}")
+        raise ValueError(
+            f"like= does not match the file: expected {len(expected)} leaves, file has "
+            f"{len(records)}"
+        )
+    return flat, treedef
 
 
 def _structure(node: Any, counter: list[int]) -> Any:
@@ -184,6 +204,31 @@ def encrypt_tree(
     return header
 
 
+def _valid_record(r: Any) -> bool:
+    return (
+        isinstance(r, dict)
+        and r.get("kind") in ("array", "key", "py", "numpy-scalar")
+        and isinstance(r.get("dtype"), str)
+        and isinstance(r.get("shape"), list)
+        and all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in r["shape"])
+        and (r["kind"] != "py" or r.get("type") in _PY_TYPES)
+        and (r["kind"] != "key" or isinstance(r.get("impl"), str))
+    )
+
+
+def _tree_desc(header: envelope.Header, path: Any) -> dict[str, Any]:
+    desc = header.metadata.get("pytree")
+    ok = (
+        isinstance(desc, dict)
+        and desc.get("format") == TREE_FORMAT
+        and isinstance(desc.get("leaves"), list)
+        and all(_valid_record(r) for r in desc["leaves"])
+    )
+    if not ok:
+        raise DecryptionError(f"{path} is an envelope file but not an encrypted pytree")
+    return desc
+
+
 def _restore_leaf(rec: dict[str, Any], buf: memoryview) -> Any:
     dt = _check_dtype(rec["dtype"])
     arr = np.frombuffer(buf, dtype=dt).reshape(rec["shape"]).copy()
@@ -216,12 +261,20 @@ def decrypt_tree(path: str | os.PathLike, identities: Any, *, like: Any = None) 
       DecryptionError: wrong key or the file was modified (nothing returned).
       ValueError: ``like`` does not match the stored tree.
     """
+    return decrypt_tree_with_header(path, identities, like=like)[0]
+
+
+def decrypt_tree_with_header(
+    path: str | os.PathLike, identities: Any, *, like: Any = None
+) -> tuple[Any, envelope.Header]:
+    """``decrypt_tree`` that also returns the authenticated header it read."""
     with open(path, "rb") as f:
+        if like is not None:  # refuse a wrong template before decrypting anything
+            _check_like(like, _tree_desc(envelope.read_header(f), path)["leaves"])
+            f.seek(0)
         chunks: list[bytes] = []
         header = envelope.decrypt_stream(f, identities, chunks.append)
-    desc = header.metadata.get("pytree")
-    if not isinstance(desc, dict) or desc.get("format") != TREE_FORMAT:
-        raise DecryptionError(f"{path} is an envelope file but not an encrypted pytree")
+    desc = _tree_desc(header, path)
     records = desc["leaves"]
     payload = memoryview(b"".join(chunks))
     sizes = [
@@ -240,19 +293,10 @@ def decrypt_tree(path: str | os.PathLike, identities: Any, *, like: Any = None) 
                 "this tree has node types other than dict/list/tuple/None: pass like= "
                 "(a template with the same structure)"
             )
-        return _build(desc["structure"], leaves)
-    flat, treedef = jax.tree_util.tree_flatten_with_path(like, is_leaf=_is_key)
-    expected = [_leaf_record(p, x)[0] for p, x in flat]
-    if expected != records:
-        for e, r in zip(expected, records, strict=False):
-            if e != r:
-                raise ValueError(f"like= does not match the file: expected leaf {e}, file has {r}")
-        raise ValueError(
-            f"like= does not match the file: expected {len(expected)} leaves, file has "
-            f"{len(records)}"
-        )
+        return _build(desc["structure"], leaves), header
+    flat, treedef = _check_like(like, records)
     out = [
         jnp.asarray(v) if isinstance(t, jax.Array) and not _is_key(v) else v
         for v, (_, t) in zip(leaves, flat, strict=True)
     ]
-    return jax.tree_util.tree_unflatten(treedef, out)
+    return jax.tree_util.tree_unflatten(treedef, out), header
