@@ -190,7 +190,7 @@ def read_header(f: IO[bytes] | str | os.PathLike) -> Header:
     mac = _read_exact(f, MAC_BYTES)
     try:
         fields = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise DecryptionError("header is not valid JSON (the file was modified)") from None
     ok = (
         isinstance(fields, dict)
@@ -201,6 +201,9 @@ def read_header(f: IO[bytes] | str | os.PathLike) -> Header:
         and all(isinstance(s, dict) for s in fields["recipients"])
         and isinstance(fields.get("metadata"), dict)
     )
+    if ok and len(fields["recipients"]) > 1:
+        # As in age: a passphrase stanza must be alone (checked on reading too).
+        ok = all(s.get("type") != "scrypt" for s in fields["recipients"])
     if not ok:
         raise DecryptionError("header fields are malformed or unsupported (the file was modified)")
     return Header(prefix + body + mac, fields)

@@ -130,6 +130,9 @@ def test_truncation_is_refused_including_at_chunk_boundaries(x25519_key):
     for cut in sorted(cuts):
         with pytest.raises(DecryptionError):
             decrypt_bytes(blob[:cut], [identity])
+    for extra in (b"x", bytes(16), blob[-CT_CHUNK:]):  # appended data, a repeated last chunk
+        with pytest.raises(DecryptionError, match="payload authentication failed"):
+            decrypt_bytes(blob + extra, [identity])
 
 
 def test_reordered_or_duplicated_chunks_are_refused(x25519_key):
@@ -254,6 +257,28 @@ def test_bad_metadata_and_paths_refused(tmp_path, x25519_key):
 def test_not_an_envelope(blob, match, x25519_key):
     with pytest.raises(DecryptionError, match=match):
         decrypt_bytes(blob, [x25519_key])
+
+
+def _forge(fields, mac=bytes(32)):
+    body = json.dumps(fields).encode()
+    return envelope.MAGIC + b"\x01" + len(body).to_bytes(4, "big") + body + mac
+
+
+def test_deeply_nested_header_is_a_clear_error(x25519_key):
+    deep = b"[" * 100_000 + b"]" * 100_000
+    blob = envelope.MAGIC + b"\x01" + len(deep).to_bytes(4, "big") + deep + bytes(32)
+    with pytest.raises(DecryptionError, match="header is not valid JSON"):
+        decrypt_bytes(blob, [x25519_key])
+
+
+def test_passphrase_stanza_with_others_is_refused_on_reading(x25519_key):
+    """A file mixing a passphrase stanza with key stanzas (which we never write) is refused."""
+    a = encrypt_bytes(b"x", [Passphrase("pw", log_n=TEST_LOG_N)])
+    b = encrypt_bytes(b"x", [x25519_key.public_key()])
+    fields = json.loads(read_header(io.BytesIO(b)).raw[13:-32])
+    fields["recipients"] += json.loads(read_header(io.BytesIO(a)).raw[13:-32])["recipients"]
+    with pytest.raises(DecryptionError, match="malformed or unsupported"):
+        decrypt_bytes(_forge(fields), [x25519_key])
 
 
 def test_scrypt_work_factor_in_file_is_bounded():
