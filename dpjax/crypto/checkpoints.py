@@ -16,6 +16,7 @@ keep the directory writable only by the training run.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from pathlib import Path
@@ -136,11 +137,15 @@ def restore_step(
       ValueError: the template's leaves (paths, shapes, dtypes) differ.
     """
     path = step_path(directory, step)
-    signed = sign.verify_file(path, verify_with) if verify_with is not None else None
-    _check_step(envelope.read_header(path).metadata, step, path)  # refuse before decrypting
-    state, header = tree.decrypt_tree_with_header(path, identities, like=template)
-    if signed is not None and signed.raw != header.raw:
-        raise DecryptionError(f"{path} changed between signature check and decryption")
+    if verify_with is not None:  # cheap refusals before any decryption work
+        sign.verify_file(path, verify_with)
+    _check_step(envelope.read_header(path).metadata, step, path)
+    digest = hashlib.sha512()
+    state, header = tree.decrypt_tree_with_header(
+        path, identities, like=template, payload_hash=digest
+    )
+    if verify_with is not None:  # the bytes decrypted are the bytes signed
+        sign.check_signature(path, header.raw, digest.digest(), verify_with)
     return state, _check_step(header.metadata, step, path)
 
 

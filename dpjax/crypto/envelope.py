@@ -260,15 +260,20 @@ _PAYLOAD_ERROR = (
 )
 
 
-def decrypt_stream(src: IO[bytes], identities: Any, sink) -> Header:
+def decrypt_stream(src: IO[bytes], identities: Any, sink, payload_hash: Any = None) -> Header:
     """Decrypts ``src`` into ``sink(chunk)``; raises before returning on any failure.
 
     ``sink`` receives chunks before the end authenticates: it must write to
     a place that is discarded on error (``decrypt_file`` uses a temp file).
+    ``payload_hash`` (a ``hashlib`` object), if given, is updated with the
+    payload ciphertext as read, so a signature can be checked against the
+    very bytes that were decrypted.
     """
     header, dec = open_payload(src, identities)
     try:
         while block := src.read(READ_SIZE):
+            if payload_hash is not None:
+                payload_hash.update(block)
             sink(dec.update(block))
         sink(dec.finalize())
     except InvalidTag:

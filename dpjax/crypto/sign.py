@@ -92,6 +92,55 @@ def sign_file(
     return sig_path
 
 
+def _load_signature(sig_path: Path) -> bytes:
+    try:
+        with open(sig_path, "rb") as f:
+            raw = f.read(MAX_SIG_FILE_BYTES + 1)
+    except FileNotFoundError:
+        raise SignatureError(f"no signature file {sig_path}") from None
+    try:
+        record = json.loads(raw)
+        if len(raw) > MAX_SIG_FILE_BYTES or record.get("format") != _FORMAT:
+            raise ValueError
+        return base64.b64decode(record["signature"], validate=True)
+    except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError):
+        raise SignatureError(f"signature file {sig_path} is malformed") from None
+
+
+def _trusted_keys(trusted: Any) -> list[ed25519.Ed25519PublicKey]:
+    if isinstance(trusted, str) or not isinstance(trusted, Iterable):
+        trusted = [trusted]
+    pubs = [keys.load_public_key(t) for t in trusted]
+    if not pubs or not all(isinstance(p, ed25519.Ed25519PublicKey) for p in pubs):
+        raise ValueError("trusted must be one or more Ed25519 public keys")
+    return pubs
+
+
+def check_signature(
+    path: Path, header_raw: bytes, payload_sha512: bytes, trusted: Any, sig_path: Path | None = None
+) -> None:
+    """Checks ``path``'s signature over a header block and payload digest already computed.
+
+    Used to verify the exact bytes that were decrypted (one pass over the file).
+
+    Raises:
+      SignatureError: as ``verify_file``.
+    """
+    pubs = _trusted_keys(trusted)
+    sig = _load_signature(signature_path(path) if sig_path is None else Path(sig_path))
+    msg = _DOMAIN + header_raw + payload_sha512
+    for pub in pubs:
+        try:
+            pub.verify(sig, msg)
+            return
+        except InvalidSignature:
+            continue
+    raise SignatureError(
+        f"signature on {path} does not verify under any trusted key (the file, its "
+        "header or the signature was modified, or another key signed it)"
+    )
+
+
 def verify_file(
     path: str | os.PathLike,
     trusted: Any,
@@ -111,34 +160,24 @@ def verify_file(
 
     Raises:
       SignatureError: no signature, malformed, or not valid under any trusted key.
+
+    Example:
+      >>> import os, tempfile
+      >>> from dpjax.crypto import encrypt_bytes, generate_private_key, public_key_line
+      >>> d = tempfile.mkdtemp()
+      >>> enc, signer = generate_private_key("x25519"), generate_private_key("ed25519")
+      >>> path = os.path.join(d, "run.enc")
+      >>> with open(path, "wb") as f:
+      ...     _ = f.write(encrypt_bytes(b"record", [enc.public_key()],
+      ...                               metadata={"privacy": {"epsilon": 1.0}}))
+      >>> _ = sign_file(path, signer)
+      >>> verify_file(path, public_key_line(signer)).metadata
+      {'privacy': {'epsilon': 1.0}}
     """
     path = Path(path)
+    _trusted_keys(trusted)
     sig_path = signature_path(path) if sig_path is None else Path(sig_path)
-    if isinstance(trusted, str) or not isinstance(trusted, Iterable):
-        trusted = [trusted]
-    pubs = [keys.load_public_key(t) for t in trusted]
-    if not pubs or not all(isinstance(p, ed25519.Ed25519PublicKey) for p in pubs):
-        raise ValueError("trusted must be one or more Ed25519 public keys")
-    try:
-        with open(sig_path, "rb") as f:
-            raw = f.read(MAX_SIG_FILE_BYTES + 1)
-    except FileNotFoundError:
-        raise SignatureError(f"no signature file {sig_path}") from None
-    try:
-        record = json.loads(raw)
-        if len(raw) > MAX_SIG_FILE_BYTES or record.get("format") != _FORMAT:
-            raise ValueError
-        sig = base64.b64decode(record["signature"], validate=True)
-    except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError):
-        raise SignatureError(f"signature file {sig_path} is malformed") from None
+    _load_signature(sig_path)
     msg, header = _message(path)
-    for pub in pubs:
-        try:
-            pub.verify(sig, msg)
-            return header
-        except InvalidSignature:
-            continue
-    raise SignatureError(
-        f"signature on {path} does not verify under any trusted key (the file, its "
-        "header or the signature was modified, or another key signed it)"
-    )
+    check_signature(path, header.raw, msg[len(_DOMAIN) + len(header.raw) :], trusted, sig_path)
+    return header

@@ -265,15 +265,18 @@ def decrypt_tree(path: str | os.PathLike, identities: Any, *, like: Any = None) 
 
 
 def decrypt_tree_with_header(
-    path: str | os.PathLike, identities: Any, *, like: Any = None
+    path: str | os.PathLike, identities: Any, *, like: Any = None, payload_hash: Any = None
 ) -> tuple[Any, envelope.Header]:
-    """``decrypt_tree`` that also returns the authenticated header it read."""
+    """``decrypt_tree`` that also returns the authenticated header it read.
+
+    ``payload_hash``: as for ``envelope.decrypt_stream``.
+    """
     with open(path, "rb") as f:
         if like is not None:  # refuse a wrong template before decrypting anything
             _check_like(like, _tree_desc(envelope.read_header(f), path)["leaves"])
             f.seek(0)
         chunks: list[bytes] = []
-        header = envelope.decrypt_stream(f, identities, chunks.append)
+        header = envelope.decrypt_stream(f, identities, chunks.append, payload_hash)
     desc = _tree_desc(header, path)
     records = desc["leaves"]
     payload = memoryview(b"".join(chunks))

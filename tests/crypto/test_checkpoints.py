@@ -113,3 +113,30 @@ def test_remove_and_bad_step(ckdir, x25519_key, ed25519_key):
     with pytest.raises(ValueError, match=r"meta\['step'\] must equal step 1"):
         ck.save_step(ckdir, 1, _state(), meta=_meta(2), encrypt_to=[x25519_key.public_key()])
     assert list(ckdir.iterdir()) == []
+
+
+def test_file_swapped_after_signature_check_is_refused(ckdir, x25519_key, ed25519_key, monkeypatch):
+    """Race: the step file is replaced after verify_file passed on the genuine one."""
+    genuine = ck.save_step(
+        ckdir,
+        6,
+        _state(),
+        meta=_meta(6),
+        encrypt_to=[x25519_key.public_key()],
+        sign_with=ed25519_key,
+    )
+    sig = (ckdir / "6.dpjax-enc.sig").read_bytes()
+    real_verify = ck.sign.verify_file
+
+    def verify_then_swap(path, trusted):
+        header = real_verify(path, trusted)
+        ck.save_step(
+            ckdir, 6, _state(3), meta=_meta(6, eps=0.01), encrypt_to=[x25519_key.public_key()]
+        )
+        (ckdir / "6.dpjax-enc.sig").write_bytes(sig)
+        return header
+
+    monkeypatch.setattr(ck.sign, "verify_file", verify_then_swap)
+    with pytest.raises(SignatureError, match="does not verify"):
+        ck.restore_step(ckdir, 6, _state(), x25519_key, verify_with=ed25519_key.public_key())
+    assert genuine.exists()
