@@ -14,6 +14,7 @@ from dpjax.crypto.errors import DecryptionError as DecryptionError
 from dpjax.crypto.errors import KeyFileError as KeyFileError
 from dpjax.crypto.errors import KeyPermissionWarning as KeyPermissionWarning
 from dpjax.crypto.errors import SignatureError as SignatureError
+from dpjax.crypto.guarantee import privacy_guarantee as privacy_guarantee
 from dpjax.crypto.keys import generate_private_key as generate_private_key
 from dpjax.crypto.keys import keygen as keygen
 from dpjax.crypto.keys import load_private_key as load_private_key
@@ -37,6 +38,7 @@ __all__ = [
     "keygen",
     "load_private_key",
     "load_public_key",
+    "privacy_guarantee",
     "public_key_line",
     "read_header",
     "write_private_key",
