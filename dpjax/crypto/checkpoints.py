@@ -135,6 +135,18 @@ def restore_step(
       DecryptionError: wrong identity; the file was modified, truncated, or
         renamed from another step.
       ValueError: the template's leaves (paths, shapes, dtypes) differ.
+
+    Example:
+      >>> import tempfile, jax, jax.numpy as jnp
+      >>> from dpjax.crypto import generate_private_key
+      >>> d, me = tempfile.mkdtemp(), generate_private_key("x25519")
+      >>> state = {"w": jnp.ones(3), "key": jax.random.key(0)}
+      >>> _ = save_step(d, 5, state, meta={"step": 5}, encrypt_to=[me.public_key()])
+      >>> steps(d)
+      [5]
+      >>> restored, meta = restore_step(d, 5, state, me)
+      >>> meta["step"], restored["w"].dtype
+      (5, dtype('float32'))
     """
     path = step_path(directory, step)
     if verify_with is not None:  # cheap refusals before any decryption work

@@ -413,6 +413,19 @@ def decrypt_file(
     Raises:
       DecryptionError: wrong key, or the file was modified, truncated,
         reordered or has another file's header.
+
+    Example:
+      >>> import os, tempfile
+      >>> from dpjax.crypto import Passphrase
+      >>> d = tempfile.mkdtemp()
+      >>> with open(os.path.join(d, "run.json"), "w") as f:
+      ...     _ = f.write('{"epsilon": 1.0}')
+      >>> pw = Passphrase("correct horse battery staple", log_n=10)  # tests only: tiny work
+      >>> _ = encrypt_file(os.path.join(d, "run.json"), os.path.join(d, "run.enc"), [pw])
+      >>> _ = decrypt_file(os.path.join(d, "run.enc"), os.path.join(d, "back.json"), pw)
+      >>> from pathlib import Path
+      >>> Path(d, "back.json").read_text()
+      '{"epsilon": 1.0}'
     """
     src, dst = Path(src), Path(dst)
     _check_paths(src, dst, overwrite)

@@ -118,3 +118,20 @@ def test_reprs_and_errors_hold_no_private_key_bytes(tmp_path, kind, rsa_key):
         load_private_key(tmp_path / "id", passphrase="wrong")
     text = str(e.value) + repr(e.value)
     assert der.hex() not in text and der[-32:].hex() not in text and "pw" not in text.split()
+
+
+def test_no_function_prints(tmp_path, capsys, x25519_key, ed25519_key):
+    """keygen/encrypt/decrypt/sign/verify write nothing to stdout or stderr (no key material)."""
+    from dpjax.crypto import decrypt_file, encrypt_file
+    from dpjax.crypto.sign import verify_file
+
+    keygen("x25519", tmp_path / "id", passphrase="pw", scrypt_log_n=TEST_LOG_N)
+    load_private_key(tmp_path / "id", passphrase="pw")
+    (tmp_path / "plain").write_bytes(b"data")
+    encrypt_file(
+        tmp_path / "plain", tmp_path / "enc", [x25519_key.public_key()], sign_with=ed25519_key
+    )
+    verify_file(tmp_path / "enc", ed25519_key.public_key())
+    decrypt_file(tmp_path / "enc", tmp_path / "out", x25519_key)
+    out = capsys.readouterr()
+    assert out.out == "" and out.err == ""
