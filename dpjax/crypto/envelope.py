@@ -214,6 +214,12 @@ def _normalize_identities(identities: Any) -> list[Any]:
         identities = [identities]
     if not identities:
         raise ValueError("identities must hold at least 1 private key or Passphrase, got 0")
+    for ident in identities:
+        if not isinstance(ident, _rc.IDENTITY_TYPES):
+            raise TypeError(
+                "identities must be X25519 or RSA private keys or a Passphrase, got "
+                f"{type(ident).__name__} (load a key file with load_private_key)"
+            )
     return list(identities)
 
 

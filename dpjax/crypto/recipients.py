@@ -173,3 +173,6 @@ def unwrap(stanza: dict[str, Any], identity: Any) -> bytes | None:
     except (InvalidTag, ValueError):
         return None
     return out if len(out) == DATA_KEY_BYTES else None
+
+
+IDENTITY_TYPES = (x25519.X25519PrivateKey, rsa.RSAPrivateKey, Passphrase)

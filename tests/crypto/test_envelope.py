@@ -322,3 +322,21 @@ def test_no_message_contains_the_data_key_or_passphrase(monkeypatch, x25519_key)
     for m in messages:
         assert "secret plaintext" not in m and "hunter2-secret" not in m
         assert not any(f in m for f in forms)
+
+
+@pytest.mark.parametrize("bad", ["public-line", "ed25519", "path", "empty"])
+def test_bad_identities_refused_before_any_write(tmp_path, x25519_key, ed25519_key, bad):
+    from dpjax.crypto import public_key_line
+
+    (tmp_path / "plain").write_bytes(b"x")
+    encrypt_file(tmp_path / "plain", tmp_path / "enc", [x25519_key.public_key()])
+    ident = {
+        "public-line": public_key_line(x25519_key),
+        "ed25519": ed25519_key,
+        "path": tmp_path / "id",
+        "empty": [],
+    }[bad]
+    err = ValueError if bad == "empty" else TypeError
+    with pytest.raises(err, match="identities must"):
+        decrypt_file(tmp_path / "enc", tmp_path / "out", ident)
+    assert _dir_entries(tmp_path) == ["enc", "plain"]
