@@ -405,6 +405,7 @@ def decrypt_file(
     dst: str | os.PathLike,
     identities: Any,
     *,
+    verify_with: Any = None,
     overwrite: bool = False,
 ) -> Header:
     """Decrypts envelope ``src`` to ``dst`` (0600), the logic of ``dpjax decrypt``.
@@ -412,6 +413,15 @@ def decrypt_file(
     The plaintext goes to a temp file beside ``dst``, renamed only after the
     last chunk authenticates; on any error it is removed and ``dst`` is left
     as it was.
+
+    Args:
+      src: the envelope file.
+      dst: the plaintext file to write.
+      identities: private key(s) (X25519, RSA-3072) or a ``Passphrase``.
+      verify_with: Ed25519 public key(s) one of which must have signed
+        ``src`` (``src + ".sig"``); checked before decrypting and again
+        against the exact ciphertext decrypted, before ``dst`` appears.
+      overwrite: replace an existing ``dst``.
 
     Returns:
       The authenticated header (its ``metadata``).
@@ -436,11 +446,18 @@ def decrypt_file(
     src, dst = Path(src), Path(dst)
     _check_paths(src, dst, overwrite)
     ids = _normalize_identities(identities)
+    if verify_with is not None:
+        from dpjax.crypto import sign as _sign
+
+        _sign.verify_file(src, verify_with)
     result: list[Header] = []
 
     def fill(out: IO[bytes]) -> None:
+        digest = hashlib.sha512()
         with open(src, "rb") as f:
-            result.append(decrypt_stream(f, ids, out.write))
+            result.append(decrypt_stream(f, ids, out.write, digest))
+        if verify_with is not None:
+            _sign.check_signature(src, result[0].raw, digest.digest(), verify_with)
 
     write_atomically(dst, fill)
     return result[0]

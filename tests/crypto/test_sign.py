@@ -102,3 +102,39 @@ def test_sign_with_must_be_ed25519(tmp_path, x25519_key):
 def test_trusted_must_be_ed25519(signed, x25519_key):
     with pytest.raises(ValueError, match="trusted must be one or more Ed25519 public keys"):
         verify_file(signed, x25519_key.public_key())
+
+
+def test_decrypt_file_verify_with(tmp_path, signed, x25519_key, ed25519_key):
+    from dpjax.crypto import decrypt_file
+
+    header = decrypt_file(
+        signed, tmp_path / "out", x25519_key, verify_with=ed25519_key.public_key()
+    )
+    assert header.metadata == META
+    assert (tmp_path / "out").read_bytes() == (tmp_path / "plain").read_bytes()
+    other = generate_private_key("ed25519")
+    with pytest.raises(SignatureError):
+        decrypt_file(signed, tmp_path / "out2", x25519_key, verify_with=other.public_key())
+    assert not (tmp_path / "out2").exists()
+
+
+def test_decrypt_file_verify_with_checks_the_bytes_decrypted(
+    tmp_path, signed, x25519_key, ed25519_key, monkeypatch
+):
+    """Race: the file is replaced (by a recipient, with a valid envelope) after verify_file."""
+    from dpjax.crypto import decrypt_file, encrypt_file
+    from dpjax.crypto import sign as sign_mod
+
+    (tmp_path / "evil").write_bytes(b"other weights")
+    encrypt_file(tmp_path / "evil", tmp_path / "evil.enc", [x25519_key.public_key()], metadata=META)
+    real = sign_mod.verify_file
+
+    def verify_then_swap(path, trusted):
+        header = real(path, trusted)
+        os.replace(tmp_path / "evil.enc", signed)
+        return header
+
+    monkeypatch.setattr(sign_mod, "verify_file", verify_then_swap)
+    with pytest.raises(SignatureError):
+        decrypt_file(signed, tmp_path / "out", x25519_key, verify_with=ed25519_key.public_key())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["enc", "enc.sig", "evil", "plain"]
