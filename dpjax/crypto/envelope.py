@@ -378,7 +378,7 @@ def encrypt_file(
     src, dst = Path(src), Path(dst)
     _check_paths(src, dst, overwrite)
     if sign_with is not None:
-        from dpjax.crypto import sign as _sign
+        from dpjax.crypto import sign as _sign  # sign imports envelope
 
         _sign.check_signing_key(sign_with)
     rs = _normalize_recipients(recipients)
@@ -447,7 +447,7 @@ def decrypt_file(
     _check_paths(src, dst, overwrite)
     ids = _normalize_identities(identities)
     if verify_with is not None:
-        from dpjax.crypto import sign as _sign
+        from dpjax.crypto import sign as _sign  # sign imports envelope
 
         _sign.verify_file(src, verify_with)
     result: list[Header] = []

@@ -26,7 +26,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa, x25519
 
-from dpjax.crypto.errors import KeyFileError, KeyPermissionWarning
+from dpjax.crypto.errors import DecryptionError, KeyFileError, KeyPermissionWarning
 
 __all__ = [
     "KEY_KINDS",
@@ -233,8 +233,7 @@ def load_private_key(
     with open(path, "rb") as f:
         _warn_if_loose(path, os.fstat(f.fileno()))
         data = f.read()
-    from dpjax.crypto import envelope, recipients
-    from dpjax.crypto.errors import DecryptionError
+    from dpjax.crypto import envelope, recipients  # envelope imports keys
 
     if data.startswith(envelope.MAGIC):
         if passphrase is None:

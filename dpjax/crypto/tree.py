@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dpjax.crypto import envelope
+from dpjax.crypto import envelope, sign
 from dpjax.crypto.errors import DecryptionError
 
 __all__ = ["decrypt_tree", "decrypt_tree_with_header", "encrypt_tree", "TREE_FORMAT"]
@@ -168,6 +168,14 @@ def encrypt_tree(
     md = dict(envelope._check_metadata(metadata))
     if "pytree" in md:
         raise ValueError("metadata must not have a 'pytree' field (it is written by encrypt_tree)")
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"output {path} exists; pass overwrite=True to replace it")
+    if not path.parent.is_dir():
+        raise FileNotFoundError(f"output directory {path.parent} does not exist")
+    rs = envelope._normalize_recipients(recipients)
+    if sign_with is not None:
+        sign.check_signing_key(sign_with)
     flat, _ = jax.tree_util.tree_flatten_with_path(tree, is_leaf=_is_key)
     records, arrays = zip(*[_leaf_record(p, x) for p, x in flat], strict=True) if flat else ((), ())
     try:
@@ -178,16 +186,6 @@ def encrypt_tree(
     except TypeError:
         structure = None
     md["pytree"] = {"format": TREE_FORMAT, "leaves": list(records), "structure": structure}
-    path = Path(path)
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"output {path} exists; pass overwrite=True to replace it")
-    if not path.parent.is_dir():
-        raise FileNotFoundError(f"output directory {path.parent} does not exist")
-    rs = envelope._normalize_recipients(recipients)
-    if sign_with is not None:
-        from dpjax.crypto import sign as _sign
-
-        _sign.check_signing_key(sign_with)
 
     def fill(out) -> None:
         data_key = envelope._new_data_key()
@@ -200,7 +198,7 @@ def encrypt_tree(
     with open(path, "rb") as f:
         header = envelope.read_header(f)
     if sign_with is not None:
-        _sign.sign_file(path, sign_with, overwrite=True)
+        sign.sign_file(path, sign_with, overwrite=True)
     return header
 
 
