@@ -26,6 +26,7 @@ from dpjax.crypto import envelope, sign, tree
 from dpjax.crypto.errors import DecryptionError
 
 __all__ = [
+    "check_options",
     "SUFFIX",
     "read_metadata",
     "remove_step",
@@ -37,6 +38,27 @@ __all__ = [
 
 SUFFIX = ".dpjax-enc"
 _NAME = re.compile(r"^(0|[1-9][0-9]*)" + re.escape(SUFFIX) + r"$")
+
+
+def check_options(
+    encrypt_to: Any = None, sign_with: Any = None, identities: Any = None, verify_with: Any = None
+) -> dict[str, Any]:
+    """Checks ``Checkpointer``'s crypto arguments up front; returns them normalized.
+
+    Call it in ``Checkpointer.__init__`` so a bad key fails before any
+    training. ``None`` entries stay ``None``.
+
+    Raises:
+      TypeError, ValueError, KeyFileError: naming the argument at fault.
+    """
+    out: dict[str, Any] = {}
+    out["encrypt_to"] = None if encrypt_to is None else envelope._normalize_recipients(encrypt_to)
+    if sign_with is not None:
+        sign.check_signing_key(sign_with)
+    out["sign_with"] = sign_with
+    out["identities"] = None if identities is None else envelope._normalize_identities(identities)
+    out["verify_with"] = None if verify_with is None else sign._trusted_keys(verify_with)
+    return out
 
 
 def step_path(directory: str | os.PathLike, step: int) -> Path:

@@ -8,7 +8,7 @@ import numpy as np
 import optax
 import pytest
 
-from dpjax.crypto import DecryptionError, SignatureError, generate_private_key
+from dpjax.crypto import DecryptionError, KeyFileError, SignatureError, generate_private_key
 from dpjax.crypto import checkpoints as ck
 
 
@@ -140,3 +140,35 @@ def test_file_swapped_after_signature_check_is_refused(ckdir, x25519_key, ed2551
     with pytest.raises(SignatureError, match="does not verify"):
         ck.restore_step(ckdir, 6, _state(), x25519_key, verify_with=ed25519_key.public_key())
     assert genuine.exists()
+
+
+@pytest.mark.parametrize(
+    "kwargs, err, match",
+    [
+        ({"encrypt_to": []}, ValueError, "recipients must hold at least 1"),
+        ({"encrypt_to": ["dpjax-x25519:AAAA"]}, KeyFileError, "not a valid x25519 key"),
+        ({"sign_with": "key.pem"}, TypeError, "sign_with must be an Ed25519 private key"),
+        ({"identities": "key.pem"}, TypeError, "identities must be"),
+        ({"verify_with": []}, ValueError, "trusted must be one or more Ed25519"),
+    ],
+)
+def test_check_options_refuses_bad_arguments(kwargs, err, match):
+    with pytest.raises(err, match=match):
+        ck.check_options(**kwargs)
+
+
+def test_check_options_normalizes(x25519_key, ed25519_key):
+    from dpjax.crypto import public_key_line
+
+    opts = ck.check_options(
+        encrypt_to=[public_key_line(x25519_key)],
+        sign_with=ed25519_key,
+        identities=x25519_key,
+        verify_with=public_key_line(ed25519_key),
+    )
+    assert opts["encrypt_to"][0] == x25519_key.public_key()
+    assert opts["identities"] == [x25519_key]
+    assert opts["verify_with"] == [ed25519_key.public_key()]
+    assert ck.check_options() == dict.fromkeys(
+        ("encrypt_to", "sign_with", "identities", "verify_with")
+    )
