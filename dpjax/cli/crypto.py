@@ -89,18 +89,10 @@ def _key_passphrase(args: argparse.Namespace) -> str | None:
 
 
 def public_key_arg(text: str) -> Any:
-    """A public key from a one-line key (``dpjax-KIND:...``) or a file holding one (``.pub``)."""
-    from dpjax.crypto import load_public_key
+    """A public key from a one-line key or a ``.pub`` file (``keys.read_public_key``)."""
+    from dpjax.crypto.keys import read_public_key
 
-    if text.startswith("dpjax-"):
-        return load_public_key(text)
-    path = Path(text)
-    if not path.is_file():
-        raise ValueError(
-            f"public key must be a line 'dpjax-KIND:BASE64' or a .pub file, got {text!r}"
-        )
-    lines = path.read_text(encoding="utf-8").splitlines()
-    return load_public_key(lines[0] if lines else "")
+    return read_public_key(text)
 
 
 def _private_key(path: str, args: argparse.Namespace) -> Any:
