@@ -235,8 +235,11 @@ class Checkpointer:
       files 0600) whatever the umask. The SHA-256 in the metadata detects
       accidents (bit rot, truncation), NOT tampering: anyone who can write the
       directory can rewrite a state and its hash together, e.g. to reset the
-      step count and so the privacy spent. Authenticated checkpoints come
-      with ``dpjax.crypto``.
+      step count and so the privacy spent. With ``encrypt_to`` and
+      ``sign_with`` steps are encrypted (nothing in plaintext on disk; the
+      run configuration and history sealed, not in the public header) and
+      every restore verifies the signature, so a step written by anyone else
+      is refused. A rollback (deleting newer steps) is not detected.
 
     Args:
       directory: where step directories go; created (0700) by the first save
