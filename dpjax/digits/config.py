@@ -91,6 +91,11 @@ def validate_config(cfg: TrainConfig) -> None:
         raise ValueError("encrypt_to, sign_with and identity need checkpoint_dir")
     if cfg.sign_with and not cfg.encrypt_to:
         raise ValueError("sign_with needs encrypt_to (only encrypted checkpoints are signed)")
+    if cfg.identity and not cfg.encrypt_to:
+        raise ValueError(
+            "identity needs encrypt_to: a run that reads encrypted checkpoints writes "
+            "encrypted ones (give the same --encrypt-to and --sign-with as the first run)"
+        )
     if cfg.resume_step is not None:
         _validate.positive_int("resume_step", cfg.resume_step)
         if not cfg.resume:

@@ -56,6 +56,7 @@ def test_encrypted_signed_run_resumes_only_with_its_keys(tmp_path, keyfiles, cap
     "extra, match",
     [
         (["--sign-with", "SIGNER"], "sign_with needs encrypt_to"),
+        (["--identity", "ME"], "identity needs encrypt_to"),
         (["--encrypt-to", "dpjax-x25519:AAAA"], "encrypt_to: public key"),
         (["--encrypt-to", "ME.pub", "--sign-with", "ME"], "sign_with must be an Ed25519"),
         (["--encrypt-to", "missing.pub"], "encrypt_to: public key must be a line"),
