@@ -202,3 +202,21 @@ def test_bad_input_exits_2_writing_nothing(env, capsys, argv, match):
     rc, out, err = _run(capsys, *[sub.get(a, a) for a in argv])
     assert rc == 2 and match in err, err
     assert not (env / "out").exists()
+
+
+def test_script_exit_status_and_streams(env, capsys):
+    """The real ``python -m dpjax`` process: exit 2, message on stderr, nothing on stdout."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    pp = os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])
+    _run(capsys, "encrypt", env / "data.txt", "-o", env / "d.enc", "--to", env / "me.pub")
+    cmd = [sys.executable, "-m", "dpjax", "decrypt", str(env / "d.enc"), "-o",
+           str(env / "back"), "-i", str(env / "other")]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": pp},
+                          timeout=120)  # fmt: skip
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.startswith("dpjax decrypt: error: no identity given can open this file")
+    assert not (env / "back").exists()
