@@ -23,7 +23,15 @@ umask) and tighten a pre-existing checkpoint directory to 0700.
 The SHA-256 detects accidents (bit rot, truncation, a half-copied file), not
 tampering: anyone who can write the directory can rewrite a state and its
 hash together, for example to reset the step count and so the privacy spent.
-Authenticated (signed) checkpoints come with ``dpjax.crypto``.
+
+``Checkpointer(directory, encrypt_to=[...], sign_with=key)`` instead writes
+each step as one envelope file (``dpjax.crypto.checkpoints``, docs/crypto.md):
+the state never touches the disk in plaintext, and, signed, a restore with
+``verify_with`` (default: the ``sign_with`` key's public half) refuses any
+step the run did not write. Restoring needs ``identity`` (a private key or
+``Passphrase``). A directory holds one kind of step: plaintext (orbax) and
+encrypted steps are never mixed, and a Checkpointer given any key refuses a
+plaintext directory (a downgrade).
 
 ``Checkpointer(directory, exclusive=True)`` holds an exclusive lock
 (``fcntl.flock`` on ``directory/.lock``, which records the holder's PID) until
@@ -161,6 +169,63 @@ def make_private_dir(directory: Path) -> None:
         ) from e
 
 
+# --- encrypted steps (dpjax.crypto.checkpoints) -----------------------------------------------
+
+# Checkpoint metadata fields that go in the public (authenticated, not encrypted) header of an
+# encrypted step; the rest ("extra": run configuration and training history, "sha256" of the
+# state) are sealed to the same recipients, since the header is readable by anyone with the file.
+_PUBLIC_META = ("format", "step", "structure", "key_impls", "privacy", "privacy_hash")
+_SEAL_PAD = 256  # sealed metadata is padded to a multiple of this many bytes (hides its length)
+
+
+def _crypto_options(encrypt_to: Any, sign_with: Any, identity: Any, verify_with: Any):
+    """``None`` without keys; else the checked options (``checkpoints.check_options``)."""
+    if encrypt_to is None and sign_with is None and identity is None and verify_with is None:
+        return None
+    from dpjax.crypto import CryptoError
+    from dpjax.crypto.checkpoints import check_options
+
+    if sign_with is not None and encrypt_to is None:
+        raise ValueError("sign_with needs encrypt_to (signatures cover encrypted steps only)")
+    try:
+        opts = check_options(encrypt_to, sign_with, identity, verify_with)
+    except CryptoError as e:
+        raise ValueError(f"Checkpointer keys: {e}") from None
+    if opts["verify_with"] is None and sign_with is not None:
+        opts["verify_with"] = [sign_with.public_key()]
+    return opts
+
+
+def _seal(meta: dict[str, Any], recipients: Any) -> dict[str, Any]:
+    """The public part of ``meta`` plus ``sealed``: the rest, encrypted to ``recipients``."""
+    import base64
+
+    from dpjax.crypto import encrypt_bytes
+
+    private = {k: v for k, v in meta.items() if k not in _PUBLIC_META}
+    text = json.dumps({"step": meta["step"], **private}, sort_keys=True).encode()
+    text += b" " * (-len(text) % _SEAL_PAD)
+    sealed = encrypt_bytes(text, recipients, metadata={"content": "checkpoint-metadata"})
+    return {**{k: meta[k] for k in _PUBLIC_META}, "sealed": base64.b64encode(sealed).decode()}
+
+
+def _unseal(public: dict[str, Any], identities: Any, where: str) -> dict[str, Any]:
+    import base64
+    import binascii
+
+    from dpjax.crypto import CryptoError, decrypt_bytes
+
+    try:
+        private = json.loads(decrypt_bytes(base64.b64decode(public["sealed"]), identities))
+    except (CryptoError, KeyError, TypeError, ValueError, binascii.Error) as e:
+        raise CheckpointError(f"{where}: cannot decrypt its metadata ({e})") from None
+    if not isinstance(private, dict) or private.pop("step", None) != public.get("step"):
+        raise CheckpointError(f"{where}: its sealed metadata belongs to another step")
+    out = {k: v for k, v in public.items() if k != "sealed"}
+    out.update(private)
+    return out
+
+
 class Checkpointer:
     """Saves and restores complete training states under one directory.
 
@@ -170,8 +235,11 @@ class Checkpointer:
       files 0600) whatever the umask. The SHA-256 in the metadata detects
       accidents (bit rot, truncation), NOT tampering: anyone who can write the
       directory can rewrite a state and its hash together, e.g. to reset the
-      step count and so the privacy spent. Authenticated checkpoints come
-      with ``dpjax.crypto``.
+      step count and so the privacy spent. With ``encrypt_to`` and
+      ``sign_with`` steps are encrypted (nothing in plaintext on disk; the
+      run configuration and history sealed, not in the public header) and
+      every restore verifies the signature, so a step written by anyone else
+      is refused. A rollback (deleting newer steps) is not detected.
 
     Args:
       directory: where step directories go; created (0700) by the first save
@@ -181,6 +249,14 @@ class Checkpointer:
       exclusive: take the directory's lock (``.lock``) until ``close()``;
         raises ``CheckpointError`` naming the holder's PID if another process
         (or another ``Checkpointer``) holds it.
+      encrypt_to: recipients (X25519 / RSA-3072 public keys or one-line
+        text, or one ``dpjax.crypto.Passphrase``): saves write encrypted
+        steps (``dpjax.crypto.checkpoints``), never plaintext.
+      sign_with: an Ed25519 private key signing every step (needs
+        ``encrypt_to``).
+      identity: private key(s) or ``Passphrase`` to restore encrypted steps.
+      verify_with: Ed25519 public key(s); reads and restores refuse steps
+        not signed by one of them. Default: ``sign_with``'s public key.
 
     Example:
       >>> import tempfile, jax, jax.numpy as jnp
@@ -193,7 +269,18 @@ class Checkpointer:
       >>> ckpt.close()
     """
 
-    def __init__(self, directory: str | Path, *, max_to_keep: int = 3, exclusive: bool = False):
+    def __init__(
+        self,
+        directory: str | Path,
+        *,
+        max_to_keep: int = 3,
+        exclusive: bool = False,
+        encrypt_to: Any = None,
+        sign_with: Any = None,
+        identity: Any = None,
+        verify_with: Any = None,
+    ):
+        self._crypto = _crypto_options(encrypt_to, sign_with, identity, verify_with)
         import orbax.checkpoint as ocp
 
         self._ocp = ocp
@@ -278,26 +365,66 @@ class Checkpointer:
     def __exit__(self, *exc: Any) -> None:
         self.close()
 
-    def steps(self) -> list[int]:
-        """Steps of the complete checkpoints on disk, oldest first ([] if no directory)."""
+    def _orbax_steps(self) -> list[int]:
         if not self._open():
             return []
         self._manager.reload()
         return sorted(self._manager.all_steps())
 
+    def _encrypted_steps(self) -> list[int]:
+        from dpjax.crypto import checkpoints
+
+        return checkpoints.steps(self.directory)
+
+    @property
+    def encrypted(self) -> bool:
+        """Whether this Checkpointer was given keys (it then reads and writes encrypted steps)."""
+        return self._crypto is not None
+
+    def steps(self) -> list[int]:
+        """Steps of the complete checkpoints on disk, oldest first ([] if no directory).
+
+        Raises ``CheckpointError`` for a directory that mixes plaintext (orbax)
+        and encrypted steps, and for plaintext steps when this Checkpointer has keys.
+        """
+        plain, enc = self._orbax_steps(), self._encrypted_steps()
+        if plain and enc:
+            raise CheckpointError(
+                f"checkpoint directory {self.directory} mixes plaintext steps {plain} and "
+                f"encrypted steps {enc}; refusing to read or write it (move one kind away)"
+            )
+        if plain and self.encrypted:
+            raise CheckpointError(
+                f"checkpoint directory {self.directory} holds plaintext (unencrypted, unsigned) "
+                "steps but this Checkpointer was given keys; refusing them"
+            )
+        return enc or plain
+
+    def _is_encrypted_dir(self) -> bool:
+        return bool(self._encrypted_steps())
+
     def set_aside(self, step: int) -> Path:
         """Renames checkpoint ``step`` to ``<step>.corrupted[-n]`` (kept, no longer a step)."""
         self._resolve(step)
         self._take_for_writing()
-        src = self.directory / str(step)
+        encrypted = self._is_encrypted_dir()
+        if encrypted:
+            from dpjax.crypto import checkpoints, sign
+
+            src = checkpoints.step_path(self.directory, step)
+        else:
+            src = self.directory / str(step)
         for n in range(1000):
             dst = self.directory / (f"{step}.corrupted" + (f"-{n}" if n else ""))
-            if not dst.exists():
+            if not dst.exists() and not (encrypted and sign.signature_path(dst).exists()):
                 break
         else:
             raise CheckpointError(f"cannot set aside checkpoint step {step} in {self.directory}")
+        if encrypted and sign.signature_path(src).exists():
+            os.rename(sign.signature_path(src), sign.signature_path(dst))
         os.rename(src, dst)
-        self._manager.reload()
+        if self._manager is not None:
+            self._manager.reload()
         return dst
 
     def latest_step(self) -> int | None:
@@ -333,8 +460,16 @@ class Checkpointer:
             "sha256": _digest(storable),
             "extra": extra or {},
         }
+        if self.encrypted:
+            self._save_encrypted(step, state, meta)
+            return
         ocp = self._ocp
         self._take_for_writing()  # a writer holds the lock until close()
+        if self._encrypted_steps():
+            raise CheckpointError(
+                f"checkpoint directory {self.directory} holds encrypted steps; refusing to add "
+                "a plaintext one (give this Checkpointer encrypt_to=)"
+            )
         with private_umask():
             self._open()
             self._manager.save(
@@ -347,9 +482,69 @@ class Checkpointer:
             self._manager.wait_until_finished()
         _make_private_tree(self.directory / str(step))
 
+    def _save_encrypted(self, step: int, state: PyTree, meta: dict[str, Any]) -> None:
+        from dpjax.crypto import CryptoError, checkpoints
+
+        opts = self._crypto
+        if opts["encrypt_to"] is None:
+            raise ValueError("save needs encrypt_to: this Checkpointer has keys for reading only")
+        self._take_for_writing()  # a writer holds the lock until close()
+        on_disk = self.steps()  # refuses plaintext or mixed directories
+        try:
+            public = _seal(meta, opts["encrypt_to"])
+            checkpoints.save_step(
+                self.directory,
+                step,
+                state,
+                meta=public,
+                encrypt_to=opts["encrypt_to"],
+                sign_with=opts["sign_with"],
+            )
+        except CryptoError as e:
+            raise CheckpointError(f"cannot write encrypted checkpoint step {step}: {e}") from e
+        kept = sorted({*on_disk, step})
+        for old in kept[: -self._max_to_keep]:
+            checkpoints.remove_step(self.directory, old)
+
+    def _where(self, step: int) -> str:
+        return f"checkpoint step {step} in {self.directory}"
+
+    def _read_encrypted_metadata(self, step: int) -> dict[str, Any]:
+        from dpjax.crypto import CryptoError, checkpoints
+
+        opts = self._crypto
+        if opts is None or opts["identities"] is None:
+            raise CheckpointError(
+                f"{self._where(step)} is encrypted: its metadata needs identity= (a private "
+                "key or Passphrase of a recipient)"
+            )
+        try:
+            public = checkpoints.read_metadata(
+                self.directory, step, verify_with=opts["verify_with"]
+            )
+        except CryptoError as e:
+            raise CheckpointError(f"{self._where(step)} is refused: {e}") from e
+        return _unseal(public, opts["identities"], self._where(step))
+
     def read_metadata(self, step: int | None = None) -> dict[str, Any]:
-        """The JSON metadata of checkpoint ``step`` (default: the latest)."""
+        """The JSON metadata of checkpoint ``step`` (default: the latest).
+
+        For encrypted steps it needs ``identity`` (the run configuration and
+        history are encrypted) and checks the signature when ``verify_with``.
+        """
         step = self._resolve(step)
+        if self._is_encrypted_dir():
+            meta = self._read_encrypted_metadata(step)
+        else:
+            meta = self._read_orbax_metadata(step)
+        if meta.get("format") != FORMAT_VERSION:
+            raise CheckpointError(
+                f"checkpoint step {step}: unknown format {meta.get('format')!r} "
+                f"(expected {FORMAT_VERSION})"
+            )
+        return meta
+
+    def _read_orbax_metadata(self, step: int) -> dict[str, Any]:
         ocp = self._ocp
         try:
             out = self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
@@ -359,11 +554,6 @@ class Checkpointer:
                 f"checkpoint step {step} in {self.directory} is corrupted or unreadable "
                 f"(metadata): {type(e).__name__}: {e}"
             ) from e
-        if meta.get("format") != FORMAT_VERSION:
-            raise CheckpointError(
-                f"checkpoint step {step}: unknown format {meta.get('format')!r} "
-                f"(expected {FORMAT_VERSION})"
-            )
         return meta
 
     def _resolve(self, step: int | None) -> int:
@@ -423,6 +613,8 @@ class Checkpointer:
                 f"checkpoint step {step} in {self.directory} was written under another privacy "
                 f"configuration (checkpoint, now): {diff}; resuming would mis-account privacy"
             )
+        if self._is_encrypted_dir():
+            return self._restore_encrypted(template, step, meta)
         storable_t, impls = _to_storable(jax.device_get(template))
         abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), storable_t)
         ocp = self._ocp
@@ -448,4 +640,28 @@ class Checkpointer:
             return jax.numpy.asarray(x)
 
         state = jax.tree_util.tree_map_with_path(back, loaded, template)
+        return state, meta
+
+    def _restore_encrypted(
+        self, template: PyTree, step: int, meta: dict[str, Any]
+    ) -> tuple[PyTree, dict[str, Any]]:
+        from dpjax.crypto import CryptoError, checkpoints
+
+        opts = self._crypto
+        try:
+            state, public = checkpoints.restore_step(
+                self.directory,
+                step,
+                template,
+                opts["identities"],
+                verify_with=opts["verify_with"],
+            )
+        except CryptoError as e:
+            raise CheckpointError(f"{self._where(step)} is refused: {e}") from e
+        # The metadata checked above must be the metadata of the bytes decrypted (the
+        # file may have been replaced in between).
+        if _unseal(public, opts["identities"], self._where(step)) != meta:
+            raise CheckpointError(f"{self._where(step)} changed while it was being restored")
+        if _digest(_to_storable(jax.device_get(state))[0]) != meta["sha256"]:
+            raise CheckpointError(f"{self._where(step)} is corrupted: checksum mismatch")
         return state, meta

@@ -28,6 +28,7 @@ from dpjax.anonymize.files import fsync_dir
 
 __all__ = [
     "KeyFilePermissionWarning",
+    "MAX_ENCRYPTED_KEY_FILE_BYTES",
     "MAX_KEY_FILE_BYTES",
     "MIN_KEY_BYTES",
     "generate_key",
@@ -37,6 +38,27 @@ __all__ = [
 
 MIN_KEY_BYTES = 32  # the HMAC-SHA256 output length; shorter keys weaken the PRF bound
 MAX_KEY_FILE_BYTES = 4096  # a larger "key file" is a mistake (a data file, /dev/urandom)
+
+
+# dpjax.crypto.envelope.MAGIC; an envelope of a 4096-byte key with a few recipients fits.
+_ENVELOPE_MAGIC = b"DPJAXENC"
+MAX_ENCRYPTED_KEY_FILE_BYTES = 65536
+
+
+def _decrypt(data: bytes, identity: Any, name: str) -> bytes:
+    if identity is None:
+        raise ValueError(
+            f"{name} is encrypted (dpjax encrypt); give the identity that decrypts it "
+            "(--key-identity or --key-passphrase-file)"
+        )
+    if len(data) > MAX_ENCRYPTED_KEY_FILE_BYTES:
+        raise ValueError(f"{name} must hold at most {MAX_ENCRYPTED_KEY_FILE_BYTES} bytes")
+    from dpjax.crypto import CryptoError, decrypt_bytes
+
+    try:
+        return decrypt_bytes(data, identity)
+    except CryptoError as e:
+        raise ValueError(f"{name} cannot be decrypted: {e}") from None
 
 
 class KeyFilePermissionWarning(UserWarning):
@@ -104,8 +126,13 @@ def write_key(path: str | os.PathLike[str]) -> bytes:
     return key
 
 
-def load_key(path: str | os.PathLike[str]) -> bytes:
-    """Reads a raw binary key file (32 to 4096 bytes, used whole).
+def load_key(path: str | os.PathLike[str], *, identity: Any = None) -> bytes:
+    """Reads a raw binary key file (32 to 4096 bytes, used whole), or an encrypted one.
+
+    A file written by ``dpjax encrypt`` (a ``dpjax.crypto`` envelope) is
+    decrypted with ``identity`` (a private key or ``dpjax.crypto.Passphrase``);
+    without one it is refused, never used as raw key bytes (its ciphertext is
+    not secret).
 
     Warns with :class:`KeyFilePermissionWarning` when the file's group or other
     users may read or write it (``chmod 600`` fixes that). Pipes such as
@@ -113,7 +140,8 @@ def load_key(path: str | os.PathLike[str]) -> bytes:
 
     Raises:
       ValueError: if the file holds fewer than 32 or more than 4096 bytes, or one
-        byte repeated.
+        byte repeated; if it is encrypted and ``identity`` is missing or cannot
+        decrypt it.
       OSError: if it cannot be opened (FileNotFoundError, PermissionError ...).
     """
     name = f"key file {os.fspath(path)!r}"
@@ -127,7 +155,11 @@ def load_key(path: str | os.PathLike[str]) -> bytes:
                 KeyFilePermissionWarning,
                 stacklevel=2,
             )
-        data = f.read(MAX_KEY_FILE_BYTES + 1)
+        data = f.read(MAX_ENCRYPTED_KEY_FILE_BYTES + 1)
+    if data.startswith(_ENVELOPE_MAGIC):
+        data = _decrypt(data, identity, name)
+    elif identity is not None:
+        raise ValueError(f"{name} is not encrypted, but an identity to decrypt it was given")
     if len(data) > MAX_KEY_FILE_BYTES:
         raise ValueError(f"{name} must hold at most {MAX_KEY_FILE_BYTES} bytes; is it a key?")
     return _check_key(data, name=name)

@@ -30,6 +30,7 @@ _SUBCOMMANDS: tuple[str, ...] = (
     "dpjax.cli.query",
     "dpjax.cli.anonymize",
     "dpjax.cli.audit",
+    "dpjax.cli.crypto",
 )
 
 

@@ -47,7 +47,8 @@ _TREE_KINDS = ("prefix", "set", "range")
 _SUBSTITUTE_KINDS = ("name", "email", "phone")
 # Options of an anonymization run whose default is None (--new-key-file takes none of them).
 _RUN_OPTIONS = ("quasi", "sensitive", "k", "l", "t", "pseudonymize", "key_file", "mask",
-                "substitute", "suppress", "drop", "hierarchy", "na_values", "report")  # fmt: skip
+                "substitute", "suppress", "drop", "hierarchy", "na_values", "report",
+                "key_identity", "key_passphrase_file")  # fmt: skip
 
 
 def _list(flag: str, s: str | None) -> list[str]:
@@ -91,6 +92,10 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     )
     p.add_argument("--pseudonymize", help="columns to replace by keyed HMAC-SHA256 pseudonyms")
     p.add_argument("--key-file", help="file with 32 to 4096 secret bytes (for pseudonyms)")
+    p.add_argument("--key-identity", help="private key file decrypting an encrypted --key-file")
+    p.add_argument(
+        "--key-passphrase-file", help="passphrase (first line) decrypting an encrypted --key-file"
+    )
     p.add_argument(
         "--new-key-file",
         metavar="PATH",
@@ -179,6 +184,8 @@ def _check_settings(args: argparse.Namespace) -> _Plan:
                          "--sensitive; pick one role")  # fmt: skip
     if (pseudo or subst) and not args.key_file:
         raise ValueError("--key-file is required with --pseudonymize or --substitute")
+    if (args.key_identity or args.key_passphrase_file) and not args.key_file:
+        raise ValueError("--key-identity and --key-passphrase-file decrypt --key-file; give it")
     return _Plan(Path(args.input), Path(args.output), Path(args.report) if args.report else None,
                  quasi, pseudo, suppress, drop, na_values, mask, subst, hier)  # fmt: skip
 
@@ -240,16 +247,40 @@ def _check_paths(args: argparse.Namespace, plan: _Plan) -> None:
         _check_target(flag, out, args.force)
 
 
-def _load_key(path: str) -> bytes:
+def _key_identity(args: argparse.Namespace) -> Any:
+    """The identity for an encrypted ``--key-file`` (``dpjax.crypto``), or ``None``."""
+    ident = getattr(args, "key_identity", None)
+    pw_file = getattr(args, "key_passphrase_file", None)
+    if ident and pw_file:
+        raise ValueError("give --key-identity or --key-passphrase-file, not both")
+    if not (ident or pw_file):
+        return None
+    from dpjax.crypto import CryptoError, Passphrase, load_private_key
+
+    try:
+        if ident:
+            return load_private_key(ident)
+        lines = Path(pw_file).read_text(encoding="utf-8").splitlines()
+        return Passphrase(lines[0] if lines else "")
+    except (CryptoError, OSError, ValueError) as e:
+        flag = "--key-identity" if ident else "--key-passphrase-file"
+        raise ValueError(f"{flag}: {e}") from None
+
+
+def _load_key(path: str, args: argparse.Namespace | None = None) -> bytes:
     """Loads the key; a loose-permission warning goes to stderr as a warning line."""
+    from dpjax.crypto import KeyPermissionWarning
+
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", KeyFilePermissionWarning)
+        warnings.simplefilter("always", KeyPermissionWarning)
         try:
-            key = load_key(path)
+            identity = _key_identity(args) if args is not None else None
+            key = load_key(path, identity=identity)
         except (ValueError, OSError) as e:
             raise ValueError(f"--key-file: {e}") from None
     for w in caught:
-        if issubclass(w.category, KeyFilePermissionWarning):
+        if issubclass(w.category, KeyFilePermissionWarning | KeyPermissionWarning):
             print(f"dpjax anonymize: warning: {w.message}", file=sys.stderr)
         else:
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
@@ -330,7 +361,7 @@ def run(args: argparse.Namespace) -> int:
     plan = _check_settings(args)
     _check_paths(args, plan)
     if plan.pseudo or plan.subst:
-        plan.key = _load_key(args.key_file)
+        plan.key = _load_key(args.key_file, args)
     hier = _load_trees(plan)
     _check_columns(args, plan, list(_read_csv(plan.src, nrows=0).columns))
     # Only an empty cell is missing unless --na-values says more: "NA" is Namibia.

@@ -81,6 +81,9 @@ def _run(args: argparse.Namespace) -> int:
         resume=args.resume,
         resume_step=args.resume_step,
         secure=args.secure,
+        encrypt_to=tuple(args.encrypt_to or ()),
+        sign_with=args.sign_with,
+        identity=args.identity,
     )
     validate_config(cfg)
     if cfg.seed is not None:
@@ -164,6 +167,13 @@ def register(subparsers: Any) -> None:
         action="store_true",
         help="keys from OS entropy: the default; kept for old scripts, excludes --seed",
     )
+    p.add_argument(
+        "--encrypt-to",
+        action="append",
+        help="encrypt checkpoints to this public key (line or .pub file; repeatable)",
+    )
+    p.add_argument("--sign-with", help="Ed25519 private key file signing every checkpoint")
+    p.add_argument("--identity", help="private key file to read encrypted checkpoints (--resume)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--output", default=None, help="run record path (default runs/train-*.json)")
     p.set_defaults(func=_run)

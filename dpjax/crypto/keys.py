@@ -37,6 +37,7 @@ __all__ = [
     "load_private_key",
     "load_public_key",
     "public_key_line",
+    "read_public_key",
     "write_private_key",
 ]
 
@@ -151,6 +152,25 @@ def load_public_key(line: str | PublicKey) -> PublicKey:
     if not isinstance(pub, rsa.RSAPublicKey) or pub.key_size != RSA_BITS:
         raise KeyFileError(f"public key is not a valid {kind} key")
     return pub
+
+
+def read_public_key(text_or_path: str | os.PathLike) -> PublicKey:
+    """A public key from a one-line key (``dpjax-KIND:...``) or a file holding one (``.pub``).
+
+    Raises:
+      KeyFileError: neither a key line nor a file whose first line is one.
+    """
+    text = str(text_or_path)
+    if text.startswith("dpjax-"):
+        return load_public_key(text)
+    path = Path(text)
+    if not path.is_file():
+        raise KeyFileError(
+            f"public key must be a line 'dpjax-KIND:BASE64' or a .pub file, got {text[:80]!r}"
+        )
+    with open(path, encoding="utf-8", errors="replace") as f:
+        first = f.readline(4096)
+    return load_public_key(first)
 
 
 def _write_new_private_file(path: Path, data: bytes) -> None:

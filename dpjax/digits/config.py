@@ -36,6 +36,11 @@ class TrainConfig:
     resume: bool = False
     resume_step: int | None = None  # default: the latest checkpoint
     secure: bool = False  # require OS-entropy keys (the default); excludes seed
+    # Encrypted checkpoints (dpjax.crypto): recipients (one-line public keys or .pub files),
+    # an Ed25519 private key file signing every step, a private key file to resume with.
+    encrypt_to: tuple[str, ...] = ()
+    sign_with: str | None = None
+    identity: str | None = None
 
 
 def seed_warning(seed: int | None) -> str | None:
@@ -78,6 +83,19 @@ def validate_config(cfg: TrainConfig) -> None:
         _validate.positive_int("checkpoint_every", cfg.checkpoint_every)
     if (cfg.resume or cfg.checkpoint_every is not None) and not cfg.checkpoint_dir:
         raise ValueError("resume and checkpoint_every need checkpoint_dir")
+    if not isinstance(cfg.encrypt_to, tuple | list) or not all(
+        isinstance(r, str) and r for r in cfg.encrypt_to
+    ):
+        raise TypeError(f"encrypt_to must be a tuple of non-empty str, got {cfg.encrypt_to!r}")
+    if (cfg.encrypt_to or cfg.sign_with or cfg.identity) and not cfg.checkpoint_dir:
+        raise ValueError("encrypt_to, sign_with and identity need checkpoint_dir")
+    if cfg.sign_with and not cfg.encrypt_to:
+        raise ValueError("sign_with needs encrypt_to (only encrypted checkpoints are signed)")
+    if cfg.identity and not cfg.encrypt_to:
+        raise ValueError(
+            "identity needs encrypt_to: a run that reads encrypted checkpoints writes "
+            "encrypted ones (give the same --encrypt-to and --sign-with as the first run)"
+        )
     if cfg.resume_step is not None:
         _validate.positive_int("resume_step", cfg.resume_step)
         if not cfg.resume:

@@ -490,6 +490,32 @@ def _run(cfg: TrainConfig, ckpt: Any, reserved: list[Path]) -> dict[str, Any]:
     return record
 
 
+def checkpoint_keys(cfg: TrainConfig) -> dict[str, Any]:
+    """``Checkpointer`` keyword arguments for ``cfg.encrypt_to``/``sign_with``/``identity``.
+
+    Key files are loaded here (``dpjax.crypto``); a missing, malformed or
+    passphrase-protected key file raises ``ValueError`` naming the setting.
+    """
+    if not (cfg.encrypt_to or cfg.sign_with or cfg.identity):
+        return {}
+    from dpjax.crypto import CryptoError, load_private_key
+    from dpjax.crypto.keys import read_public_key
+
+    out: dict[str, Any] = {}
+    for name in ("encrypt_to", "sign_with", "identity"):
+        value = getattr(cfg, name)
+        if not value:
+            continue
+        try:
+            if name == "encrypt_to":
+                out[name] = [read_public_key(r) for r in value]
+            else:
+                out[name] = load_private_key(value)
+        except (CryptoError, OSError) as e:
+            raise ValueError(f"{name}: {e}") from None
+    return out
+
+
 def train(cfg: TrainConfig) -> dict[str, Any]:
     """Runs private training; returns the run record (also written as JSON).
 
@@ -512,7 +538,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             if os.path.lexists(d):
                 break
             first_missing = d
-        ckpt = Checkpointer(directory, exclusive=True)  # the run holds the lock for its lifetime
+        keys = checkpoint_keys(cfg)  # before the lock: a bad key fails with nothing done
+        ckpt = Checkpointer(directory, exclusive=True, **keys)  # locked for the run's lifetime
     reserved: list[Path] = []
     try:
         out = _run(cfg, ckpt, reserved)
@@ -533,7 +560,13 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     return out
 
 
-def load_trained(checkpoint_dir: str | Path, step: int | None = None) -> dict[str, Any]:
+def load_trained(
+    checkpoint_dir: str | Path,
+    step: int | None = None,
+    *,
+    identity: Any = None,
+    verify_with: Any = None,
+) -> dict[str, Any]:
     """The model and optimizer of a checkpoint a ``dpjax train`` run wrote.
 
     Rebuilds them from the run configuration stored in the checkpoint and
@@ -546,13 +579,16 @@ def load_trained(checkpoint_dir: str | Path, step: int | None = None) -> dict[st
     Args:
       checkpoint_dir: the run's ``--checkpoint-dir``.
       step: which checkpoint (default: the latest).
+      identity: private key(s) for encrypted checkpoints (``dpjax.crypto``).
+      verify_with: Ed25519 public key(s); unsigned or foreign steps are refused.
     """
     from dpjax.checkpoint import Checkpointer
     from dpjax.errors import CheckpointError
 
     if step is not None:
         _validate.positive_int("step", step)
-    with Checkpointer(checkpoint_dir) as ck:
+    keys = {"identity": identity, "verify_with": verify_with}
+    with Checkpointer(checkpoint_dir, **keys) as ck:
         meta = ck.read_metadata(step)
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     saved = {k: v for k, v in meta["extra"].get("config", {}).items() if k in fields}
@@ -566,12 +602,15 @@ def load_trained(checkpoint_dir: str | Path, step: int | None = None) -> dict[st
         progress=False,
         output=None,
         budget_epsilon=None,
+        encrypt_to=(),
+        sign_with=None,
+        identity=None,
     )
     validate_config(cfg)
     directory = Path(checkpoint_dir).absolute()
     if not directory.is_dir():
         raise CheckpointError(f"no checkpoint directory {directory} to resume from")
     job = build(cfg)
-    with Checkpointer(directory) as ck:  # a read: no lock
+    with Checkpointer(directory, **keys) as ck:  # a read: no lock
         _, _, meta = restore(job, ck, resume_target(ck, cfg.resume_step))
     return {"model": job.model, "optimizer": job.optimizer, "metadata": meta}
