@@ -10,7 +10,7 @@ from flax import nnx
 
 import dpjax
 from dpjax import models
-from tests.models_for_tests import xent
+from tests.models import xent
 
 
 def _data(key, n=32):

@@ -75,7 +75,7 @@ def test_old_module_paths_are_kept():
 
 @pytest.mark.parametrize("module", ["dpjax", "dpjax.cli"])
 def test_python_m_runs_the_command(module):
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]),
