@@ -6,7 +6,7 @@ from flax import nnx
 
 import dpjax
 from dpjax import models
-from tests.models_for_tests import SeqModel, mlp_loss, mlp_params, naive_clipped_sum, xent
+from tests.models import SeqModel, mlp_loss, mlp_params, naive_clipped_sum, xent
 
 TOL = dict(rtol=2e-5, atol=2e-6)
 

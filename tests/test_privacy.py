@@ -1,4 +1,8 @@
-"""One home for the privacy spent by training: the DP-SGD event, the delta split, the errors."""
+"""One home for the privacy spent by training.
+
+The DP-SGD event, the delta split, the errors, budget enforcement and
+``privacy_spent`` on any optimizer state.
+"""
 
 import importlib
 from fractions import Fraction
@@ -6,10 +10,12 @@ from fractions import Fraction
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 import dpjax
 from dpjax import accounting
+from dpjax.errors import BudgetExceededError
 from dpjax.privacy import PrivacyBudget, accountant_delta, truncation_delta
 
 
@@ -203,3 +209,92 @@ def test_training_and_query_budgets_raise_the_same_error():
     with pytest.raises(dpjax.errors.BudgetExceededError):
         PrivacyBudget(1e-3, 1e-5).check(_state())
     assert issubclass(dpjax.errors.CheckpointMismatchError, dpjax.errors.CheckpointError)
+
+
+# Budget enforcement (PrivacyBudget).
+
+
+def _tx(sigma=1.0, q=0.01, trunc=0.0, key=None):
+    return dpjax.add_noise(
+        dpjax.Sensitivity(1.0),
+        sigma,
+        10.0,
+        jax.random.key(0) if key is None else key,
+        sampling_rate=q,
+        truncation_prob=trunc,
+    )
+
+
+def _eps(sigma, q, steps, delta):
+    ev = accounting.SelfComposed(accounting.PoissonSampledGaussian(sigma, q), steps)
+    return accounting.epsilon(ev, delta)
+
+
+def test_the_step_that_would_exceed_the_budget_is_refused_before_it_runs():
+    tx = _tx(sigma=1.0, q=0.05)
+    g = {"w": jnp.zeros(2)}
+    state = tx.init(g)
+    budget = PrivacyBudget(epsilon=1.5, delta=1e-5)
+    taken = 0
+    with pytest.raises(BudgetExceededError, match="would spend epsilon") as e:
+        for _ in range(10_000):
+            budget.check(state)
+            _, state = tx.update(g, state)
+            taken += 1
+    assert str(taken + 1) in str(e.value)
+    assert int(state.count) == taken  # the refused step changed nothing
+    # The accountant, step by step: the last step taken fits, the next does not.
+    assert _eps(1.0, 0.05, taken, 1e-5) <= 1.5 < _eps(1.0, 0.05, taken + 1, 1e-5)
+    assert budget.max_steps(state) == taken
+    assert dpjax.privacy_spent(state, 1e-5).epsilon <= 1.5
+
+
+def test_truncation_probability_is_charged_to_the_budget_delta():
+    state = _tx(sigma=2.0, q=0.01, trunc=2e-9).init({"w": jnp.zeros(2)})
+    plain = _tx(sigma=2.0, q=0.01).init({"w": jnp.zeros(2)})
+    b = PrivacyBudget(epsilon=2.0, delta=1e-5)
+    assert b.max_steps(state) < b.max_steps(plain)
+    want = _eps(2.0, 0.01, 1000, 1e-5 - 1000 * 2e-9)
+    assert b.epsilon_after(state, 1000) == pytest.approx(want, rel=1e-5)
+
+
+def test_budget_bad_input():
+    with pytest.raises(ValueError, match="epsilon must be > 0"):
+        PrivacyBudget(epsilon=0.0, delta=1e-5)
+    with pytest.raises(ValueError, match="delta must be in"):
+        PrivacyBudget(epsilon=1.0, delta=0.0)
+    state = dpjax.add_noise(dpjax.Sensitivity(1.0), 1.0, 10.0, jax.random.key(0)).init(jnp.zeros(2))
+    with pytest.raises(ValueError, match="sampling rate"):
+        PrivacyBudget(1.0, 1e-5).check(state)
+
+
+# privacy_spent on any optimizer state.
+
+
+def test_privacy_spent_survives_a_host_round_trip():
+    tx = dpjax.dp_sgd(
+        0.1,
+        sensitivity=dpjax.Sensitivity(1.0),
+        noise_multiplier=1.2,
+        expected_batch_size=10.0,
+        sampling_rate=0.01,
+        key=jax.random.key(0),
+    )
+    params = {"w": jnp.zeros(3)}
+    state = tx.init(params)
+    for _ in range(5):
+        _, state = tx.update({"w": jnp.ones(3)}, state, params)
+    restored = jax.tree.map(lambda v: v, jax.device_get(state))
+    assert dpjax.privacy_spent(restored, 1e-6) == dpjax.privacy_spent(state, 1e-6)
+
+
+def test_privacy_spent_bad_input():
+    tx = dpjax.add_noise(dpjax.Sensitivity(1.0), 1.0, 10.0, jax.random.key(0))
+    state = tx.init({"w": jnp.zeros(2)})
+    with pytest.raises(ValueError, match=r"delta must be in \(0, 1\)"):
+        dpjax.privacy_spent(state, 0.0)
+    _, state = tx.update({"w": jnp.zeros(2)}, state)
+    with pytest.raises(ValueError, match="needs the sampling rate"):
+        dpjax.privacy_spent(state, 1e-5)
+    with pytest.raises(ValueError, match="exactly one dpjax noise state"):
+        dpjax.privacy_spent(optax.sgd(0.1).init({"w": jnp.zeros(2)}), 1e-5)

@@ -6,7 +6,7 @@ import pytest
 from scipy import stats
 
 import dpjax
-from tests.models_for_tests import mlp_loss, mlp_params
+from tests.models import mlp_loss, mlp_params
 
 
 def _noise_sample(sigma, clip, relation="add_remove", size=40_000, batch=10.0, seed=3):

@@ -13,7 +13,7 @@ from dp_accounting.pld import PLDAccountant
 
 import dpjax.accounting as acc
 from dpjax.accounting import pld
-from tests.accounting_refs import dp_pld, prv
+from tests.oracles.accounting import dp_pld, prv
 
 N = 2**16  # one grid size for the grid tests: one compilation per worker
 

@@ -9,7 +9,7 @@ import pytest
 
 import dpjax.accounting as acc
 from dpjax.accounting import pld, pld_plan
-from tests.accounting_refs import dp_pld
+from tests.oracles.accounting import dp_pld
 
 
 def _profile(p, start, h, eps):

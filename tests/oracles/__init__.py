@@ -1,4 +1,8 @@
-"""Test oracles whose exact pins must stay out of the environment under test.
+"""Test oracles: independent references the tests compare against.
+
+``tests.oracles.accounting`` wraps dp_accounting and prv_accountant (test
+dependencies). This module calls pycanon, whose exact pins must stay out of
+the environment under test.
 
 pycanon pins numpy, pandas and scipy exactly (numpy 2.0.2 holds jax back at
 0.10.2), so it lives in its own virtualenv, ``.venv-oracles`` (``make

@@ -1,4 +1,7 @@
-"""Ghost clipping equals vmap equals the naive per-example loop, on NNX and Linen models."""
+"""Ghost clipping equals vmap equals the naive per-example loop, on NNX and Linen models.
+
+Also mixed precision: bf16 activations and per-example quantities, f32 norms and sums.
+"""
 
 import jax
 import jax.numpy as jnp
@@ -8,8 +11,8 @@ from flax import nnx
 
 import dpjax
 from dpjax import models
-from tests.ghost import models as gm
-from tests.models_for_tests import naive_clipped_sum
+from tests import models as tm
+from tests.models import naive_clipped_sum
 
 EPS = float(jnp.finfo(jnp.float32).eps)
 TOL = dict(rtol=200 * EPS, atol=20 * EPS)
@@ -22,34 +25,34 @@ def assert_tree_close(a, b, **tol):
 
 def case(name, key):
     kx, ky = jax.random.split(key)
-    y = jax.random.randint(ky, (N,), 0, gm.CLASSES)
+    y = jax.random.randint(ky, (N,), 0, tm.CLASSES)
     if name == "mlp":
         x = jax.random.normal(kx, (N, 64))
-        loss, params = gm.nnx_loss(models.MLP(64, (16,), gm.CLASSES, rngs=nnx.Rngs(0)))
+        loss, params = tm.nnx_loss(models.MLP(64, (16,), tm.CLASSES, rngs=nnx.Rngs(0)))
     elif name == "cnn":
         x = jax.random.uniform(kx, (N, 8, 8, 1))
-        loss, params = gm.nnx_loss(models.DigitsCNN(gm.CLASSES, rngs=nnx.Rngs(0)))
+        loss, params = tm.nnx_loss(models.DigitsCNN(tm.CLASSES, rngs=nnx.Rngs(0)))
     elif name == "cnn1d":
         x = jax.random.normal(kx, (N, 9, 2))
-        loss, params = gm.nnx_loss(gm.Conv1D(rngs=nnx.Rngs(0)))
+        loss, params = tm.nnx_loss(tm.Conv1D(rngs=nnx.Rngs(0)))
     elif name == "encoder":
-        x = jax.random.randint(kx, (N, gm.T), 0, gm.VOCAB)
-        loss, params = gm.nnx_loss(gm.Encoder(rngs=nnx.Rngs(0)))
+        x = jax.random.randint(kx, (N, tm.T), 0, tm.VOCAB)
+        loss, params = tm.nnx_loss(tm.Encoder(rngs=nnx.Rngs(0)))
     elif name == "tied":
-        x = jax.random.randint(kx, (N, gm.T), 0, gm.VOCAB)
-        loss, params = gm.nnx_loss(gm.Encoder(tied=True, rngs=nnx.Rngs(0)))
+        x = jax.random.randint(kx, (N, tm.T), 0, tm.VOCAB)
+        loss, params = tm.nnx_loss(tm.Encoder(tied=True, rngs=nnx.Rngs(0)))
     elif name == "custom":
         x = jax.random.normal(kx, (N, 6))
-        loss, params = gm.nnx_loss(gm.CustomMLP(rngs=nnx.Rngs(0)))
+        loss, params = tm.nnx_loss(tm.CustomMLP(rngs=nnx.Rngs(0)))
     elif name == "linen_encoder":
-        x = jax.random.randint(kx, (N, gm.T), 0, gm.VOCAB)
-        loss, params = gm.linen_loss(gm.LinenEncoder(), x)
+        x = jax.random.randint(kx, (N, tm.T), 0, tm.VOCAB)
+        loss, params = tm.linen_loss(tm.LinenEncoder(), x)
     elif name == "linen_cnn":
         x = jax.random.uniform(kx, (N, 6, 5, 2))
-        loss, params = gm.linen_loss(gm.LinenCNN(), x)
+        loss, params = tm.linen_loss(tm.LinenCNN(), x)
     else:
         x = jax.random.normal(kx, (N, 6))
-        loss, params = gm.linen_loss(gm.LinenCustomMLP(), x)
+        loss, params = tm.linen_loss(tm.LinenCustomMLP(), x)
     return loss, params, x, y
 
 
@@ -145,12 +148,12 @@ def test_masks_and_nonfinite_examples_behave_as_vmap(key, name):
 
 
 def test_nnx_adapter_ghost_matches_vmap_and_stats(key):
-    model = gm.Encoder(rngs=nnx.Rngs(0))
-    x = jax.random.randint(key, (N, gm.T), 0, gm.VOCAB)
-    y = jax.random.randint(key, (N,), 0, gm.CLASSES)
+    model = tm.Encoder(rngs=nnx.Rngs(0))
+    x = jax.random.randint(key, (N, tm.T), 0, tm.VOCAB)
+    y = jax.random.randint(key, (N,), 0, tm.CLASSES)
 
     def loss(m, xb, yb):
-        return gm.xent_logits(m(xb), yb), {"label": yb[0]}
+        return tm.xent_logits(m(xb), yb), {"label": yb[0]}
 
     g_v, s_v = dpjax.nnx.clipped_grad(loss, 0.2, has_aux=True)(model, x, y)
     fg = dpjax.nnx.clipped_grad(loss, 0.2, has_aux=True, method="ghost", microbatch_size=2)
@@ -169,7 +172,7 @@ def test_auto_picks_ghost_only_when_it_covers_most_parameters(key):
     assert auto.method == "auto" and auto.plan(params, x, y) == ghost_plan
     # A loss using its parameters directly: no layer is known, auto is plain vmap.
     w = {"a": jnp.ones((6, 3)), "b": jnp.zeros(3)}
-    direct = lambda p, xb, yb: gm.xent_logits(xb @ p["a"] + p["b"][None], yb)
+    direct = lambda p, xb, yb: tm.xent_logits(xb @ p["a"] + p["b"][None], yb)
     plan = dpjax.clipped_grad(direct, 1.0, method="auto").plan(w, jnp.ones((4, 6)), y[:4])
     assert plan == {"a": "vmap", "b": "vmap"}
 
@@ -183,12 +186,12 @@ def test_bad_method_raises():
 
 @pytest.mark.slow
 def test_nnx_private_train_step_with_ghost_equals_vmap(key):
-    x = jax.random.randint(key, (N, gm.T), 0, gm.VOCAB)
-    y = jax.random.randint(key, (N,), 0, gm.CLASSES)
-    loss = lambda m, xb, yb: gm.xent_logits(m(xb), yb)
+    x = jax.random.randint(key, (N, tm.T), 0, tm.VOCAB)
+    y = jax.random.randint(key, (N,), 0, tm.CLASSES)
+    loss = lambda m, xb, yb: tm.xent_logits(m(xb), yb)
     states = {}
     for method in ("vmap", "ghost"):
-        model = gm.Encoder(rngs=nnx.Rngs(0))
+        model = tm.Encoder(rngs=nnx.Rngs(0))
         grad_fn = dpjax.nnx.clipped_grad(loss, 0.5, method=method)
         tx = dpjax.dp_sgd(
             0.1,
@@ -205,3 +208,45 @@ def test_nnx_private_train_step_with_ghost_equals_vmap(key):
         assert int(stats.batch_size) == N
         states[method] = nnx.state(model, nnx.Param)
     assert_tree_close(states["ghost"], states["vmap"], rtol=1e-4, atol=1e-5)
+
+
+# Mixed precision.
+BF16 = float(jnp.finfo(jnp.bfloat16).eps)
+
+
+class BF16MLP(nnx.Module):
+    """float32 parameters, bfloat16 activations (the layers' ``dtype``)."""
+
+    def __init__(self, *, rngs):
+        self.fc = nnx.Linear(6, 16, dtype=jnp.bfloat16, rngs=rngs)
+        self.head = nnx.Linear(16, tm.CLASSES, dtype=jnp.bfloat16, rngs=rngs)
+
+    def __call__(self, x):
+        return self.head(jnp.tanh(self.fc(x))).astype(jnp.float32)
+
+
+@pytest.mark.parametrize("method", ["vmap", "ghost"])
+def test_compute_dtype_bf16_close_to_float32_reference(key, method):
+    loss, params = tm.nnx_loss(tm.CustomMLP(rngs=nnx.Rngs(0)))
+    x = jax.random.normal(key, (6, 6))
+    y = jax.random.randint(key, (6,), 0, tm.CLASSES)
+    ref = naive_clipped_sum(jax.jit(loss), params, x, y, 0.5)
+    fn = dpjax.clipped_grad(loss, 0.5, method=method, compute_dtype=jnp.bfloat16)
+    g, stats = jax.jit(fn)(params, x, y)
+    assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(g))
+    assert stats.mean_norm.dtype == jnp.float32
+    for got, want in zip(jax.tree.leaves(g), jax.tree.leaves(ref), strict=True):
+        scale = float(np.max(np.abs(want))) + 1e-3
+        np.testing.assert_allclose(np.asarray(got) / scale, want / scale, atol=8 * BF16)
+
+
+def test_bf16_layers_ghost_equals_vmap(key):
+    loss, params = tm.nnx_loss(BF16MLP(rngs=nnx.Rngs(0)))
+    x = jax.random.normal(key, (6, 6))
+    y = jax.random.randint(key, (6,), 0, tm.CLASSES)
+    g_v, s_v = dpjax.clipped_grad(loss, 0.5)(params, x, y)
+    g_g, s_g = dpjax.clipped_grad(loss, 0.5, method="ghost")(params, x, y)
+    assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(g_g))
+    for a, b in zip(jax.tree.leaves(g_g), jax.tree.leaves(g_v), strict=True):
+        np.testing.assert_allclose(a, b, rtol=4 * BF16, atol=4 * BF16)
+    np.testing.assert_allclose(float(s_g.mean_norm), float(s_v.mean_norm), rtol=4 * BF16)

@@ -1,4 +1,4 @@
-"""Privacy budget enforcement and secure keys."""
+"""Secure keys: OS entropy, no noise shared between runs, no truncated seeds."""
 
 import jax
 import jax.numpy as jnp
@@ -6,9 +6,6 @@ import numpy as np
 import pytest
 
 import dpjax
-from dpjax import accounting
-from dpjax.errors import BudgetExceededError
-from dpjax.privacy import PrivacyBudget
 from dpjax.random import key_from_seed, secure_key
 
 
@@ -21,49 +18,6 @@ def _tx(sigma=1.0, q=0.01, trunc=0.0, key=None):
         sampling_rate=q,
         truncation_prob=trunc,
     )
-
-
-def _eps(sigma, q, steps, delta):
-    ev = accounting.SelfComposed(accounting.PoissonSampledGaussian(sigma, q), steps)
-    return accounting.epsilon(ev, delta)
-
-
-def test_the_step_that_would_exceed_the_budget_is_refused_before_it_runs():
-    tx = _tx(sigma=1.0, q=0.05)
-    g = {"w": jnp.zeros(2)}
-    state = tx.init(g)
-    budget = PrivacyBudget(epsilon=1.5, delta=1e-5)
-    taken = 0
-    with pytest.raises(BudgetExceededError, match="would spend epsilon") as e:
-        for _ in range(10_000):
-            budget.check(state)
-            _, state = tx.update(g, state)
-            taken += 1
-    assert str(taken + 1) in str(e.value)
-    assert int(state.count) == taken  # the refused step changed nothing
-    # The accountant, step by step: the last step taken fits, the next does not.
-    assert _eps(1.0, 0.05, taken, 1e-5) <= 1.5 < _eps(1.0, 0.05, taken + 1, 1e-5)
-    assert budget.max_steps(state) == taken
-    assert dpjax.privacy_spent(state, 1e-5).epsilon <= 1.5
-
-
-def test_truncation_probability_is_charged_to_the_budget_delta():
-    state = _tx(sigma=2.0, q=0.01, trunc=2e-9).init({"w": jnp.zeros(2)})
-    plain = _tx(sigma=2.0, q=0.01).init({"w": jnp.zeros(2)})
-    b = PrivacyBudget(epsilon=2.0, delta=1e-5)
-    assert b.max_steps(state) < b.max_steps(plain)
-    want = _eps(2.0, 0.01, 1000, 1e-5 - 1000 * 2e-9)
-    assert b.epsilon_after(state, 1000) == pytest.approx(want, rel=1e-5)
-
-
-def test_budget_bad_input():
-    with pytest.raises(ValueError, match="epsilon must be > 0"):
-        PrivacyBudget(epsilon=0.0, delta=1e-5)
-    with pytest.raises(ValueError, match="delta must be in"):
-        PrivacyBudget(epsilon=1.0, delta=0.0)
-    state = dpjax.add_noise(dpjax.Sensitivity(1.0), 1.0, 10.0, jax.random.key(0)).init(jnp.zeros(2))
-    with pytest.raises(ValueError, match="sampling rate"):
-        PrivacyBudget(1.0, 1e-5).check(state)
 
 
 def _noise_run(key, steps=8, d=4096):

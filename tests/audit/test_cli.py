@@ -1,4 +1,4 @@
-"""``dpjax audit ...`` and the new ``dpjax train`` flags, through the command line."""
+"""``dpjax audit ...`` through the command line."""
 
 import json
 import re
@@ -52,19 +52,6 @@ def test_audit_mia_writes_report_and_plot(tmp_path, capsys):
         assert 0.0 <= rep[name]["tpr_at_0.1%_fpr"] <= rep[name]["tpr_at_1%_fpr"] <= 1.0
     assert rep["members"] + rep["non_members"] == 1797 and rep["epsilon"] <= 3.0
     assert (tmp_path / "mia_roc.png").read_bytes()[:4] == b"\x89PNG"
-
-
-@pytest.mark.parametrize(
-    "argv, match",
-    [
-        (["--resume"], "resume and checkpoint_every need checkpoint_dir"),
-        (["--checkpoint-every", "0", "--checkpoint-dir", "x"], "checkpoint_every must be >= 1"),
-        (["--budget-epsilon", "-1"], "budget_epsilon must be > 0"),
-    ],
-)
-def test_train_new_flags_bad_input(argv, match, capsys):
-    assert cli.main(["train", "--no-progress", *argv]) == 2
-    assert re.search(match, capsys.readouterr().err)
 
 
 @pytest.mark.parametrize(
