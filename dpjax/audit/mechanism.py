@@ -47,7 +47,7 @@ PyTree = Any
 #: the claimed scale; "mean_noise_on_sum" computes the noise std for the mean
 #: (sigma C / B) but adds it to the sum before dividing by B (a sum / mean
 #: mix-up: the effective noise multiplier is sigma / B).
-VARIANTS = ("correct", "no_clip", "half_noise", "mean_noise_on_sum")
+VARIANTS = _validate.AUDIT_VARIANTS  # ("correct", "no_clip", "half_noise", "mean_noise_on_sum")
 
 
 def _flat(tree: PyTree) -> jax.Array:

@@ -51,11 +51,11 @@ from dpjax.mechanisms.noise import grid_for
 
 __all__ = ["Release", "PreparedQuery", "QuerySession", "aggregate", "prepare", "STATISTICS"]
 
-STATISTICS = ("count", "sum", "mean", "variance", "histogram", "quantiles")
+STATISTICS = V.QUERY_STATISTICS
 # Privacy parameters the exact samplers support for every statistic (noise scales
 # within the int32 discrete samplers' ranges after the budget is split).
-EPSILON_RANGE = (1e-6, 1e6)
-RHO_RANGE = (1e-5, 1e6)
+EPSILON_RANGE = V.QUERY_EPSILON_RANGE
+RHO_RANGE = V.QUERY_RHO_RANGE
 _dlap = _exact.discrete_laplace_noise  # jitted inside
 _dgauss = _exact.discrete_gaussian_noise
 
