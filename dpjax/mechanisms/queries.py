@@ -47,6 +47,7 @@ from dpjax.mechanisms._table import (
     load_table,
 )
 from dpjax.mechanisms.filter import PrivacyCost, PrivacyFilter
+from dpjax.mechanisms.ledger import Ledger, dataset_id
 from dpjax.mechanisms.noise import grid_for
 
 __all__ = ["Release", "PreparedQuery", "QuerySession", "aggregate", "prepare", "STATISTICS"]
@@ -645,8 +646,6 @@ class QuerySession:
         self.data = load_table(data)
         self.ledger, self.dataset = None, None
         if ledger is not None:
-            from dpjax.mechanisms.ledger import Ledger, dataset_id
-
             self.ledger = ledger if isinstance(ledger, Ledger) else Ledger(ledger)
             self.dataset = dataset_id(self.data)
 
