@@ -40,38 +40,46 @@ def _mount_kernels() -> None:
 
 _mount_kernels()
 
-from dpjax import accounting as accounting  # noqa: E402
-from dpjax import anonymize as anonymize  # noqa: E402
-from dpjax import audit as audit  # noqa: E402
-from dpjax import linen as linen  # noqa: E402
-from dpjax import mechanisms as mechanisms  # noqa: E402
-from dpjax import models as models  # noqa: E402
-from dpjax import nnx as nnx  # noqa: E402
-from dpjax.checkpoint import Checkpointer as Checkpointer  # noqa: E402
-from dpjax.errors import BudgetExceededError as BudgetExceededError  # noqa: E402
-from dpjax.errors import CheckpointError as CheckpointError  # noqa: E402
-from dpjax.errors import CheckpointMismatchError as CheckpointMismatchError  # noqa: E402
-from dpjax.grad import ClippedGradFn as ClippedGradFn  # noqa: E402
-from dpjax.grad import ClipStats as ClipStats  # noqa: E402
-from dpjax.grad import Sensitivity as Sensitivity  # noqa: E402
-from dpjax.grad import clipped_grad as clipped_grad  # noqa: E402
-from dpjax.optimizers import dp_adam as dp_adam  # noqa: E402
-from dpjax.optimizers import dp_adamw as dp_adamw  # noqa: E402
-from dpjax.optimizers import dp_chain as dp_chain  # noqa: E402
-from dpjax.optimizers import dp_sgd as dp_sgd  # noqa: E402
-from dpjax.privacy import PrivacyBudget as PrivacyBudget  # noqa: E402
-from dpjax.privacy import PrivacySpent as PrivacySpent  # noqa: E402
-from dpjax.privacy import privacy_spent as privacy_spent  # noqa: E402
-from dpjax.random import key_from_seed as key_from_seed  # noqa: E402
-from dpjax.random import secure_key as secure_key  # noqa: E402
-from dpjax.sampling import AccountingWarning as AccountingWarning  # noqa: E402
-from dpjax.sampling import Batch as Batch  # noqa: E402
-from dpjax.sampling import PoissonSampler as PoissonSampler  # noqa: E402
-from dpjax.sampling import ShuffledSampler as ShuffledSampler  # noqa: E402
-from dpjax.transforms import AccumulateState as AccumulateState  # noqa: E402
-from dpjax.transforms import DPNoiseState as DPNoiseState  # noqa: E402
-from dpjax.transforms import accumulate as accumulate  # noqa: E402
-from dpjax.transforms import add_noise as add_noise  # noqa: E402
+from dpjax._lazy import attach  # noqa: E402
+
+# Public names, resolved on first access (PEP 562): `import dpjax` loads no jax,
+# Flax, pandas or orbax; `dpjax.clipped_grad` loads jax and optax, `dpjax.linen`
+# Flax, `dpjax.anonymize` pandas, `dpjax.Checkpointer` orbax.
+_NAMES = {
+    "accounting": "dpjax.accounting",
+    "anonymize": "dpjax.anonymize",
+    "audit": "dpjax.audit",
+    "linen": "dpjax.linen",
+    "mechanisms": "dpjax.mechanisms",
+    "models": "dpjax.models",
+    "nnx": "dpjax.nnx",
+    "Checkpointer": "dpjax.checkpoint:Checkpointer",
+    "BudgetExceededError": "dpjax.errors:BudgetExceededError",
+    "CheckpointError": "dpjax.errors:CheckpointError",
+    "CheckpointMismatchError": "dpjax.errors:CheckpointMismatchError",
+    "ClippedGradFn": "dpjax.grad:ClippedGradFn",
+    "ClipStats": "dpjax.grad:ClipStats",
+    "Sensitivity": "dpjax.grad:Sensitivity",
+    "clipped_grad": "dpjax.grad:clipped_grad",
+    "dp_adam": "dpjax.optimizers:dp_adam",
+    "dp_adamw": "dpjax.optimizers:dp_adamw",
+    "dp_chain": "dpjax.optimizers:dp_chain",
+    "dp_sgd": "dpjax.optimizers:dp_sgd",
+    "PrivacyBudget": "dpjax.privacy:PrivacyBudget",
+    "PrivacySpent": "dpjax.privacy:PrivacySpent",
+    "privacy_spent": "dpjax.privacy:privacy_spent",
+    "key_from_seed": "dpjax.random:key_from_seed",
+    "secure_key": "dpjax.random:secure_key",
+    "AccountingWarning": "dpjax.sampling:AccountingWarning",
+    "Batch": "dpjax.sampling:Batch",
+    "PoissonSampler": "dpjax.sampling:PoissonSampler",
+    "ShuffledSampler": "dpjax.sampling:ShuffledSampler",
+    "AccumulateState": "dpjax.transforms:AccumulateState",
+    "DPNoiseState": "dpjax.transforms:DPNoiseState",
+    "accumulate": "dpjax.transforms:accumulate",
+    "add_noise": "dpjax.transforms:add_noise",
+}
+__getattr__, __dir__ = attach(__name__, _NAMES)
 
 __version__ = "0.1.0"
 

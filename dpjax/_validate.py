@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Any
+import sys
+from typing import TYPE_CHECKING, Any
 
-import jax
 import numpy as np
+
+if TYPE_CHECKING:
+    import jax
 
 __all__ = [
     "finite",
@@ -30,6 +33,12 @@ __all__ = [
     "CLIP_METHODS",
     "MODELS",
     "OPTIMIZERS",
+    "AUDIT_VARIANTS",
+    "MASK_RULE_NAMES",
+    "MISSING_POLICIES",
+    "QUERY_STATISTICS",
+    "QUERY_EPSILON_RANGE",
+    "QUERY_RHO_RANGE",
 ]
 
 # The allowed choices, one tuple each (checks, CLI ``choices`` and messages use these).
@@ -37,11 +46,30 @@ ACCOUNTANTS = ("rdp", "pld")  # privacy accountants (dpjax.accounting)
 CLIP_METHODS = ("vmap", "ghost", "auto")  # per-example gradient norms (dpjax.clipped_grad)
 MODELS = ("cnn", "mlp")  # the digits demo's models (dpjax.digits.models)
 OPTIMIZERS = ("sgd", "adam")  # the digits demo's optimizers (dpjax.dp_sgd, dpjax.dp_adam)
+# dpjax.audit.mechanism.VARIANTS: "correct" and deliberately broken DP-SGD releases.
+AUDIT_VARIANTS = ("correct", "no_clip", "half_noise", "mean_noise_on_sum")
+# dpjax.anonymize.masking.MASK_RULES, the names (the rules need pandas).
+MASK_RULE_NAMES = ("last4", "last2", "all", "email", "phone", "card", "suppress")
+# dpjax.mechanisms._table.MISSING: what to do with missing values in a table.
+MISSING_POLICIES = ("error", "drop")
+# dpjax.mechanisms.queries: the statistics and the privacy parameters the exact
+# samplers support for every statistic (noise scales within the int32 discrete
+# samplers' ranges after the budget is split).
+QUERY_STATISTICS = ("count", "sum", "mean", "variance", "histogram", "quantiles")
+QUERY_EPSILON_RANGE = (1e-6, 1e6)
+QUERY_RHO_RANGE = (1e-5, 1e6)
+# This module imports no jax (the CLI builds its parser from these constants
+# without loading jax); a traced value exists only once jax is imported.
+
+
+def _is_tracer(value: Any) -> bool:
+    jax = sys.modules.get("jax")
+    return jax is not None and isinstance(value, jax.core.Tracer)
 
 
 def _concrete(value: Any) -> float | None:
     """Returns ``value`` as a float, or None when it is traced (not checkable)."""
-    if isinstance(value, jax.core.Tracer):
+    if _is_tracer(value):
         return None
     if isinstance(value, bool):
         raise TypeError(f"expected a number, got bool {value!r}")
@@ -152,6 +180,8 @@ def prng_key(name: str, key: Any) -> jax.Array:
             f"{name} must be a PRNG key from jax.random.key(seed); got None "
             "(dpjax has no default seed)"
         )
+    import jax  # keeps `import dpjax._validate` (the CLI's parser) free of jax
+
     if isinstance(key, jax.Array | jax.core.Tracer):
         if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
             return key

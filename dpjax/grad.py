@@ -376,7 +376,7 @@ def _ghost_clipped_sum(
     plan: GhostPlan,
 ) -> ClippedSum:
     """The clipped sum from layer inputs and output gradients (``dpjax.flax_ghost``)."""
-    from dpjax import flax_ghost
+    from dpjax import flax_ghost  # Flax: only when ghost clipping is used
 
     gp = flax_ghost.backward(loss_fn, params, batch, plan, **config.trace_options)
     w = _clip_weights(config, flax_ghost.sq_norms(plan, gp), gp.losses, mask)
@@ -468,7 +468,7 @@ def _plan(
     config: ClipConfig, loss_fn: Callable[..., Any], params: PyTree, batch: tuple[Any, ...]
 ) -> dict[str, str]:
     """``ClippedGradFn.plan``: ``{parameter path: method}``."""
-    from dpjax import flax_ghost
+    from dpjax import flax_ghost  # Flax: only when ghost clipping is used
 
     _batch_size(batch)
     _check_params(params)

@@ -24,7 +24,7 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 
-from dpjax import _validate
+from dpjax import _validate, accounting
 from dpjax.errors import BudgetExceededError
 from dpjax.transforms import DPNoiseState
 
@@ -182,8 +182,6 @@ def epsilon_after(p: NoiseParams, steps: int, delta: float, accountant: str, who
 
     ``delta`` is the accountant's delta; ``who`` names the caller in error messages.
     """
-    from dpjax import accounting
-
     if steps == 0:
         return 0.0
     if math.isnan(p.sampling_rate):

@@ -41,7 +41,7 @@ def epsilon(event: ev.Event, delta: float, *, accountant: str = "rdp") -> float:
     _validate.one_of("accountant", accountant, ACCOUNTANTS)
     if accountant == "rdp":
         return rdp.epsilon(rdp.compose(rdp.init(), event), delta)
-    from dpjax.accounting import pld
+    from dpjax.accounting import pld  # jax: the RDP path stays numpy-only
 
     # Both are upper bounds, so their minimum is one; RDP (exact to float64
     # round-off) backs up the PLD where its grid is too coarse.
@@ -60,7 +60,7 @@ def delta(event: ev.Event, epsilon: float, *, accountant: str = "rdp") -> float:
     _validate.one_of("accountant", accountant, ACCOUNTANTS)
     if accountant == "rdp":
         return rdp.delta(rdp.compose(rdp.init(), event), epsilon)
-    from dpjax.accounting import pld
+    from dpjax.accounting import pld  # jax: the RDP path stays numpy-only
 
     return min(
         pld.delta_of_event(event, epsilon), rdp.delta(rdp.compose(rdp.init(), event), epsilon)

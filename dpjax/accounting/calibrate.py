@@ -31,7 +31,7 @@ def _rdp_eps_fn(q: float, steps: int, delta: float):
 
 
 def _pld_eps_fn(q: float, steps: int, delta: float, sigma_min: float, target: float):
-    from dpjax.accounting import pld, pld_plan
+    from dpjax.accounting import pld, pld_plan  # jax: the RDP path stays numpy-only
 
     # One plan for the whole search -> one compilation: made for the smallest
     # noise multiplier, its grids hold every larger one. The returned value is

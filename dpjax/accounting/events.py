@@ -161,7 +161,7 @@ def dp_sgd_event(noise_multiplier: Any, sampling_rate: Any, steps: Any) -> SelfC
 
 
 def _is_traced(x: Any) -> bool:
-    import jax
+    import jax  # events are plain data: no jax unless a value is checked
 
     return isinstance(x, jax.core.Tracer)
 

@@ -39,6 +39,7 @@ import pandas as pd
 from dpjax import _validate
 from dpjax.anonymize.keys import _check_key
 from dpjax.anonymize.pseudonym import keyed_digest
+from dpjax.data.census import FIRST_NAMES_F, FIRST_NAMES_M, LAST_NAMES
 
 __all__ = [
     "mask_keep_last",
@@ -256,8 +257,6 @@ def substitute(values: pd.Series, key: bytes, kind: str | Sequence[str] = "name"
     Returns:
       A Series of strings, same index; missing values stay missing.
     """
-    from dpjax.data.census import FIRST_NAMES_F, FIRST_NAMES_M, LAST_NAMES
-
     key = _check_key(key)
     if isinstance(kind, str):
         _validate.one_of("kind", kind, ("name", "email", "phone"))

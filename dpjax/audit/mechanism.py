@@ -27,8 +27,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dpjax import _validate
+from dpjax import _validate, accounting
 from dpjax.audit.stats import AuditResult, empirical_epsilon
+from dpjax.grad import clipped_grad
+from dpjax.transforms import add_noise
 
 __all__ = [
     "VARIANTS",
@@ -47,7 +49,7 @@ PyTree = Any
 #: the claimed scale; "mean_noise_on_sum" computes the noise std for the mean
 #: (sigma C / B) but adds it to the sum before dividing by B (a sum / mean
 #: mix-up: the effective noise multiplier is sigma / B).
-VARIANTS = ("correct", "no_clip", "half_noise", "mean_noise_on_sum")
+VARIANTS = _validate.AUDIT_VARIANTS  # ("correct", "no_clip", "half_noise", "mean_noise_on_sum")
 
 
 def _flat(tree: PyTree) -> jax.Array:
@@ -181,9 +183,6 @@ def dp_sgd_release(
       variant: one of ``VARIANTS``; anything but "correct" is a deliberate bug.
       data_key: a typed PRNG key for the (fixed) data set.
     """
-    from dpjax.grad import clipped_grad
-    from dpjax.transforms import add_noise
-
     _validate.positive("noise_multiplier", noise_multiplier)
     _validate.positive("l2_clip", l2_clip)
     num_steps = _validate.positive_int("num_steps", num_steps)
@@ -301,8 +300,6 @@ def audit_dp_sgd(
       >>> a.consistent
       True
     """
-    from dpjax import accounting
-
     key = _validate.prng_key("key", key)
     k_data, k_run = jax.random.split(key)
     release, direction, data = dp_sgd_release(

@@ -124,10 +124,10 @@ def lira_offline_scores(target_phi, shadow_phi, shadow_in, *, min_std: float = 1
 
 def plot_roc(curves: dict[str, RocCurve], path: str | Path, *, title: str = "") -> Path:
     """Writes a log-log ROC plot (the scale that shows low-FPR behaviour) as PNG."""
-    import matplotlib
+    import matplotlib  # optional and slow to import: only for the plot
 
     matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # after use("Agg")
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -17,9 +17,12 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
-from dpjax import _validate
+from dpjax import _validate, accounting
 from dpjax.audit.stats import one_run_epsilon
+from dpjax.grad import clipped_grad
+from dpjax.optimizers import dp_sgd
 
 __all__ = ["OneRunAudit", "one_run_audit", "audit_dp_sgd_one_run"]
 
@@ -132,12 +135,6 @@ def audit_dp_sgd_one_run(
       >>> a.consistent
       True
     """
-    import optax
-
-    from dpjax import accounting
-    from dpjax.grad import clipped_grad
-    from dpjax.optimizers import dp_sgd
-
     key = _validate.prng_key("key", key)
     m = _validate.positive_int("num_canaries", num_canaries)
     n = _validate.positive_int("num_examples", num_examples)

@@ -10,8 +10,6 @@ import argparse
 import time
 
 from dpjax import _validate as V
-from dpjax.accounting import api, calibrate
-from dpjax.accounting import events as ev
 from dpjax.cli._output import add_json_flag, print_json
 
 __all__ = ["register"]
@@ -61,6 +59,9 @@ def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
 
 
 def _epsilon(args: argparse.Namespace) -> int:
+    from dpjax.accounting import api  # jax: only when the command runs
+    from dpjax.accounting import events as ev
+
     V.positive("noise_multiplier (--sigma)", args.sigma)
     V.in_range("noise_multiplier (--sigma)", args.sigma, *SIGMA_RANGE)
     event = ev.dp_sgd_event(args.sigma, args.q, args.steps)
@@ -95,6 +96,9 @@ def _epsilon(args: argparse.Namespace) -> int:
 
 
 def _calibrate(args: argparse.Namespace) -> int:
+    from dpjax.accounting import api, calibrate  # jax: only when the command runs
+    from dpjax.accounting import events as ev
+
     V.positive("target_epsilon (--epsilon)", args.epsilon)
     V.in_range("target_epsilon (--epsilon)", args.epsilon, 0.0, EPSILON_MAX, lo_closed=False)
     results = []

@@ -30,16 +30,19 @@ import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import pandas as pd
+from typing import TYPE_CHECKING, Any
 
 from dpjax import _validate
-from dpjax.anonymize.files import write_atomically
-from dpjax.anonymize.hierarchy import CategoryTree
-from dpjax.anonymize.keys import KeyFilePermissionWarning, load_key, write_key
-from dpjax.anonymize.masking import MASK_RULES
-from dpjax.anonymize.table import anonymize
+from dpjax._lazy import attach
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+# dpjax.anonymize (pandas) is imported by the functions that run the command,
+# not by `dpjax --help` (the parser needs only the constants in dpjax._validate).
+# `anonymize` is a lazy module attribute (PEP 562) so that tests can replace it.
+__getattr__, __dir__ = attach(__name__, {"anonymize": "dpjax.anonymize.table:anonymize"})
+_this = sys.modules[__name__]
 
 __all__ = ["register", "run"]
 
@@ -101,7 +104,8 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         metavar="PATH",
         help="write a new random key to PATH (mode 0600, never over a file) and exit",
     )
-    p.add_argument("--mask", help=f"column:rule pairs; rules: {', '.join(MASK_RULES)}")
+    rules = ", ".join(_validate.MASK_RULE_NAMES)
+    p.add_argument("--mask", help=f"column:rule pairs; rules: {rules}")
     p.add_argument("--substitute", help="column:kind pairs; kinds: name, email, phone")
     p.add_argument("--suppress", help="columns to blank out")
     p.add_argument("--drop", help="columns to remove")
@@ -165,7 +169,7 @@ def _check_settings(args: argparse.Namespace) -> _Plan:
         _validate.in_range("--t", args.t, 0.0, 1.0, lo_closed=False)
     _validate.in_range("--max-suppression", args.max_suppression, 0.0, 1.0, hi_closed=False)
     for col, rule in mask.items():
-        _validate.one_of(f"--mask {col}: rule", rule, tuple(MASK_RULES))
+        _validate.one_of(f"--mask {col}: rule", rule, _validate.MASK_RULE_NAMES)
     for col, kind in subst.items():
         _validate.one_of(f"--substitute {col}: kind", kind, _SUBSTITUTE_KINDS)
     for col in hier:
@@ -269,6 +273,8 @@ def _key_identity(args: argparse.Namespace) -> Any:
 
 def _load_key(path: str, args: argparse.Namespace | None = None) -> bytes:
     """Loads the key; a loose-permission warning goes to stderr as a warning line."""
+    # pandas and cryptography: only when the command runs
+    from dpjax.anonymize.keys import KeyFilePermissionWarning, load_key
     from dpjax.crypto import KeyPermissionWarning
 
     with warnings.catch_warnings(record=True) as caught:
@@ -288,6 +294,8 @@ def _load_key(path: str, args: argparse.Namespace | None = None) -> bytes:
 
 
 def _load_trees(plan: _Plan) -> dict[str, Any]:
+    from dpjax.anonymize.hierarchy import CategoryTree  # pandas: only when the command runs
+
     hier: dict[str, Any] = {}
     for col, how in plan.hier.items():
         if how in _TREE_KINDS:
@@ -305,6 +313,8 @@ def _load_trees(plan: _Plan) -> dict[str, Any]:
 
 
 def _read_csv(src: Path, **kw: Any) -> pd.DataFrame:
+    import pandas as pd  # pandas: only when the command runs
+
     try:
         return pd.read_csv(src, dtype=str, keep_default_na=False, **kw)
     except UnicodeDecodeError:  # its message would quote a byte of the file
@@ -329,6 +339,8 @@ def _check_columns(args: argparse.Namespace, plan: _Plan, columns: list[str]) ->
 
 
 def _numeric_where_possible(df: pd.DataFrame, cols: list[str]) -> pd.DataFrame:
+    import pandas as pd  # pandas: only when the command runs
+
     for c in cols:
         s = df[c]
         ok = s.dropna().str.fullmatch(r"-?(0|[1-9]\d*)(\.\d+)?([eE][-+]?\d+)?")
@@ -343,6 +355,8 @@ def _new_key(args: argparse.Namespace) -> int:
     )
     if args.input is not None or args.output is not None or others:
         raise ValueError("--new-key-file PATH makes a key and does nothing else; run it alone")
+    from dpjax.anonymize.keys import write_key  # pandas: only when the command runs
+
     try:
         write_key(args.new_key_file)
     except OSError as e:
@@ -356,6 +370,8 @@ def _new_key(args: argparse.Namespace) -> int:
 
 def run(args: argparse.Namespace) -> int:
     """Runs ``dpjax anonymize``; prints the report and returns the exit code."""
+    from dpjax.anonymize.files import write_atomically  # pandas: only when the command runs
+
     if args.new_key_file:
         return _new_key(args)
     plan = _check_settings(args)
@@ -369,7 +385,7 @@ def run(args: argparse.Namespace) -> int:
     as_text = [c for c, h in hier.items() if h != "range"]
     numeric = [c for c in plan.quasi + [args.sensitive or ""] if c and c not in as_text]
     df = _numeric_where_possible(df, numeric)
-    res = anonymize(
+    res = _this.anonymize(
         df,
         quasi=plan.quasi,
         sensitive=args.sensitive,

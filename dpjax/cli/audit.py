@@ -17,8 +17,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from dpjax._validate import AUDIT_VARIANTS as VARIANTS
 from dpjax._validate import MODELS
-from dpjax.audit.mechanism import VARIANTS
 from dpjax.cli._output import add_json_flag, print_json
 
 __all__ = ["register"]
@@ -28,7 +28,7 @@ _SEED_HELP = "seed in [0, 2**32) for a reproducible run (default: OS entropy)"
 
 def _key(seed: int | None):
     """OS entropy by default; ``--seed`` in [0, 2**32) for a reproducible audit (no truncation)."""
-    from dpjax.random import key_from_seed, secure_key
+    from dpjax.random import key_from_seed, secure_key  # jax: only when the command runs
 
     return secure_key() if seed is None else key_from_seed(seed)
 
@@ -58,7 +58,7 @@ def _audit_line(name: str, a) -> str:
 
 
 def _step(args: argparse.Namespace) -> int:
-    from dpjax.audit.mechanism import audit_dp_sgd
+    from dpjax.audit.mechanism import audit_dp_sgd  # jax: only when the command runs
 
     a = audit_dp_sgd(
         _key(args.seed),
@@ -92,7 +92,7 @@ def _as_dict(a) -> dict[str, Any]:
 
 
 def _selftest(args: argparse.Namespace) -> int:
-    from dpjax.audit.mechanism import VARIANTS, audit_dp_sgd
+    from dpjax.audit.mechanism import audit_dp_sgd  # jax: only when the command runs
 
     _say(
         args,
@@ -119,7 +119,7 @@ def _selftest(args: argparse.Namespace) -> int:
 
 
 def _one_run(args: argparse.Namespace) -> int:
-    from dpjax.audit.one_run import audit_dp_sgd_one_run
+    from dpjax.audit.one_run import audit_dp_sgd_one_run  # jax: only when the command runs
 
     a = audit_dp_sgd_one_run(
         _key(args.seed),
@@ -142,7 +142,7 @@ def _one_run(args: argparse.Namespace) -> int:
 
 
 def _mia(args: argparse.Namespace) -> int:
-    from dpjax.digits.mia import mia_checkpoint, mia_digits
+    from dpjax.digits.mia import mia_checkpoint, mia_digits  # jax: only when the command runs
 
     out = Path(args.output_dir)
     if args.checkpoint_dir:

@@ -21,17 +21,21 @@ from __future__ import annotations
 import argparse
 import re
 import sys
+from typing import TYPE_CHECKING
 
-import pandas as pd
-
+from dpjax import _validate as V
 from dpjax.cli._output import add_json_flag, print_json
-from dpjax.mechanisms import queries
-from dpjax.mechanisms._table import MISSING, load_table
-from dpjax.mechanisms.filter import PrivacyFilter
-from dpjax.mechanisms.ledger import Ledger, dataset_id
-from dpjax.random import key_from_seed, secure_key
 
-_STATS = queries.STATISTICS
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from dpjax.mechanisms.filter import PrivacyFilter
+    from dpjax.mechanisms.ledger import Ledger
+
+# The command's library (jax, pandas) is imported by the functions that run it,
+# not by `dpjax --help` (the parser needs only the constants in dpjax._validate).
+
+_STATS = V.QUERY_STATISTICS
 # "-10,10" and "-1e3,5" are values, not options (argparse only knows "-10").
 _NEGATIVE_NUMBERS = re.compile(r"^-(\.?\d[\d.eE+,-]*|inf|infinity|nan)$", re.IGNORECASE)
 
@@ -79,11 +83,11 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     )
     p.add_argument("--q", type=_floats, default=[0.5], help="quantile levels (default 0.5)")
     priv = p.add_mutually_exclusive_group(required=True)
-    lo, hi = queries.EPSILON_RANGE
+    lo, hi = V.QUERY_EPSILON_RANGE
     priv.add_argument(
         "--epsilon", type=float, help=f"pure-DP cost of the query, in [{lo:g}, {hi:g}]"
     )
-    lo, hi = queries.RHO_RANGE
+    lo, hi = V.QUERY_RHO_RANGE
     priv.add_argument("--rho", type=float, help=f"zCDP cost (Gaussian noise), in [{lo:g}, {hi:g}]")
     p.add_argument(
         "--delta", type=float, default=1e-6, help="delta for partition selection (default 1e-6)"
@@ -94,7 +98,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--confidence", type=float, default=0.95, help="interval level")
     p.add_argument(
         "--missing",
-        choices=MISSING,
+        choices=V.MISSING_POLICIES,
         default="error",
         help="rows with missing values in the columns read: refuse (default) or drop",
     )
@@ -160,6 +164,8 @@ def _ledger_args(p: argparse.ArgumentParser) -> None:
 
 def _groups(text: str | None, by: list[str] | None, table: pd.DataFrame) -> list | None:
     """Group keys from ``--groups``: ',' between keys, ':' between a key's columns."""
+    import pandas as pd  # jax/pandas: only when the command runs
+
     if text is None:
         return None
     if not by:
@@ -188,6 +194,8 @@ def _groups(text: str | None, by: list[str] | None, table: pd.DataFrame) -> list
 
 
 def _key(seed: int | None):
+    from dpjax.random import key_from_seed, secure_key  # jax/pandas: only when the command runs
+
     if seed is None:
         return secure_key()
     key = key_from_seed(seed)  # refuses seeds JAX would truncate
@@ -204,6 +212,8 @@ def _budget(args: argparse.Namespace) -> PrivacyFilter | None:
         if args.total_delta:
             raise ValueError("--total-delta needs --total-epsilon or --total-rho")
         return None
+    from dpjax.mechanisms.filter import PrivacyFilter  # jax/pandas: only when the command runs
+
     try:
         return PrivacyFilter(epsilon=args.total_epsilon, rho=args.total_rho, delta=args.total_delta)
     except (ValueError, TypeError) as e:
@@ -212,6 +222,10 @@ def _budget(args: argparse.Namespace) -> PrivacyFilter | None:
 
 def run(args: argparse.Namespace) -> int:
     """Runs one query: checks, charges the ledger (committed), then draws the noise and prints."""
+    from dpjax.mechanisms import queries  # jax/pandas: only when the command runs
+    from dpjax.mechanisms._table import load_table
+    from dpjax.mechanisms.ledger import dataset_id
+
     stat = "count" if args.count else next(s for s in _STATS[1:] if getattr(args, s))
     column = None if stat == "count" else getattr(args, stat)
     if args.bounds is not None and len(args.bounds) != 2:
@@ -274,6 +288,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _open(location: str | None, create: bool = True) -> Ledger:
+    from dpjax.mechanisms.ledger import Ledger  # jax/pandas: only when the command runs
+
     try:
         return Ledger(location, create=create)
     except FileNotFoundError as e:
@@ -296,11 +312,16 @@ def _target(args: argparse.Namespace, ledger: Ledger) -> str | None:
     if args.dataset:
         return args.dataset if ledger.account(args.dataset) else ledger.find(args.dataset)
     if args.csv:
+        from dpjax.mechanisms._table import load_table  # jax/pandas: only when the command runs
+        from dpjax.mechanisms.ledger import dataset_id
+
         return dataset_id(load_table(args.csv))
     return None
 
 
 def _show(args: argparse.Namespace) -> int:
+    from dpjax.mechanisms.ledger import Ledger  # jax/pandas: only when the command runs
+
     try:
         ledger = Ledger(args.ledger, create=False)
     except FileNotFoundError as e:

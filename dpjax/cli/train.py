@@ -19,13 +19,19 @@ under fresh names, never overwriting a file.
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
 
 from dpjax import _validate as V
+from dpjax._lazy import attach
 from dpjax.digits.config import TrainConfig, seed_warning, validate_config
-from dpjax.digits.job import train
 
 __all__ = ["register"]
+
+# `train` (jax, flax) loads when the command runs, not for `dpjax --help`: a lazy
+# module attribute (PEP 562), so that tests can replace it.
+__getattr__, __dir__ = attach(__name__, {"train": "dpjax.digits.job:train"})
+_this = sys.modules[__name__]
 
 
 def _summary(r: dict[str, Any]) -> str:
@@ -88,7 +94,7 @@ def _run(args: argparse.Namespace) -> int:
     validate_config(cfg)
     if cfg.seed is not None:
         print(f"dpjax train: warning: {seed_warning(cfg.seed)}", flush=True)
-    record = train(cfg)  # errors -> messages and exit codes in dpjax.cli.main
+    record = _this.train(cfg)  # errors -> messages and exit codes in dpjax.cli.main
     print(_summary(record))
     return 0
 

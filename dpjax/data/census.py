@@ -22,6 +22,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from dpjax import _validate
+
 __all__ = ["census_table", "DIAGNOSES", "FIRST_NAMES_F", "FIRST_NAMES_M", "LAST_NAMES"]
 
 # fmt: off
@@ -99,8 +101,6 @@ def census_table(n: int, rng: np.random.Generator) -> pd.DataFrame:
       TypeError: if ``rng`` is not a ``numpy.random.Generator``.
       ValueError: if ``n < 1``.
     """
-    from dpjax import _validate
-
     n = _validate.positive_int("n", n)
     if not isinstance(rng, np.random.Generator):
         raise TypeError(

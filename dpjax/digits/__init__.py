@@ -11,9 +11,16 @@
 The library (``dpjax.grad``, ``dpjax.audit``, ...) does not depend on it.
 """
 
-from dpjax.digits.config import TrainConfig as TrainConfig
-from dpjax.digits.job import TrainingDivergedError as TrainingDivergedError
-from dpjax.digits.job import load_trained as load_trained
-from dpjax.digits.job import train as train
+from dpjax._lazy import attach
+
+# Resolved on first access (PEP 562): ``dpjax train --help`` reads the defaults
+# of ``TrainConfig`` without loading jax and flax (``dpjax.digits.job``).
+_NAMES = {
+    "TrainConfig": "dpjax.digits.config:TrainConfig",
+    "TrainingDivergedError": "dpjax.digits.job:TrainingDivergedError",
+    "load_trained": "dpjax.digits.job:load_trained",
+    "train": "dpjax.digits.job:train",
+}
+__getattr__, __dir__ = attach(__name__, _NAMES)
 
 __all__ = ["TrainConfig", "TrainingDivergedError", "load_trained", "train"]

@@ -72,7 +72,7 @@ def validate_config(cfg: TrainConfig) -> None:
                 f"secure=True and seed={cfg.seed} exclude each other: secure keys (the default) "
                 "come from OS entropy, a seed makes the noise reproducible"
             )
-        from dpjax.random import key_from_seed
+        from dpjax.random import key_from_seed  # jax: config stays light for `dpjax train --help`
 
         key_from_seed(cfg.seed)  # refuses seeds outside [0, 2**32)
     if cfg.budget_epsilon is not None:

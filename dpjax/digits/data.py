@@ -21,7 +21,7 @@ def load_digits(test_fraction: float = 0.2) -> Split:
 
     Loaded from the copy that ships inside scikit-learn; nothing is downloaded.
     """
-    from sklearn import datasets, model_selection
+    from sklearn import datasets, model_selection  # scikit-learn: only to load the digits
 
     d = datasets.load_digits()
     x = (d.images.astype(np.float32) / 16.0)[..., None]

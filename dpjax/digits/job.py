@@ -18,9 +18,21 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from dpjax import _validate
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+import dpjax
+from dpjax import _validate, accounting
+from dpjax.checkpoint import Checkpointer
+from dpjax.digits import data, models
 from dpjax.digits.config import TrainConfig, validate_config
 from dpjax.digits.record import make_record, reserve_record, write_record
+from dpjax.errors import BudgetExceededError, CheckpointError, CheckpointMismatchError
+from dpjax.privacy import PrivacyBudget, accountant_delta
+from dpjax.random import key_from_seed, secure_key
 
 __all__ = [
     "Job",
@@ -64,8 +76,6 @@ class Job:
 
     def state(self) -> dict[str, Any]:
         """What a checkpoint holds: model, optimizer (with the privacy state), sampling key."""
-        from flax import nnx
-
         return {
             "model": nnx.to_pure_dict(nnx.state(self.model)),
             "optimizer": nnx.to_pure_dict(nnx.state(self.optimizer)),
@@ -79,18 +89,6 @@ def build(cfg: TrainConfig) -> Job:
     Raises ``ValueError`` for a batch size above the number of training
     examples or a delta below the truncation delta.
     """
-    import jax
-    import jax.numpy as jnp
-    import numpy as np
-    import optax
-    from flax import nnx
-
-    import dpjax
-    from dpjax import accounting
-    from dpjax.digits import data, models
-    from dpjax.privacy import accountant_delta
-    from dpjax.random import key_from_seed, secure_key
-
     d = data.load_digits()
     n = len(d.y_train)
     if cfg.batch_size > n:
@@ -206,8 +204,6 @@ def build(cfg: TrainConfig) -> Job:
 
 def _load(job: Job, ckpt: Any, step: int) -> tuple[dict[str, Any], dict[str, Any]]:
     """Reads checkpoint ``step`` with every check (run and privacy configuration, checksum)."""
-    from dpjax.errors import CheckpointMismatchError
-
     meta = ckpt.read_metadata(step)
     saved_run = dict(meta["extra"].get("run") or {})
     if saved_run.pop("secure", False):  # dpjax 0.1 records of secure runs
@@ -221,8 +217,6 @@ def _load(job: Job, ckpt: Any, step: int) -> tuple[dict[str, Any], dict[str, Any
 
 
 def _intact(job: Job, ckpt: Any, step: int) -> bool:
-    from dpjax.errors import CheckpointError
-
     try:
         _load(job, ckpt, step)
     except CheckpointError:
@@ -232,8 +226,6 @@ def _intact(job: Job, ckpt: Any, step: int) -> bool:
 
 def resume_target(ckpt: Any, step: int | None) -> int:
     """The checkpoint to resume from: ``step``, or the latest; ``CheckpointError`` if absent."""
-    from dpjax.errors import CheckpointError
-
     on_disk = ckpt.steps()
     if not on_disk:
         raise CheckpointError(f"--resume: no checkpoint in {ckpt.directory}")
@@ -269,11 +261,6 @@ def restore(job: Job, ckpt: Any, target: int) -> tuple[int, list[dict[str, Any]]
     Returns ``(step, history, metadata)``. A damaged checkpoint raises
     ``CheckpointError`` naming the intact older ones; the job is unchanged then.
     """
-    from flax import nnx
-
-    import dpjax
-    from dpjax.errors import CheckpointError, CheckpointMismatchError
-
     try:
         restored, meta = _load(job, ckpt, target)
     except CheckpointMismatchError:
@@ -327,11 +314,7 @@ def loop(
     a budget stop. Raises ``TrainingDivergedError`` on non-finite parameters or
     losses (the last checkpoint stays as it was).
     """
-    import jax
     from tqdm.auto import tqdm  # looked up per call
-
-    import dpjax
-    from dpjax.errors import BudgetExceededError
 
     cfg, steps = job.cfg, job.steps
     t_loop = time.perf_counter()
@@ -433,8 +416,6 @@ def _budget(job: Job, ckpt: Any, start: int) -> Any:
     cfg = job.cfg
     if cfg.budget_epsilon is None:
         return None
-    from dpjax.errors import BudgetExceededError
-    from dpjax.privacy import PrivacyBudget
 
     budget = PrivacyBudget(
         cfg.budget_epsilon,
@@ -526,8 +507,6 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     record path and the budget as they were.
     """
     validate_config(cfg)
-    from dpjax.checkpoint import Checkpointer
-    from dpjax.errors import CheckpointError
 
     ckpt, directory, first_missing = None, None, None
     if cfg.checkpoint_dir:
@@ -582,9 +561,6 @@ def load_trained(
       identity: private key(s) for encrypted checkpoints (``dpjax.crypto``).
       verify_with: Ed25519 public key(s); unsigned or foreign steps are refused.
     """
-    from dpjax.checkpoint import Checkpointer
-    from dpjax.errors import CheckpointError
-
     if step is not None:
         _validate.positive_int("step", step)
     keys = {"identity": identity, "verify_with": verify_with}

@@ -15,9 +15,17 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
+from flax import nnx
 
-from dpjax import _validate
+import dpjax
+from dpjax import _validate, accounting
 from dpjax.audit import mia
+from dpjax.digits import models
+from dpjax.digits.data import load_digits
+from dpjax.digits.job import load_trained
+from dpjax.privacy import accountant_delta, privacy_spent
+from dpjax.sampling import PoissonSampler
 
 __all__ = ["mia_checkpoint", "mia_digits"]
 
@@ -31,12 +39,6 @@ def _trainer(
     l2_clip: float,
     learning_rate: float,
 ):
-    import optax
-    from flax import nnx
-
-    import dpjax
-    from dpjax.digits import models
-
     q = batch_size / num_train
     sampler = dpjax.PoissonSampler(num_examples=num_train, sampling_rate=q)
     steps = math.ceil(epochs / q)
@@ -119,11 +121,6 @@ def mia_digits(
       A JSON-able report: per attack AUC and TPR at 0.1% / 1% FPR, the
       training's (epsilon, delta), and the plot path.
     """
-    from dpjax import accounting
-    from dpjax.digits.data import load_digits
-    from dpjax.privacy import accountant_delta
-    from dpjax.sampling import PoissonSampler
-
     key = _validate.prng_key("key", key)
     num_shadows = _validate.positive_int("num_shadows", num_shadows)
     if num_shadows < 2:
@@ -205,12 +202,6 @@ def mia_checkpoint(checkpoint_dir: str | Path, *, plot: str | Path | None = None
       A JSON-able report with AUC and TPR at 0.1% / 1% FPR, the checkpoint
       step and the epsilon spent up to it (at the run's delta).
     """
-    import optax
-
-    from dpjax.digits.data import load_digits
-    from dpjax.digits.job import load_trained
-    from dpjax.privacy import privacy_spent
-
     out = load_trained(checkpoint_dir)
     model, meta = out["model"], out["metadata"]
     d = load_digits()

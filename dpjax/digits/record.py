@@ -15,20 +15,24 @@ import time
 from pathlib import Path
 from typing import Any
 
+import jax
+import numpy as np
+from flax import nnx
+
+import dpjax
+from dpjax.checkpoint import _digest, _to_storable, private_umask
+from dpjax.digits.config import seed_warning
+
 __all__ = ["digest", "make_record", "reserve_record", "write_record"]
 
 
 def digest(tree: Any) -> str:
     """SHA-256 of a pytree as checkpoints store it (the record's ``params_sha256``)."""
-    from dpjax.checkpoint import _digest, _to_storable
-
     return _digest(_to_storable(tree)[0])
 
 
 def reserve_record(output: str | None) -> Path:
     """Creates the run record file empty, owner-only, under a name no one else has."""
-    from dpjax.checkpoint import private_umask
-
     base = Path(output) if output else Path("runs") / f"train-{time.strftime('%Y%m%d-%H%M%S')}"
     with private_umask():
         base.parent.mkdir(parents=True, exist_ok=True)
@@ -46,8 +50,6 @@ def reserve_record(output: str | None) -> Path:
 
 def _write_record(path: Path, record: dict[str, Any]) -> None:
     """Replaces the reserved (empty, ours) ``path`` with the record, atomically."""
-    from dpjax.checkpoint import private_umask
-
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with private_umask():
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -58,8 +60,6 @@ def _write_record(path: Path, record: dict[str, Any]) -> None:
 
 def write_record(path: Path, record: dict[str, Any]) -> None:
     """Replaces the reserved (empty, ours) ``path`` with the record, atomically."""
-    from dpjax.checkpoint import private_umask
-
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with private_umask():
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -80,13 +80,6 @@ def make_record(
     path: Path,
 ) -> dict[str, Any]:
     """The JSON run record of a finished (or budget-stopped) run of ``job``."""
-    import jax
-    import numpy as np
-    from flax import nnx
-
-    import dpjax
-    from dpjax.digits.config import seed_warning
-
     cfg = job.cfg
     spent = dpjax.privacy_spent(job.optimizer.opt_state, job.acct_delta, accountant=cfg.accountant)
     record = {

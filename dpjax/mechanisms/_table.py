@@ -61,7 +61,7 @@ def as_columns(by: str | Sequence[str] | None) -> list[str]:
     return [by] if isinstance(by, str) else list(by)
 
 
-MISSING = ("error", "drop")
+MISSING = V.MISSING_POLICIES  # ("error", "drop")
 
 
 def check_columns(df: pd.DataFrame, columns: Sequence[str], *, numeric: Sequence[str] = ()) -> None:

@@ -177,7 +177,7 @@ class _Postgres:
 
     def connect(self) -> Any:
         try:
-            import psycopg
+            import psycopg  # optional dependency: only for postgresql:// ledgers
         except ImportError:
             raise ValueError(
                 "ledger: a postgresql:// URL needs the psycopg package (pip install psycopg)"
@@ -188,7 +188,7 @@ class _Postgres:
         return text.replace("?", "%s")
 
     def errors(self) -> tuple[type[Exception], ...]:
-        import psycopg
+        import psycopg  # optional dependency (see connect)
 
         return (psycopg.Error,)
 

@@ -47,15 +47,16 @@ from dpjax.mechanisms._table import (
     load_table,
 )
 from dpjax.mechanisms.filter import PrivacyCost, PrivacyFilter
+from dpjax.mechanisms.ledger import Ledger, dataset_id
 from dpjax.mechanisms.noise import grid_for
 
 __all__ = ["Release", "PreparedQuery", "QuerySession", "aggregate", "prepare", "STATISTICS"]
 
-STATISTICS = ("count", "sum", "mean", "variance", "histogram", "quantiles")
+STATISTICS = V.QUERY_STATISTICS
 # Privacy parameters the exact samplers support for every statistic (noise scales
 # within the int32 discrete samplers' ranges after the budget is split).
-EPSILON_RANGE = (1e-6, 1e6)
-RHO_RANGE = (1e-5, 1e6)
+EPSILON_RANGE = V.QUERY_EPSILON_RANGE
+RHO_RANGE = V.QUERY_RHO_RANGE
 _dlap = _exact.discrete_laplace_noise  # jitted inside
 _dgauss = _exact.discrete_gaussian_noise
 
@@ -645,8 +646,6 @@ class QuerySession:
         self.data = load_table(data)
         self.ledger, self.dataset = None, None
         if ledger is not None:
-            from dpjax.mechanisms.ledger import Ledger, dataset_id
-
             self.ledger = ledger if isinstance(ledger, Ledger) else Ledger(ledger)
             self.dataset = dataset_id(self.data)
 
