@@ -48,16 +48,6 @@ def reserve_record(output: str | None) -> Path:
     )
 
 
-def _write_record(path: Path, record: dict[str, Any]) -> None:
-    """Replaces the reserved (empty, ours) ``path`` with the record, atomically."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with private_umask():
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(json.dumps(record, indent=2))
-    os.replace(tmp, path)
-
-
 def write_record(path: Path, record: dict[str, Any]) -> None:
     """Replaces the reserved (empty, ours) ``path`` with the record, atomically."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
