@@ -216,6 +216,14 @@ class ClipWeights(NamedTuple):
     weights: list[jax.Array]  # per parameter leaf: (n,) clip factor times keep
 
 
+def check_loss_and_config(loss_fn: Any, config: Any) -> None:
+    """The checks every clipped-gradient function runs on its loss and its :class:`ClipConfig`."""
+    if not callable(loss_fn):
+        raise TypeError(f"loss_fn must be callable, got {type(loss_fn).__name__}")
+    if not isinstance(config, ClipConfig):
+        raise TypeError(f"config must be a ClipConfig, got {type(config).__name__}")
+
+
 @dataclasses.dataclass(frozen=True, repr=False)
 class ClippedGradFn:
     """The function ``clipped_grad`` returns; it carries its ``sensitivity``.
@@ -233,10 +241,7 @@ class ClippedGradFn:
     config: ClipConfig
 
     def __post_init__(self):
-        if not callable(self.loss_fn):
-            raise TypeError(f"loss_fn must be callable, got {type(self.loss_fn).__name__}")
-        if not isinstance(self.config, ClipConfig):
-            raise TypeError(f"config must be a ClipConfig, got {type(self.config).__name__}")
+        check_loss_and_config(self.loss_fn, self.config)
 
     @property
     def sensitivity(self) -> Sensitivity:

@@ -16,7 +16,7 @@ from typing import Any
 import jax
 from flax import nnx
 
-from dpjax.grad import ClipConfig, ClippedGradFn, ClipStats, Sensitivity
+from dpjax.grad import ClipConfig, ClippedGradFn, ClipStats, Sensitivity, check_loss_and_config
 
 __all__ = ["NnxClippedGradFn", "clipped_grad", "make_train_step"]
 
@@ -39,10 +39,7 @@ class NnxClippedGradFn:
     config: ClipConfig
 
     def __post_init__(self):
-        if not callable(self.loss_fn):
-            raise TypeError(f"loss_fn must be callable, got {type(self.loss_fn).__name__}")
-        if not isinstance(self.config, ClipConfig):
-            raise TypeError(f"config must be a ClipConfig, got {type(self.config).__name__}")
+        check_loss_and_config(self.loss_fn, self.config)
 
     @property
     def sensitivity(self) -> Sensitivity:

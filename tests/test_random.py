@@ -9,20 +9,9 @@ import dpjax
 from dpjax.random import key_from_seed, secure_key
 
 
-def _tx(sigma=1.0, q=0.01, trunc=0.0, key=None):
-    return dpjax.add_noise(
-        dpjax.Sensitivity(1.0),
-        sigma,
-        10.0,
-        jax.random.key(0) if key is None else key,
-        sampling_rate=q,
-        truncation_prob=trunc,
-    )
-
-
 def _noise_run(key, steps=8, d=4096):
     g = {"w": jnp.zeros(d)}
-    tx = _tx(key=key)
+    tx = dpjax.add_noise(dpjax.Sensitivity(1.0), 1.0, 10.0, key, sampling_rate=0.01)
     state = tx.init(g)
     draws = []
     for _ in range(steps):
