@@ -490,6 +490,7 @@ class Checkpointer:
             raise ValueError("save needs encrypt_to: this Checkpointer has keys for reading only")
         self._take_for_writing()  # a writer holds the lock until close()
         on_disk = self.steps()  # refuses plaintext or mixed directories
+        self._refuse_unsigned_writer()
         try:
             public = _seal(meta, opts["encrypt_to"])
             checkpoints.save_step(
@@ -505,6 +506,27 @@ class Checkpointer:
         kept = sorted({*on_disk, step})
         for old in kept[: -self._max_to_keep]:
             checkpoints.remove_step(self.directory, old)
+
+    def _refuse_unsigned_writer(self) -> None:
+        """A writer without ``sign_with`` may not continue a directory of signed steps.
+
+        Otherwise a run resumed without its signing key would train (and spend
+        budget) and then leave unsigned steps that every signing run refuses.
+        Readers (no ``encrypt_to``) are not affected.
+        """
+        opts = self._crypto
+        if opts is None or opts["encrypt_to"] is None or opts["sign_with"] is not None:
+            return
+        from dpjax.crypto import checkpoints, sign
+
+        if any(
+            sign.signature_path(checkpoints.step_path(self.directory, s)).exists()
+            for s in self._encrypted_steps()
+        ):
+            raise CheckpointError(
+                f"checkpoint directory {self.directory} holds signed steps: give sign_with= "
+                "(dpjax train --sign-with) to continue it, or use another directory"
+            )
 
     def _where(self, step: int) -> str:
         return f"checkpoint step {step} in {self.directory}"
@@ -595,6 +617,7 @@ class Checkpointer:
           CheckpointError: no checkpoint, or a corrupted one (checksum or
             file damage).
         """
+        self._refuse_unsigned_writer()
         step = self._resolve(step)
         meta = self.read_metadata(step)
         expected = describe_tree(template)

@@ -59,12 +59,10 @@ def _refusals(func):
     return run
 
 
-def _read_passphrase_file(path: str) -> str:
-    text = Path(path).read_text(encoding="utf-8")
-    line = text.splitlines()[0] if text else ""
-    if not line:
-        raise ValueError(f"--passphrase-file {path} is empty; put the passphrase on its first line")
-    return line
+def _read_passphrase_file(path: str, what: str = "--passphrase-file") -> str:
+    from dpjax.crypto.keys import read_passphrase_file
+
+    return read_passphrase_file(path, what)
 
 
 def _passphrase(args: argparse.Namespace, confirm: bool = False) -> str | None:
@@ -85,7 +83,7 @@ def _passphrase(args: argparse.Namespace, confirm: bool = False) -> str | None:
 
 def _key_passphrase(args: argparse.Namespace) -> str | None:
     path = getattr(args, "key_passphrase_file", None)
-    return _read_passphrase_file(path) if path else None
+    return _read_passphrase_file(path, "--key-passphrase-file") if path else None
 
 
 def public_key_arg(text: str) -> Any:

@@ -90,6 +90,7 @@ def _run(args: argparse.Namespace) -> int:
         encrypt_to=tuple(args.encrypt_to or ()),
         sign_with=args.sign_with,
         identity=args.identity,
+        key_passphrase_file=args.key_passphrase_file,
     )
     validate_config(cfg)
     if cfg.seed is not None:
@@ -180,6 +181,10 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("--sign-with", help="Ed25519 private key file signing every checkpoint")
     p.add_argument("--identity", help="private key file to read encrypted checkpoints (--resume)")
+    p.add_argument(
+        "--key-passphrase-file",
+        help="file whose first line is the passphrase of the --sign-with/--identity key files",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--output", default=None, help="run record path (default runs/train-*.json)")
     p.set_defaults(func=_run)

@@ -239,6 +239,19 @@ def _warn_if_loose(path: Path, st: os.stat_result) -> None:
         )
 
 
+def read_passphrase_file(path: str | os.PathLike, what: str = "--passphrase-file") -> str:
+    """The passphrase on the first line of file ``path`` (never from a command line).
+
+    Raises:
+      ValueError: naming ``what``, for an empty file.
+    """
+    text = Path(path).read_text(encoding="utf-8")
+    line = text.splitlines()[0] if text else ""
+    if not line:
+        raise ValueError(f"{what} {path} is empty; put the passphrase on its first line")
+    return line
+
+
 def load_private_key(
     path: str | os.PathLike, *, passphrase: str | bytes | None = None
 ) -> PrivateKey:

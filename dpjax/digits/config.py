@@ -41,6 +41,8 @@ class TrainConfig:
     encrypt_to: tuple[str, ...] = ()
     sign_with: str | None = None
     identity: str | None = None
+    # A file whose first line is the passphrase of sign_with's / identity's key files.
+    key_passphrase_file: str | None = None
 
 
 def seed_warning(seed: int | None) -> str | None:
@@ -96,6 +98,8 @@ def validate_config(cfg: TrainConfig) -> None:
             "identity needs encrypt_to: a run that reads encrypted checkpoints writes "
             "encrypted ones (give the same --encrypt-to and --sign-with as the first run)"
         )
+    if cfg.key_passphrase_file and not (cfg.sign_with or cfg.identity):
+        raise ValueError("key_passphrase_file needs sign_with or identity (the keys it unlocks)")
     if cfg.resume_step is not None:
         _validate.positive_int("resume_step", cfg.resume_step)
         if not cfg.resume:

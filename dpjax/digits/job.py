@@ -474,14 +474,21 @@ def _run(cfg: TrainConfig, ckpt: Any, reserved: list[Path]) -> dict[str, Any]:
 def checkpoint_keys(cfg: TrainConfig) -> dict[str, Any]:
     """``Checkpointer`` keyword arguments for ``cfg.encrypt_to``/``sign_with``/``identity``.
 
-    Key files are loaded here (``dpjax.crypto``); a missing, malformed or
-    passphrase-protected key file raises ``ValueError`` naming the setting.
+    Key files are loaded here (``dpjax.crypto``); a missing or malformed key
+    file, or a passphrase-protected one without ``cfg.key_passphrase_file``
+    (or with the wrong passphrase), raises ``ValueError`` naming the setting.
     """
     if not (cfg.encrypt_to or cfg.sign_with or cfg.identity):
         return {}
     from dpjax.crypto import CryptoError, load_private_key
-    from dpjax.crypto.keys import read_public_key
+    from dpjax.crypto.keys import read_passphrase_file, read_public_key
 
+    passphrase = None
+    if cfg.key_passphrase_file:
+        try:
+            passphrase = read_passphrase_file(cfg.key_passphrase_file, "key_passphrase_file")
+        except OSError as e:
+            raise ValueError(f"key_passphrase_file: {e}") from None
     out: dict[str, Any] = {}
     for name in ("encrypt_to", "sign_with", "identity"):
         value = getattr(cfg, name)
@@ -491,9 +498,12 @@ def checkpoint_keys(cfg: TrainConfig) -> dict[str, Any]:
             if name == "encrypt_to":
                 out[name] = [read_public_key(r) for r in value]
             else:
-                out[name] = load_private_key(value)
+                out[name] = load_private_key(value, passphrase=passphrase)
         except (CryptoError, OSError) as e:
-            raise ValueError(f"{name}: {e}") from None
+            msg = str(e).replace(
+                "give passphrase=", "give key_passphrase_file (--key-passphrase-file)"
+            )
+            raise ValueError(f"{name}: {msg}") from None
     return out
 
 

@@ -99,8 +99,11 @@ def test_forged_step_from_public_key_is_refused_by_a_signing_run(tmp_path, keys,
     d = tmp_path / "ck"
     with Checkpointer(d, **keys) as c:
         c.save(8, _state(8), privacy=PRIVACY, extra=_extra())
-    with Checkpointer(d, encrypt_to=[public_key_line(x25519_key)]) as forger:
-        forger.save(9, _state(0), privacy=PRIVACY, extra=_extra())  # step 9, fresh state
+    # The forger writes step 9 (fresh state) elsewhere and drops it into the directory (a
+    # Checkpointer without sign_with refuses to write into a signed directory itself).
+    with Checkpointer(tmp_path / "forge", encrypt_to=[public_key_line(x25519_key)]) as forger:
+        forger.save(9, _state(0), privacy=PRIVACY, extra=_extra())
+    shutil.copy(tmp_path / "forge" / "9.dpjax-enc", d / "9.dpjax-enc")
     with Checkpointer(d, **keys) as c:
         assert c.steps() == [8, 9]
         with pytest.raises(CheckpointError, match="no signature file"):
@@ -244,3 +247,24 @@ def test_metadata_of_signed_step_is_json_only(tmp_path, keys):
         c.save(1, _state(), privacy=PRIVACY, extra=_extra())
         meta = c.read_metadata()
     assert json.loads(json.dumps(meta)) == meta
+
+
+def test_unsigned_writer_cannot_add_steps_to_a_signed_directory(tmp_path, keys, x25519_key):
+    """Failure: a run resumed without its signing key added unsigned steps beside signed ones.
+
+    A later signing run then refused them, but only after the unsigned run had trained (and
+    spent privacy budget) on them. Now the unsigned writer is refused before restoring or
+    saving, and the directory is left as it was.
+    """
+    d = tmp_path / "ck"
+    with Checkpointer(d, **keys) as c:
+        c.save(4, _state(4), privacy=PRIVACY, extra=_extra())
+    before = sorted((p.name, p.read_bytes()) for p in d.iterdir() if p.name != ".lock")
+    with Checkpointer(d, encrypt_to=[x25519_key.public_key()], identity=x25519_key) as c:
+        with pytest.raises(CheckpointError, match="signed steps.*sign_with"):
+            c.restore(_state(), privacy=PRIVACY)
+        with pytest.raises(CheckpointError, match="signed steps.*sign_with"):
+            c.save(5, _state(5), privacy=PRIVACY, extra=_extra())
+    assert sorted((p.name, p.read_bytes()) for p in d.iterdir() if p.name != ".lock") == before
+    with Checkpointer(d, identity=x25519_key) as reader:  # reading only: allowed, as before
+        assert reader.restore(_state(), privacy=PRIVACY)[1]["step"] == 4

@@ -69,3 +69,41 @@ def test_bad_keys_are_refused_before_any_work(tmp_path, keyfiles, capsys, extra,
     assert cli.main(_argv(tmp_path, d, tmp_path / "r.json", *extra)) == 2
     assert match in capsys.readouterr().err
     assert not d.exists() and not (tmp_path / "r.json").exists()
+
+
+def test_passphrase_protected_keys_need_the_key_passphrase_file(tmp_path, capsys):
+    """`dpjax train` signs and resumes with passphrase-protected key files; the passphrase
+    comes from a file, is never printed and never lands in the run record."""
+    secret = "correct horse battery staple"
+    keygen("x25519", tmp_path / "me", passphrase=secret, scrypt_log_n=10)
+    keygen("ed25519", tmp_path / "signer", passphrase=secret, scrypt_log_n=10)
+    (tmp_path / "pw").write_text(secret + "\n")
+    (tmp_path / "bad").write_text("wrong\n")
+    d = tmp_path / "ck"
+    keys = ["--encrypt-to", str(tmp_path / "me.pub"), "--sign-with", str(tmp_path / "signer")]
+
+    rc = cli.main(_argv(tmp_path, d, tmp_path / "r0.json", *keys))
+    err = capsys.readouterr().err
+    assert rc == 2 and "passphrase-protected" in err and "--key-passphrase-file" in err
+    rc = cli.main(_argv(tmp_path, d, tmp_path / "r0.json", *keys,
+                        "--key-passphrase-file", str(tmp_path / "bad")))  # fmt: skip
+    assert rc == 2 and "wrong passphrase" in capsys.readouterr().err
+    assert not d.exists() and not (tmp_path / "r0.json").exists()
+
+    assert cli.main(_argv(tmp_path, d, tmp_path / "r1.json", *keys,
+                          "--key-passphrase-file", str(tmp_path / "pw"))) == 0  # fmt: skip
+    out = capsys.readouterr()
+    assert secret not in out.out + out.err
+    assert secret not in (tmp_path / "r1.json").read_text()
+    assert ck.steps(d) and (d / f"{ck.steps(d)[-1]}.dpjax-enc.sig").exists()
+    resume = ["--resume", "--identity", str(tmp_path / "me"),
+              "--key-passphrase-file", str(tmp_path / "pw")]  # fmt: skip
+    rc = cli.main(_argv(tmp_path, d, tmp_path / "r2.json", *keys, *resume))
+    assert rc == 2 and "holds a finished run" in capsys.readouterr().err  # decrypted, verified
+
+
+def test_key_passphrase_file_needs_a_key(tmp_path, capsys):
+    (tmp_path / "pw").write_text("x\n")
+    rc = cli.main(_argv(tmp_path, tmp_path / "ck", tmp_path / "r.json",
+                        "--key-passphrase-file", str(tmp_path / "pw")))  # fmt: skip
+    assert rc == 2 and "key_passphrase_file needs sign_with or identity" in capsys.readouterr().err
