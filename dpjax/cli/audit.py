@@ -141,12 +141,31 @@ def _one_run(args: argparse.Namespace) -> int:
     return 0 if a.consistent else 1
 
 
+def _mia_keys(args: argparse.Namespace) -> dict:
+    """``identity`` / ``verify_with`` for an encrypted (signed) checkpoint folder."""
+    if not args.checkpoint_dir and (args.identity or args.verify_with or args.key_passphrase_file):
+        raise ValueError(
+            "--identity, --verify-with and --key-passphrase-file need --checkpoint-dir"
+        )
+    if args.key_passphrase_file and not args.identity:
+        raise ValueError("--key-passphrase-file needs --identity (the key file it unlocks)")
+    from dpjax.cli.crypto import _private_key, public_key_arg
+
+    keys = {}
+    if args.identity:
+        keys["identity"] = _private_key(args.identity, args)
+    if args.verify_with:
+        keys["verify_with"] = [public_key_arg(v) for v in args.verify_with]
+    return keys
+
+
 def _mia(args: argparse.Namespace) -> int:
     from dpjax.digits.mia import mia_checkpoint, mia_digits  # jax: only when the command runs
 
     out = Path(args.output_dir)
+    keys = _mia_keys(args)  # before any work
     if args.checkpoint_dir:
-        rep = mia_checkpoint(args.checkpoint_dir, plot=out / "mia_roc.png")
+        rep = mia_checkpoint(args.checkpoint_dir, plot=out / "mia_roc.png", **keys)
         r = rep["loss threshold"]
         _say(
             args,
@@ -241,6 +260,15 @@ def register(subparsers: Any) -> None:
         "--checkpoint-dir",
         default=None,
         help="attack the model a `dpjax train --checkpoint-dir` run saved (loss threshold)",
+    )
+    s.add_argument("--identity", help="private key file for encrypted checkpoints")
+    s.add_argument(
+        "--verify-with",
+        action="append",
+        help="Ed25519 public key (line or .pub file) that must have signed the step; repeatable",
+    )
+    s.add_argument(
+        "--key-passphrase-file", help="file whose first line is the --identity key's passphrase"
     )
     s.add_argument("--output-dir", default="runs/audit", help="report and plot go here")
     add_json_flag(s)

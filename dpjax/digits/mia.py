@@ -191,18 +191,30 @@ def mia_digits(
     return report
 
 
-def mia_checkpoint(checkpoint_dir: str | Path, *, plot: str | Path | None = None) -> dict[str, Any]:
+def mia_checkpoint(
+    checkpoint_dir: str | Path,
+    *,
+    plot: str | Path | None = None,
+    identity: Any = None,
+    verify_with: Any = None,
+) -> dict[str, Any]:
     """Loss-threshold membership inference on a model ``dpjax train`` checkpointed.
 
     Members are the digits training split the run trained on, non-members the
     held-out test split. (Offline LiRA needs shadow models trained the same
     way; ``mia_digits`` runs that experiment end to end.)
 
+    Args:
+      checkpoint_dir: the run's ``--checkpoint-dir``.
+      plot: where to write the ROC plot (PNG), or ``None``.
+      identity: private key(s) for encrypted checkpoints (``dpjax.crypto``).
+      verify_with: Ed25519 public key(s); unsigned or foreign steps are refused.
+
     Returns:
       A JSON-able report with AUC and TPR at 0.1% / 1% FPR, the checkpoint
       step and the epsilon spent up to it (at the run's delta).
     """
-    out = load_trained(checkpoint_dir)
+    out = load_trained(checkpoint_dir, identity=identity, verify_with=verify_with)
     model, meta = out["model"], out["metadata"]
     d = load_digits()
 

@@ -107,3 +107,25 @@ def test_key_passphrase_file_needs_a_key(tmp_path, capsys):
     rc = cli.main(_argv(tmp_path, tmp_path / "ck", tmp_path / "r.json",
                         "--key-passphrase-file", str(tmp_path / "pw")))  # fmt: skip
     assert rc == 2 and "key_passphrase_file needs sign_with or identity" in capsys.readouterr().err
+
+
+@pytest.mark.slow  # ~20 s: trains a 12-step model, then attacks its encrypted checkpoint
+def test_audit_mia_reads_an_encrypted_signed_run(tmp_path, keyfiles, capsys):
+    import json
+
+    k, d = keyfiles, tmp_path / "ck"
+    keys = ["--encrypt-to", str(k / "me.pub"), "--sign-with", str(k / "signer")]
+    assert cli.main(_argv(tmp_path, d, tmp_path / "r.json", *keys)) == 0
+    base = ["audit", "mia", "--checkpoint-dir", str(d), "--output-dir", str(tmp_path / "a")]
+    capsys.readouterr()
+    assert cli.main(base) == 2 and "needs identity" in capsys.readouterr().err
+    keygen("ed25519", k / "stranger")
+    rc = cli.main([*base, "--identity", str(k / "me"), "--verify-with", str(k / "stranger.pub")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "does not verify" in err
+    assert not (tmp_path / "a" / "mia_report.json").exists()
+    rc = cli.main([*base, "--identity", str(k / "me"), "--verify-with", str(k / "signer.pub"),
+                   "--json"])  # fmt: skip
+    assert rc == 0
+    rep = json.loads(capsys.readouterr().out)
+    assert rep["checkpoint_step"] == ck.steps(d)[-1] and 0.0 <= rep["loss threshold"]["auc"] <= 1
