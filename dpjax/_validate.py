@@ -46,6 +46,7 @@ ACCOUNTANTS = ("rdp", "pld")  # privacy accountants (dpjax.accounting)
 CLIP_METHODS = ("vmap", "ghost", "auto")  # per-example gradient norms (dpjax.clipped_grad)
 MODELS = ("cnn", "mlp")  # the digits demo's models (dpjax.digits.models)
 OPTIMIZERS = ("sgd", "adam")  # the digits demo's optimizers (dpjax.dp_sgd, dpjax.dp_adam)
+LR_SCHEDULES = ("constant", "cosine")  # the digits demo's learning-rate schedules
 # dpjax.audit.mechanism.VARIANTS: "correct" and deliberately broken DP-SGD releases.
 AUDIT_VARIANTS = ("correct", "no_clip", "half_noise", "mean_noise_on_sum")
 # dpjax.anonymize.masking.MASK_RULES, the names (the rules need pandas).

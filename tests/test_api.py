@@ -43,6 +43,9 @@ EXPECTED = {
     "Checkpointer",
     "secure_key",
     "key_from_seed",
+    "EmaParamsState",
+    "averaged_params",
+    "ema_params",
 }
 
 

@@ -78,6 +78,9 @@ def _run(args: argparse.Namespace) -> int:
         seed=args.seed,
         microbatch_size=args.microbatch_size,
         method=args.method,
+        ema_decay=args.ema_decay,
+        lr_schedule=args.lr_schedule,
+        validation_fraction=args.validation_fraction,
         progress=not args.no_progress,
         output=args.output,
         budget_epsilon=args.budget_epsilon,
@@ -138,6 +141,20 @@ def register(subparsers: Any) -> None:
         choices=V.CLIP_METHODS,
         default=d.method,
         help="per-example gradient norms: vmap, ghost clipping or auto",
+    )
+    p.add_argument(
+        "--ema-decay",
+        type=float,
+        default=d.ema_decay,
+        help="evaluate an exponential moving average of the parameters (e.g. 0.99; free: "
+        "post-processing of the private iterates)",
+    )
+    p.add_argument("--lr-schedule", choices=V.LR_SCHEDULES, default=d.lr_schedule)
+    p.add_argument(
+        "--validation-fraction",
+        type=float,
+        default=d.validation_fraction,
+        help="hold out this part of the training split and report accuracy on it",
     )
     p.add_argument(
         "--budget-epsilon",

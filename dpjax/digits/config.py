@@ -27,6 +27,12 @@ class TrainConfig:
     seed: int | None = None  # None: keys from OS entropy; an int: reproducible noise
     microbatch_size: int | None = None
     method: str = "vmap"  # per-example norms: one of _validate.CLIP_METHODS
+    # Accuracy levers (issue 18): an EMA of the parameters (evaluated instead of the last
+    # iterate; post-processing, no privacy cost) and the learning-rate schedule.
+    ema_decay: float | None = None
+    lr_schedule: str = "constant"  # one of _validate.LR_SCHEDULES
+    # Held out of the training split (stratified, fixed) to choose settings on; never the test.
+    validation_fraction: float = 0.0
     progress: bool = True
     output: str | None = None
     budget_epsilon: float | None = None  # stop before the step that would exceed it
@@ -60,6 +66,10 @@ def validate_config(cfg: TrainConfig) -> None:
     _validate.one_of("optimizer", cfg.optimizer, _validate.OPTIMIZERS)
     _validate.one_of("accountant", cfg.accountant, _validate.ACCOUNTANTS)
     _validate.one_of("method", cfg.method, _validate.CLIP_METHODS)
+    _validate.one_of("lr_schedule", cfg.lr_schedule, _validate.LR_SCHEDULES)
+    if cfg.ema_decay is not None:
+        _validate.in_range("ema_decay", cfg.ema_decay, 0.0, 1.0, hi_closed=False)
+    _validate.in_range("validation_fraction", cfg.validation_fraction, 0.0, 0.5, hi_closed=False)
     _validate.positive_int("epochs", cfg.epochs)
     _validate.positive_int("batch_size", cfg.batch_size)
     _validate.positive("l2_clip", cfg.l2_clip)

@@ -6,7 +6,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-__all__ = ["Split", "load_digits"]
+__all__ = ["Split", "hold_out", "load_digits"]
 
 
 class Split(NamedTuple):
@@ -30,3 +30,13 @@ def load_digits(test_fraction: float = 0.2) -> Split:
         x, y, test_size=test_fraction, stratify=y, random_state=0
     )
     return Split(xtr, ytr, xte, yte)
+
+
+def hold_out(x: np.ndarray, y: np.ndarray, fraction: float):
+    """A fixed stratified ``(x_fit, y_fit, x_val, y_val)`` split of a training split."""
+    from sklearn import model_selection
+
+    x_fit, x_val, y_fit, y_val = model_selection.train_test_split(
+        x, y, test_size=fraction, stratify=y, random_state=1
+    )
+    return x_fit, y_fit, x_val, y_val

@@ -26,6 +26,7 @@ from flax import nnx
 
 import dpjax
 from dpjax import _validate, accounting
+from dpjax.averaging import averaged_params, ema_params
 from dpjax.checkpoint import Checkpointer
 from dpjax.digits import data, models
 from dpjax.digits.config import TrainConfig, validate_config
@@ -56,7 +57,9 @@ class Job:
     """A built training job: data, calibrated noise, model, optimizer, compiled step.
 
     ``step(k)`` runs one private step with sampling key ``k`` and returns
-    ``(ClipStats, params finite)``; ``accuracy()`` is the test accuracy.
+    ``(ClipStats, params finite)``; ``accuracy()`` is the test accuracy (of the
+    averaged parameters when ``cfg.ema_decay`` is set), ``val_accuracy()`` the
+    accuracy on the held-out validation part of the training split (or ``None``).
     """
 
     cfg: TrainConfig
@@ -71,6 +74,7 @@ class Job:
     sample_key: Any
     step: Callable[[Any], tuple[Any, Any]]
     accuracy: Callable[[], float]
+    val_accuracy: Callable[[], float] | None  # on cfg.validation_fraction of the training split
     privacy: dict[str, Any]  # the privacy configuration every checkpoint must match
     run: dict[str, Any]  # the run configuration every checkpoint must match
 
@@ -90,6 +94,10 @@ def build(cfg: TrainConfig) -> Job:
     examples or a delta below the truncation delta.
     """
     d = data.load_digits()
+    x_val = y_val = None
+    if cfg.validation_fraction > 0:
+        x_fit, y_fit, x_val, y_val = data.hold_out(d.x_train, d.y_train, cfg.validation_fraction)
+        d = d._replace(x_train=x_fit, y_train=y_fit)
     n = len(d.y_train)
     if cfg.batch_size > n:
         raise ValueError(
@@ -120,8 +128,11 @@ def build(cfg: TrainConfig) -> Job:
     )
     make = dpjax.dp_adam if cfg.optimizer == "adam" else dpjax.dp_sgd
     opt_kw = {} if cfg.optimizer == "adam" else {"momentum": 0.9}
+    lr = cfg.learning_rate
+    if cfg.lr_schedule == "cosine":
+        lr = optax.cosine_decay_schedule(cfg.learning_rate, steps)
     tx = make(
-        cfg.learning_rate,
+        lr,
         sensitivity=grad_fn,
         noise_multiplier=sigma,
         expected_batch_size=sampler.expected_batch_size,
@@ -130,6 +141,8 @@ def build(cfg: TrainConfig) -> Job:
         key=k_noise,
         **opt_kw,
     )
+    if cfg.ema_decay is not None:  # post-processing of the private iterates: no privacy cost
+        tx = optax.chain(tx, ema_params(cfg.ema_decay))
     optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
     x_train, y_train = jnp.asarray(d.x_train), jnp.asarray(d.y_train)
     x_test, y_test = jnp.asarray(d.x_test), jnp.asarray(d.y_test)
@@ -163,8 +176,25 @@ def build(cfg: TrainConfig) -> Job:
         logits = nnx.merge(model_def, state)(x)
         return jnp.mean((jnp.argmax(logits, -1) == y).astype(jnp.float32))
 
+    def eval_state():
+        state = nnx.state(model)
+        if cfg.ema_decay is not None:  # the averaged parameters, in the model's dtypes
+            avg = nnx.to_pure_dict(averaged_params(optimizer.opt_state))
+            cur = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+            nnx.replace_by_pure_dict(
+                state, jax.tree.map(lambda a, c: jnp.asarray(a, c.dtype), avg, cur)
+            )
+        return state
+
     def accuracy():
-        return float(accuracy_fn(nnx.state(model), x_test, y_test))
+        return float(accuracy_fn(eval_state(), x_test, y_test))
+
+    val_accuracy = None
+    if x_val is not None:
+        xv, yv = jnp.asarray(x_val), jnp.asarray(y_val)
+
+        def val_accuracy():
+            return float(accuracy_fn(eval_state(), xv, yv))
 
     privacy = {
         "noise_multiplier": sigma,
@@ -194,6 +224,7 @@ def build(cfg: TrainConfig) -> Job:
         sample_key=k_sample,
         step=step,
         accuracy=accuracy,
+        val_accuracy=val_accuracy,
         privacy=privacy,
         run=run,
     )
@@ -363,15 +394,16 @@ def loop(
                 eps = dpjax.privacy_spent(
                     job.optimizer.opt_state, job.acct_delta, accountant=cfg.accountant
                 ).epsilon
-                history.append(
-                    {
-                        "step": t + 1,
-                        "loss": float(stats.loss),
-                        "test_accuracy": acc,
-                        "epsilon": eps,
-                        "frac_clipped": float(stats.frac_clipped),
-                    }
-                )
+                entry = {
+                    "step": t + 1,
+                    "loss": float(stats.loss),
+                    "test_accuracy": acc,
+                    "epsilon": eps,
+                    "frac_clipped": float(stats.frac_clipped),
+                }
+                if job.val_accuracy is not None:
+                    entry["val_accuracy"] = job.val_accuracy()
+                history.append(entry)
                 bar.set_postfix(loss=f"{float(stats.loss):.3f}", acc=f"{acc:.3f}", eps=f"{eps:.2f}")
             if ckpt is not None and ((t + 1) % every == 0 or t + 1 == steps):
                 save(t + 1)

@@ -87,6 +87,7 @@ def make_record(
         "delta": spent.delta,
         "accountant": cfg.accountant,
         "test_accuracy": job.accuracy(),
+        "val_accuracy": None if job.val_accuracy is None else job.val_accuracy(),
         "wall_seconds": wall_seconds,
         "loop_seconds": loop_seconds,
         "history": history,

@@ -43,6 +43,8 @@ def test_dpjax_train_bad_input_is_a_clear_error(argv, match, capsys):
         (["--resume"], "resume and checkpoint_every need checkpoint_dir"),
         (["--checkpoint-every", "0", "--checkpoint-dir", "x"], "checkpoint_every must be >= 1"),
         (["--budget-epsilon", "-1"], "budget_epsilon must be > 0"),
+        (["--ema-decay", "1"], r"ema_decay must be in \[0.0, 1.0\), got 1.0"),
+        (["--validation-fraction", "0.5"], r"validation_fraction must be in \[0.0, 0.5\)"),
     ],
 )
 def test_train_new_flags_bad_input(argv, match, capsys):

@@ -41,3 +41,41 @@ def test_build_then_loop_is_the_training_run(tmp_path):
     assert result.step == built.steps == rec["steps"] and result.stopped is None
     assert history == rec["history"]
     assert digest(nnx.to_pure_dict(nnx.state(built.model))) == rec["params_sha256"]
+
+
+@pytest.mark.slow  # ~10 s: one short training
+def test_ema_and_validation_split_are_evaluated_as_recorded(tmp_path):
+    """The record's accuracies are those of the averaged parameters, on disjoint splits."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from dpjax.averaging import averaged_params
+    from dpjax.digits import data
+
+    cfg = TrainConfig(**SMALL, ema_decay=0.9, lr_schedule="cosine", validation_fraction=0.2)
+    built = job.build(cfg)
+    d = data.load_digits()
+    assert len(built.data.y_train) + 288 == len(d.y_train)  # ceil(20 % of 1437) held out
+    history = []
+    job.loop(built, start=0, history=history)
+    assert all("val_accuracy" in h for h in history)
+    avg = nnx.to_pure_dict(averaged_params(built.optimizer.opt_state))
+    model = nnx.clone(built.model)
+    nnx.update(model, _as_state(model, avg))
+    logits = model(jnp.asarray(d.x_test))
+    acc = float(np.mean(np.asarray(jnp.argmax(logits, -1)) == d.y_test))
+    assert built.accuracy() == pytest.approx(acc, abs=1e-6)
+    last = nnx.to_pure_dict(nnx.state(built.model, nnx.Param))
+    pairs = zip(jax.tree.leaves(avg), jax.tree.leaves(last), strict=True)
+    assert any(not np.allclose(a, b) for a, b in pairs)
+    rec = job.make_record(built, start=0, history=history, stopped=None, budget=None,
+                          wall_seconds=1.0, loop_seconds=1.0, path=tmp_path / "r.json")  # fmt: skip
+    assert rec["val_accuracy"] == built.val_accuracy()
+    assert rec["test_accuracy"] == pytest.approx(acc, abs=1e-6)
+
+
+def _as_state(model, pure):
+    state = nnx.state(model, nnx.Param)
+    nnx.replace_by_pure_dict(state, pure)
+    return state
