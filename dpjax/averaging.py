@@ -98,7 +98,5 @@ def averaged_params(opt_state: Any) -> Any:
         if isinstance(s, EmaParamsState)
     ]
     if len(found) != 1:
-        raise ValueError(
-            f"opt_state must hold exactly one ema_params state, found {len(found)}"
-        )
+        raise ValueError(f"opt_state must hold exactly one ema_params state, found {len(found)}")
     return found[0].ema
