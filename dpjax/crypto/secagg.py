@@ -15,7 +15,7 @@ Rounds (client u, server S; U1 ⊇ U2 ⊇ U3 ⊇ U4 are the clients still presen
    ``server_collect_keys``: S draws the public neighbour graph (complete, or
    Harary for SecAgg+) and sends each client its neighbours' public keys.
 1. ``client_share_keys``: u draws a self-mask seed b_u, Shamir-shares b_u and
-   its private s key t-of-k among its k neighbours, and encrypts each pair of
+   its private s key t-of-(k+1) among its k neighbours and itself, and encrypts each pair of
    shares to its recipient with ChaCha20-Poly1305 under a key from X25519(c) +
    HKDF bound to (round, sender, recipient). ``server_collect_shares``
    forwards each ciphertext to its recipient.
@@ -141,7 +141,8 @@ class ClientState(NamedTuple):
     s_key: x25519.X25519PrivateKey  # agrees pairwise mask seeds
     neighbours: dict[int, tuple[bytes, bytes]]  # neighbour -> (c public, s public), from round 0
     self_seed: bytes  # b_u (empty before round 1)
-    received: dict[int, tuple[shamir.Share, shamir.Share]]  # sender -> (share of s, share of b)
+    # sender -> (its share of s, its share of b), this client's own shares included
+    received: dict[int, tuple[shamir.Share, shamir.Share]]
     answered: bool  # True once client_unmask has answered (it answers once)
 
 
@@ -278,8 +279,8 @@ def server_collect_keys(
     if len(keys) < config.threshold:
         raise SecAggAbort("fewer clients than the threshold advertised keys")
     graph = neighbour_graph(list(keys), degree)
-    if min(len(v) for v in graph.values()) < config.threshold:
-        raise SecAggAbort("each client needs at least threshold neighbours (raise degree)")
+    if min(len(v) for v in graph.values()) + 1 < config.threshold:
+        raise SecAggAbort("each client needs at least threshold - 1 neighbours (raise degree)")
     out = {c: KeysBroadcast({v: keys[v] for v in graph[c]}) for c in keys}
     return ServerState(config, keys, graph, (), (), None), out
 
@@ -294,25 +295,30 @@ def client_share_keys(
     """Round 1 (client): Shamir-shares b_u and the s key among neighbours, encrypted to each."""
     _check_config(config)
     nb = dict(broadcast.neighbours)
-    if len(nb) < config.threshold:
-        raise SecAggAbort("fewer neighbours than the threshold")
+    if len(nb) + 1 < config.threshold:
+        raise SecAggAbort("fewer share holders (neighbours and self) than the threshold")
     if state.client in nb:
         raise SecAggAbort("a client cannot be its own neighbour")
     own_c = state.c_key.public_key().public_bytes(*_RAW)
     if any(c == own_c for c, _ in nb.values()):
         raise SecAggAbort("a neighbour advertised this client's own key")
     seed = secrets.token_bytes(SEED_BYTES)
-    points = _share_points(nb)
-    s_shares = shamir.split_bytes(_private_raw(state.s_key), config.threshold, len(nb))
-    b_shares = shamir.split_bytes(seed, config.threshold, len(nb))
+    points = _share_points([*nb, state.client])  # the client keeps one share itself
+    s_shares = shamir.split_bytes(_private_raw(state.s_key), config.threshold, len(points))
+    b_shares = shamir.split_bytes(seed, config.threshold, len(points))
+    own = points[state.client] - 1
     cts = {}
     for v, x in points.items():
+        if v == state.client:
+            continue
         aead, ad = _share_aead(state.c_key, nb[v][0], config.round_id, state.client, v)
         s_wire = shamir.share_to_bytes(s_shares[x - 1])
         b_wire = shamir.share_to_bytes(b_shares[x - 1])
         payload = len(s_wire).to_bytes(2, "big") + s_wire + b_wire
         cts[v] = aead.encrypt(_NONCE, payload, ad)
-    return state._replace(neighbours=nb, self_seed=seed), ShareKeysMsg(state.client, cts)
+    kept = {state.client: (s_shares[own], b_shares[own])}
+    state = state._replace(neighbours=nb, self_seed=seed, received=kept)
+    return state, ShareKeysMsg(state.client, cts)
 
 
 def server_collect_shares(
@@ -386,9 +392,9 @@ def client_masked_input(
         raise ValueError(f"value must be in [0, 2^{config.bits})")
     if not state.self_seed:
         raise SecAggAbort("client_share_keys must run before client_masked_input")
-    if not set(inbox) <= set(state.neighbours) or len(inbox) < config.threshold:
-        raise SecAggAbort("the shares received are not from at least threshold neighbours")
-    received = {}
+    if not set(inbox) <= set(state.neighbours) or len(inbox) + 1 < config.threshold:
+        raise SecAggAbort("the shares received are not from at least threshold - 1 neighbours")
+    received = dict(state.received)  # this client's own shares
     for v, ct in inbox.items():
         aead, ad = _share_aead(
             state.c_key, state.neighbours[v][0], config.round_id, v, state.client
@@ -462,7 +468,7 @@ def client_unmask(
         raise SecAggAbort(
             "refused: fewer survivors than the threshold, or this client not among them"
         )
-    if not state.received:
+    if len(state.received) < 2:  # own shares + at least one neighbour's after round 2
         raise SecAggAbort("client_masked_input must run before client_unmask")
     self_shares, key_shares = {}, {}
     for v, (s_share, b_share) in state.received.items():
@@ -501,7 +507,7 @@ def server_unmask(state: ServerState, msgs: Iterable[UnmaskMsg]) -> np.ndarray:
     s_shares: dict[int, list[bytes]] = {v: [] for v in dropped}
     for m in msgs:
         for u, sh in m.self_shares.items():
-            if u in b_shares and m.client in state.graph[u]:
+            if u in b_shares and (m.client in state.graph[u] or m.client == u):
                 b_shares[u].append(sh)
         for v, sh in m.key_shares.items():
             if v in s_shares and m.client in state.graph[v]:
