@@ -20,8 +20,9 @@ Security parameter trade-off of the sparse graph: with the complete graph
 (k = n - 1) the server learns only the sum of all survivors, for any number of
 dropouts up to n - t. With k neighbours each client's mask depends on k seeds
 and its shares go to k parties, so work and bytes fall from O(n) to O(k) per
-client, but (i) the threshold t applies per neighbourhood: a client is
-recovered only if t of its k neighbours survive, and (ii) the graph must stay
+client, but (i) the threshold t applies per neighbourhood: a client's
+secrets are shared among its k neighbours and itself, so t of those k + 1
+must survive, and (ii) the graph must stay
 connected among honest survivors, or the server learns partial sums of the
 components. Bell et al. (Thm 3.6) show k = O(log n + sigma) neighbours keep
 this failure probability below 2^-sigma against a fraction of corrupt and

@@ -1,11 +1,15 @@
 """Secure aggregation: exact sums, uniform masked inputs, dropouts, aborts, refusals."""
 
+import re
+from pathlib import Path
+
 import numpy as np
 import pytest
 from cryptography.hazmat.primitives.asymmetric import x25519
 from scipy import stats
 
 from dpjax.crypto import secagg, shamir
+from dpjax.crypto import secagg_quantize as sq
 from dpjax.crypto.secagg import SecAggAbort, SecAggConfig
 from dpjax.crypto.secagg_masks import expand_mask, neighbour_graph, pair_seed
 from tests.mechanisms._stats import ALPHA
@@ -210,3 +214,16 @@ def test_bad_shapes():
         secagg.secure_sum(np.zeros((3, 2), np.uint32), np.zeros(2, bool), bits=8, threshold=2)
     with pytest.raises(ValueError, match=r"values must be an integer array"):
         secagg.secure_sum(np.zeros((3, 2)), np.zeros(3, bool), bits=8, threshold=2)
+
+
+def test_docs_example_runs():
+    """docs/crypto.md's secure-aggregation example (the ```py block) runs and is right."""
+    text = (Path(__file__).resolve().parents[2] / "docs" / "crypto.md").read_text()
+    (code,) = re.findall(r"```py\n(.*?)```", text, flags=re.S)
+    ns: dict = {}
+    exec(compile(code, "docs/crypto.md", "exec"), ns)
+    keep = ~ns["dropped"]
+    np.testing.assert_array_equal(
+        sq.from_ring(ns["out"].total, ns["bits"]), ns["noisy"][keep].sum(axis=0)
+    )
+    assert 0 < ns["epsilon"] < 10
