@@ -482,8 +482,9 @@ def client_unmask(
 def _reconstruct(shares: list[bytes], length: int, what: str, threshold: int) -> bytes:
     if len(shares) < threshold:
         raise SecAggAbort(f"fewer than threshold shares of {what}; the round is aborted")
-    try:
-        return shamir.combine_bytes([shamir.share_from_bytes(s) for s in shares], length)
+    try:  # exactly t shares (sorted by point) determine the secret
+        parsed = sorted((shamir.share_from_bytes(s) for s in shares), key=lambda s: s.x)
+        return shamir.combine_bytes(parsed[:threshold], length)
     except ValueError:
         raise SecAggAbort(f"the shares of {what} are inconsistent") from None
 

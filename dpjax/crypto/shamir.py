@@ -18,6 +18,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import secrets
 from collections.abc import Sequence
 from typing import NamedTuple
@@ -95,20 +96,28 @@ def combine(shares: Sequence[tuple[int, int]], *, prime: int = PRIME) -> int:
     Raises:
       ValueError: for no shares, repeated or out-of-range points.
     """
-    xs = [x for x, _ in shares]
+    xs = tuple(x for x, _ in shares)
     if not xs:
         raise ValueError("shares must hold at least one share, got none")
     if len(set(xs)) != len(xs) or any(not 0 < x < prime for x in xs):
         raise ValueError("shares must have distinct points x in [1, prime)")
-    secret = 0
-    for i, (xi, yi) in enumerate(shares):
+    coeffs = _lagrange_at_zero(xs, prime)
+    return sum(y * c for (_, y), c in zip(shares, coeffs, strict=True)) % prime
+
+
+@functools.lru_cache(maxsize=1024)
+def _lagrange_at_zero(xs: tuple[int, ...], prime: int) -> tuple[int, ...]:
+    """The Lagrange basis polynomials at 0 for points ``xs`` (cached: a server
+    reconstructs many secrets from the same set of share holders)."""
+    out = []
+    for i, xi in enumerate(xs):
         num, den = 1, 1
         for j, xj in enumerate(xs):
             if j != i:
                 num = num * xj % prime
                 den = den * (xj - xi) % prime
-        secret = (secret + yi * num * pow(den, -1, prime)) % prime
-    return secret
+        out.append(num * pow(den, -1, prime) % prime)
+    return tuple(out)
 
 
 def split_bytes(secret: bytes, threshold: int, n: int) -> list[Share]:
