@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from scipy import special, stats
 
-from dpjax.accounting import rdp
 from dpjax.accounting import events as ev
+from dpjax.accounting import rdp
 from dpjax.accounting.skellam import ORDERS, sensitivities, skellam_epsilon, skellam_rdp
 
 
