@@ -149,11 +149,16 @@ def noisy_secure_sum(
         raise ValueError(
             f"updates must have 1 to max_clients={p.max_clients} rows, got {x.shape[0]}"
         )
+    drop = np.asarray(dropped, dtype=bool)
+    if drop.shape != (x.shape[0],):
+        raise ValueError(f"dropped must have shape ({x.shape[0]},), got {drop.shape}")
+    if int((~drop).sum()) < p.threshold:  # known before any work: abort with nothing drawn
+        raise secagg.SecAggAbort("fewer survivors than the threshold; the round is aborted")
     k_round, k_noise = jax.random.split(key)
     q = sq.quantize(k_round, x, p.clip, p.scale, p.beta)
     noise = np.asarray(skellam_noise(k_noise, p.client_lambda, x.shape), dtype=np.int64)
     out = secagg.secure_sum(
-        sq.to_ring(q + noise, p.bits), dropped, bits=p.bits, threshold=p.threshold,
+        sq.to_ring(q + noise, p.bits), drop, bits=p.bits, threshold=p.threshold,
         round_id=round_id, degree=degree,
     )  # fmt: skip
     return sq.dequantize(sq.from_ring(out.total, p.bits), p.scale), out.survivors

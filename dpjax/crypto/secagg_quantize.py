@@ -231,7 +231,8 @@ def quantize(
         if pending.size == 0:
             break
         key, sub = jax.random.split(key)
-        u = np.asarray(jax.random.uniform(sub, (pending.size, d)), dtype=np.float64)
+        # Full-shape draws (one compiled shape), of which the pending rows are used.
+        u = np.asarray(jax.random.uniform(sub, rows.shape), dtype=np.float64)[pending]
         cand = (low[pending] + (u < frac[pending])).astype(np.int64)
         ok = np.sum(cand * cand, axis=1) <= limit
         q[pending[ok]] = cand[ok]

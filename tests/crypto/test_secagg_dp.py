@@ -54,7 +54,7 @@ def test_server_sees_skellam_noise_of_the_survivors_rate():
 
 
 def test_noisy_sum_is_close_to_the_clipped_sum():
-    n, d = 5, 64
+    n, d = 6, 40  # the shape of test_secagg_quantize's end-to-end test: one compile
     x = np.random.default_rng(0).normal(size=(n, d))
     p = secagg_dp.plan(2.0, 2**-10, d, max_clients=n, threshold=3, noise_multiplier=0.5)
     out, survivors = secagg_dp.noisy_secure_sum(jax.random.key(1), x, np.zeros(n, bool), p)
@@ -66,7 +66,7 @@ def test_noisy_sum_is_close_to_the_clipped_sum():
 
 def test_fewer_survivors_than_threshold_abort():
     p = secagg_dp.plan(1.0, 0.1, 4, max_clients=4, threshold=3, noise_multiplier=1.0)
-    with pytest.raises(SecAggAbort):
+    with pytest.raises(SecAggAbort, match="fewer survivors than the threshold"):
         secagg_dp.noisy_secure_sum(
             jax.random.key(0), np.zeros((4, 4)), np.array([True, True, False, False]), p
         )
@@ -92,3 +92,5 @@ def test_bad_updates():
         secagg_dp.noisy_secure_sum(jax.random.key(0), np.zeros((3, 5)), np.zeros(3, bool), p)
     with pytest.raises(ValueError, match="1 to max_clients=3 rows"):
         secagg_dp.noisy_secure_sum(jax.random.key(0), np.zeros((4, 4)), np.zeros(4, bool), p)
+    with pytest.raises(ValueError, match=r"dropped must have shape \(3,\)"):
+        secagg_dp.noisy_secure_sum(jax.random.key(0), np.zeros((3, 4)), np.zeros(2, bool), p)
