@@ -11,7 +11,7 @@ from scipy import stats
 from dpjax.crypto import secagg, shamir
 from dpjax.crypto import secagg_quantize as sq
 from dpjax.crypto.secagg import SecAggAbort, SecAggConfig
-from dpjax.crypto.secagg_masks import expand_mask, neighbour_graph, pair_seed
+from dpjax.crypto.secagg_masks import expand_mask, neighbour_graph, pair_seed, self_mask_key
 from tests.mechanisms._stats import ALPHA
 
 
@@ -100,22 +100,53 @@ def test_fewer_than_t_survivors_abort_before_unmasking():
         secagg.server_unmask(server, answers)
 
 
-def test_consistency_check_refuses_survivor_and_dropped_at_once():
-    """The attack: ask for both b_0 and s_0 shares to strip every mask from y_0.
+def _strip_masks(cfg, server, victim, y, answers):
+    """The attack: with t shares of both b_victim and s_victim, remove every mask from y."""
+    b_sh = [
+        shamir.share_from_bytes(m.self_shares[victim]) for m in answers if victim in m.self_shares
+    ]
+    s_sh = [
+        shamir.share_from_bytes(m.key_shares[victim]) for m in answers if victim in m.key_shares
+    ]
+    if min(len(b_sh), len(s_sh)) < cfg.threshold:
+        return None
+    seed = shamir.combine_bytes(b_sh[: cfg.threshold], 32)
+    s_key = x25519.X25519PrivateKey.from_private_bytes(
+        shamir.combine_bytes(s_sh[: cfg.threshold], 32)
+    )
+    x = y - expand_mask(self_mask_key(seed, cfg.round_id, victim), cfg.dim, cfg.bits)
+    for v in server.graph[victim]:
+        peer = x25519.X25519PublicKey.from_public_bytes(server.keys[v][1])
+        mask = expand_mask(pair_seed(s_key, peer, cfg.round_id, victim, v), cfg.dim, cfg.bits)
+        x = x - mask if victim < v else x + mask
+    return x & np.uint32(2**cfg.bits - 1)
 
-    Each client refuses a request naming client 0 in both sets, and refuses a
-    second request after answering once, so the server cannot collect t
-    shares of both secrets of one client.
+
+def test_consistency_check_stops_the_unmasking_attack():
+    """A server names client 0 both survivor and dropped to get b_0 and s_0 and strip y_0.
+
+    Each client refuses such a request (Bonawitz's consistency check), and
+    answers only once per round, so the server cannot collect t shares of
+    both secrets of one client. Without the check, ``_strip_masks`` returns
+    x_0 exactly.
     """
     n, d, bits, t = 4, 6, 16, 2
     x = _values(n, d, bits)
     cfg, states, server, masked, _ = _run_to_masked(n, d, bits, t, x)
-    both = secagg.UnmaskRequest(survivors=(0, 1, 2, 3), dropped=(0,))
+    evil = secagg.UnmaskRequest(survivors=(0, 1, 2, 3), dropped=(0,))
+    answers = []
     for i in range(1, n):
-        with pytest.raises(SecAggAbort, match="both survivor and dropped"):
-            secagg.client_unmask(cfg, states[i], both)
+        try:
+            states[i], m = secagg.client_unmask(cfg, states[i], evil)
+            answers.append(m)
+        except SecAggAbort as e:
+            assert "both survivor and dropped" in str(e)
+    recovered = _strip_masks(cfg, server, 0, masked[0].masked, answers)
+    assert recovered is None or not np.array_equal(recovered, x[0])
+    assert answers == []
+    # Two requests in turn (0 survived, then 0 dropped): the second is refused.
     honest = secagg.UnmaskRequest(survivors=(0, 1, 2, 3), dropped=())
-    states[1], _ = secagg.client_unmask(cfg, states[1], honest)
+    states[1], first = secagg.client_unmask(cfg, states[1], honest)
     with pytest.raises(SecAggAbort, match="already answered"):
         secagg.client_unmask(cfg, states[1], secagg.UnmaskRequest((1, 2, 3), (0,)))
 
