@@ -181,7 +181,7 @@ def secagg_round(n: int, d: int, degree, drop_frac: float, bits: int) -> dict[st
         (s, m), dt = timed(secagg.client_advertise, cfg, i)
         states.append(s), adverts.append(m)
         client_s += dt
-        sent += secagg._wire_bytes(m)
+        sent += secagg.message_bytes(m)
     (server, bcast), dt = timed(
         secagg.server_collect_keys, cfg, adverts, None if degree is None else k
     )
@@ -191,7 +191,7 @@ def secagg_round(n: int, d: int, degree, drop_frac: float, bits: int) -> dict[st
         (states[i], m), dt = timed(secagg.client_share_keys, cfg, states[i], bcast[i])
         msgs.append(m)
         client_s += dt
-        sent += secagg._wire_bytes(m)
+        sent += secagg.message_bytes(m)
     (server, inbox), dt = timed(secagg.server_collect_shares, server, msgs)
     server_s += dt
     masked = []
@@ -201,7 +201,7 @@ def secagg_round(n: int, d: int, degree, drop_frac: float, bits: int) -> dict[st
         (states[i], m), dt = timed(secagg.client_masked_input, cfg, states[i], inbox[i], x[i])
         masked.append(m)
         client_s += dt
-        sent += secagg._wire_bytes(m)
+        sent += secagg.message_bytes(m)
     (server, req), dt = timed(secagg.server_collect_masked, server, masked)
     server_s += dt
     answers = []
@@ -209,7 +209,7 @@ def secagg_round(n: int, d: int, degree, drop_frac: float, bits: int) -> dict[st
         (states[i], m), dt = timed(secagg.client_unmask, cfg, states[i], req)
         answers.append(m)
         client_s += dt
-        sent += secagg._wire_bytes(m)
+        sent += secagg.message_bytes(m)
     total, dt = timed(secagg.server_unmask, server, answers)
     server_s += dt
     keep = np.array([i not in dropped for i in range(n)])
@@ -270,9 +270,9 @@ def bonawitz_setting() -> dict[str, object]:
         masked.append(m)
     server, req = secagg.server_collect_masked(server, masked)
     st[0], um = secagg.client_unmask(cfg, st[0], req)
-    advertise = secagg._wire_bytes(ad[0])
-    per_share_ct = (secagg._wire_bytes(sh[0]) - 8) / 2
-    per_unmask_share = (secagg._wire_bytes(um) - 8) / 3  # 2 neighbours + itself
+    advertise = secagg.message_bytes(ad[0])
+    per_share_ct = (secagg.message_bytes(sh[0]) - 8) / 2
+    per_unmask_share = (secagg.message_bytes(um) - 8) / 3  # 2 neighbours + itself
     shares = 8 + (n - 1) * per_share_ct
     unmask = 8 + n * per_unmask_share
     packed = 8 + math.ceil(d * bits / 8)

@@ -87,6 +87,11 @@ def skellam_epsilon(
       rounds: number of releases composed.
       delta: target delta in (0, 1).
 
+    Privacy:
+      (epsilon, delta)-DP under add/remove of one client's update, from the
+      RDP bound at integer orders converted as :func:`dpjax.accounting.rdp.epsilon`
+      does; ``inf`` rather than a smaller value when no order gives a bound.
+
     Example:
       >>> round(skellam_epsilon(mu=2e4, l1=100.0, l2=100.0, rounds=1, delta=1e-5), 2)
       2.17

@@ -92,6 +92,7 @@ __all__ = [
     "client_masked_input",
     "client_share_keys",
     "client_unmask",
+    "message_bytes",
     "secure_sum",
     "server_collect_keys",
     "server_collect_masked",
@@ -144,6 +145,12 @@ class ClientState(NamedTuple):
     # sender -> (its share of s, its share of b), this client's own shares included
     received: dict[int, tuple[shamir.Share, shamir.Share]]
     answered: bool  # True once client_unmask has answered (it answers once)
+
+    def __repr__(self) -> str:  # never the keys, the seed or the shares
+        return (
+            f"ClientState(client={self.client}, neighbours={len(self.neighbours)}, "
+            f"shares_held={len(self.received)}, answered={self.answered})"
+        )
 
 
 class AdvertiseMsg(NamedTuple):
@@ -546,8 +553,12 @@ def server_unmask(state: ServerState, msgs: Iterable[UnmaskMsg]) -> np.ndarray:
 # In-process simulation
 
 
-def _wire_bytes(msg: Any) -> int:
-    """Bytes a message carries on the wire (ids 8 bytes, keys and ciphertexts as they are)."""
+def message_bytes(msg: Any) -> int:
+    """Bytes a message carries on the wire (ids 8 bytes, keys and ciphertexts as they are).
+
+    The masked input counts as its uint32 words; a transport may pack them
+    to ``bits`` bits each.
+    """
     if isinstance(msg, AdvertiseMsg):
         return _ID_BYTES + 64
     if isinstance(msg, ShareKeysMsg):
@@ -590,6 +601,11 @@ def secure_sum(
       ``SecureSumResult``: the survivors' sum mod 2^bits, the survivors,
       and the bytes each message kind carried (summed over clients).
 
+    Privacy:
+      Secure aggregation hides individual inputs from the server, not the
+      sum: the result is exactly as private as the inputs' noise makes it
+      (add Skellam shares before calling, see ``dpjax.crypto.secagg_dp``).
+
     Raises:
       SecAggAbort: fewer than ``threshold`` survivors (before any unmasking).
     """
@@ -606,25 +622,25 @@ def secure_sum(
     n = x.shape[0]
     states, adverts = zip(*(client_advertise(config, i) for i in range(n)), strict=True)
     states = list(states)
-    sent["advertise"] = sum(_wire_bytes(m) for m in adverts)
+    sent["advertise"] = sum(message_bytes(m) for m in adverts)
     server, broadcasts = server_collect_keys(config, adverts, degree)
     share_msgs = []
     for i in range(n):
         states[i], m = client_share_keys(config, states[i], broadcasts[i])
         share_msgs.append(m)
-    sent["share_keys"] = sum(_wire_bytes(m) for m in share_msgs)
+    sent["share_keys"] = sum(message_bytes(m) for m in share_msgs)
     server, inboxes = server_collect_shares(server, share_msgs)
     masked = []
     for i in range(n):
         if not drop[i]:
             states[i], m = client_masked_input(config, states[i], inboxes[i], x[i])
             masked.append(m)
-    sent["masked_input"] = sum(_wire_bytes(m) for m in masked)
+    sent["masked_input"] = sum(message_bytes(m) for m in masked)
     server, request = server_collect_masked(server, masked)
     answers = []
     for i in request.survivors:
         states[i], m = client_unmask(config, states[i], request)
         answers.append(m)
-    sent["unmask"] = sum(_wire_bytes(m) for m in answers)
+    sent["unmask"] = sum(message_bytes(m) for m in answers)
     total = server_unmask(server, answers)
     return SecureSumResult(total, request.survivors, sent)

@@ -204,6 +204,12 @@ def quantize(
     Returns:
       int64 array shaped like ``updates``.
 
+    Privacy:
+      Each output row has L2 norm <= ``norm_bound(clip, scale, d, beta)`` for
+      every input and every key (conditional rounding with a round-toward-zero
+      fallback), so that bound is the add/remove-one-client L2 sensitivity of
+      the integer sum. Quantization alone gives no privacy.
+
     Example:
       >>> import jax, numpy as np
       >>> q = quantize(jax.random.key(0), np.full(4, 0.5), clip=1.0, scale=0.01)

@@ -60,6 +60,12 @@ def skellam_noise(key: jax.Array, lam: float, shape: tuple[int, ...]) -> jax.Arr
       lam: the Poisson rate of each side, in (0, 2^30]; the variance is 2 lam.
       shape: the output shape.
 
+    Privacy:
+      Added to an integer query of L1/L2 sensitivity D1/D2, Skellam(lam)
+      noise gives the RDP of :func:`dpjax.accounting.skellam.skellam_rdp` with
+      mu = lam (Agarwal, Kairouz, Liu 2021, Thm 3.5); as one client's share of
+      distributed noise, account with mu = min_survivors * lam.
+
     Example:
       >>> import jax
       >>> skellam_noise(jax.random.key(0), 4.0, (3,)).dtype

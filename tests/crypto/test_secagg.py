@@ -183,6 +183,7 @@ def test_messages_reveal_no_secret_in_plaintext():
     x = _values(n, d, bits)
     cfg, states, server, masked, inboxes = _run_to_masked(n, d, bits, t, x)
     seed = states[0].self_seed
+    assert seed.hex() not in repr(states[0]) and str(seed) not in repr(states[0])
     for inbox in inboxes.values():
         for ct in inbox.values():
             assert seed not in ct
