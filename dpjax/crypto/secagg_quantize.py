@@ -35,7 +35,7 @@ exactly, so they never cause a wrap.
 
 Randomness: the rounding draws come from ``jax.random`` under the caller's key
 (use :func:`dpjax.random.secure_key`), like every other dpjax noise. They are
-float32 uniforms, so each rounding probability is resolved to 2^-24: rounding
+float32 uniforms, so each rounding probability is resolved to 2^-23: rounding
 is unbiased up to that resolution; the norm bound above is exact regardless.
 """
 

@@ -11,7 +11,8 @@ these fail. Vectors used:
 - ChaCha20 (secure-aggregation masks): RFC 8439, Section 2.3.2 (block
   function) and Appendix A.1 Test Vector #1 (all-zero key and nonce), and
   that ``secagg_masks.expand_mask`` is that keystream read as little-endian
-  uint32 words.
+  uint32 words; the secure-aggregation pairwise seed is HKDF-SHA256 of the
+  X25519 secret (RFC 7748 6.1 keys) with the documented info.
 
 Not covered by a KAT here: Cobblestone-256 and HPKE (``cryptography``'s HPKE
 API draws the ephemeral key itself, so RFC 9180 Appendix A vectors cannot be
@@ -156,3 +157,19 @@ def test_secagg_mask_is_the_chacha20_keystream():
     words = secagg_masks.expand_mask(bytes(32), 16, 32)
     assert words.tobytes() == h(CHACHA20_VECTORS[1][2])  # little-endian words
     assert np.array_equal(secagg_masks.expand_mask(bytes(32), 16, 12), words & 0xFFF)
+
+
+def test_secagg_pair_seed_is_hkdf_of_x25519_as_documented():
+    """Pairwise mask seed = HKDF-SHA256(X25519 secret, no salt, info = label || round || ids)."""
+    a = x25519.X25519PrivateKey.from_private_bytes(
+        h("77076d0a7318a57d3c16c17251b26645df4c2f87ebc0992ab177fba51db92c2a")
+    )
+    b = x25519.X25519PrivateKey.from_private_bytes(
+        h("5dab087e624a8a4b79e17f8b83800ee66f3bb1292618b6fd1c2f8b27ff88e0eb")
+    )
+    shared = h("4a5d9d5ba4ce2de1728e3bf480350f25e07e21c947d19e3376f09b3c1e161742")  # RFC 7748
+    info = b"dpjax-secagg-v1 pairwise mask" + (7).to_bytes(8, "big")
+    info += (2).to_bytes(8, "big") + (5).to_bytes(8, "big")
+    expected = HKDF(hashes.SHA256(), 32, salt=None, info=info).derive(shared)
+    assert secagg_masks.pair_seed(a, b.public_key(), 7, 5, 2) == expected
+    assert secagg_masks.pair_seed(b, a.public_key(), 7, 2, 5) == expected
