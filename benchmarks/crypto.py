@@ -383,8 +383,8 @@ def markdown(result: dict) -> str:
         f"Expansion {b['expansion_packed_bits']:.2f}x with the masked input packed at "
         f"{b['ring_bits']} bits, {b['expansion_uint32_words']:.2f}x as uint32 words, against the",
         f"{b['bonawitz_reported']}x Bonawitz et al. report. Nearly all of it is the ring's",
-        "extra bits (26 / 16 = 1.63x); packing the words to b bits before sending is left",
-        "to the transport.",
+        "extra bits (26 / 16 = 1.63x). `secagg_wire.encode(msg, bits=b)` sends the packed",
+        "form; `message_bytes` and the words column count uint32 words.",
         "",
         "Skipped (2 shared cores, a few minutes): 1,000 clients at 10^6 params and above,",
         "100 clients at 10^6 and above, and the complete graph at 1,000 clients: the",

@@ -6,7 +6,10 @@ message of :mod:`dpjax.crypto.secagg` encodes to a tagged, length-checked
 big-endian byte string; :func:`decode` accepts exactly what :func:`encode`
 writes and raises :class:`~dpjax.crypto.secagg.SecAggAbort` on anything else
 (unknown tag, truncated or trailing bytes). A forwarded inbox (the ciphertexts
-one client receives in round 1) travels as :class:`Inbox`.
+one client receives in round 1) travels as :class:`Inbox`. A masked input is
+sent as uint32 words, or packed to ``bits`` bits per word with
+``encode(msg, bits=b)`` (what Bonawitz et al. count: 26-bit words for 2^10
+clients of 16-bit inputs instead of 32).
 
 Example:
   >>> from dpjax.crypto import secagg
@@ -67,8 +70,31 @@ def _ids(ids) -> bytes:
     return struct.pack(">I", len(ids)) + b"".join(struct.pack(">Q", i) for i in ids)
 
 
-def encode(msg: Any) -> bytes:
-    """Encodes one protocol message (or an :class:`Inbox`) to bytes."""
+def _pack(words: np.ndarray, bits: int) -> bytes:
+    """The low ``bits`` bits of each word, concatenated little-endian, zero-padded to a byte."""
+    if words.size and int(words.max()) >> bits:
+        raise ValueError(f"masked words must be < 2^{bits} to pack them to {bits} bits")
+    planes = (words[:, None] >> np.arange(bits, dtype=np.uint32)) & np.uint32(1)
+    return np.packbits(planes.astype(np.uint8).reshape(-1), bitorder="little").tobytes()
+
+
+def _unpack(data: bytes, dim: int, bits: int) -> np.ndarray:
+    raw = np.frombuffer(data, dtype=np.uint8)
+    flat = np.unpackbits(raw, bitorder="little")
+    if flat[dim * bits :].any():
+        raise SecAggAbort("a packed masked input has non-zero padding")
+    planes = flat[: dim * bits].reshape(dim, bits).astype(np.uint32)
+    return (planes << np.arange(bits, dtype=np.uint32)).sum(axis=1, dtype=np.uint32)
+
+
+def encode(msg: Any, bits: int | None = None) -> bytes:
+    """Encodes one protocol message (or an :class:`Inbox`) to bytes.
+
+    Args:
+      msg: the message.
+      bits: for a :class:`MaskedInputMsg` only: pack each word to this many
+        bits (the round's ``SecAggConfig.bits``); None sends uint32 words.
+    """
     tag = _TAGS.get(type(msg))
     if tag is None:
         raise TypeError(f"msg must be a secure-aggregation message, got {type(msg).__name__}")
@@ -84,7 +110,14 @@ def encode(msg: Any) -> bytes:
         return head + _blobs(msg.ciphertexts)
     if isinstance(msg, MaskedInputMsg):
         words = np.ascontiguousarray(msg.masked, dtype="<u4")
-        return head + struct.pack(">QI", msg.client, words.size) + words.tobytes()
+        if bits is None or bits == 32:
+            return head + struct.pack(">QIB", msg.client, words.size, 32) + words.tobytes()
+        if not 2 <= bits < 32:
+            raise ValueError(f"bits must be in [2, 32], got {bits}")
+        packed = _pack(words.astype(np.uint32), bits)
+        return head + struct.pack(">QIB", msg.client, words.size, bits) + packed
+    if bits is not None:
+        raise ValueError("bits applies to a MaskedInputMsg only")
     if isinstance(msg, UnmaskRequest):
         return head + _ids(msg.survivors) + _ids(msg.dropped)
     return head + struct.pack(">Q", msg.client) + _blobs(msg.self_shares) + _blobs(msg.key_shares)
@@ -147,10 +180,13 @@ def decode(data: bytes) -> Any:
     elif tag == 4:
         msg = Inbox(r.blobs())
     elif tag == 5:
-        client, dim = r.unpack(">QI")
-        if dim > _MAX_DIM:
-            raise SecAggAbort("a masked input is too long")
-        words = np.frombuffer(r.take(4 * dim), dtype="<u4").astype(np.uint32)
+        client, dim, bits = r.unpack(">QIB")
+        if dim > _MAX_DIM or not 2 <= bits <= 32:
+            raise SecAggAbort("a masked input has a bad length or bit width")
+        if bits == 32:
+            words = np.frombuffer(r.take(4 * dim), dtype="<u4").astype(np.uint32)
+        else:
+            words = _unpack(r.take(-(-dim * bits // 8)), dim, bits)
         msg = MaskedInputMsg(client, words)
     elif tag == 6:
         msg = UnmaskRequest(r.ids(), r.ids())
