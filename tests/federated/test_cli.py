@@ -73,7 +73,7 @@ def test_local_dp_sgd_reports_a_record_level_epsilon(tmp_path, capsys):
     [
         (["--cohort-size", "30"], r"cohort_size must be in \(0.0, 20\]"),
         (["--clients", "5000"], r"clients must be in \[1, 1437\]"),
-        (["--epsilon", "1e-9"], "target_epsilon=1e-09 is not reachable"),
+        (["--epsilon", "1e-9", "--delta", "1e-8"], "target_epsilon=1e-09 is not reachable"),
         (["--delta", "1"], r"delta must be in \(0, 1\)"),
         (["--clip", "0"], "clip_norm must be > 0"),
         (["--target-quantile", "1"], r"target_quantile must be in \(0.0, 1.0\)"),
