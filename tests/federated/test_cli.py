@@ -33,6 +33,7 @@ def test_federated_run_writes_record_and_plot(tmp_path, capsys):
     assert stat.S_IMODE(out.stat().st_mode) == 0o600
     plot = Path(rec["plot"])
     assert plot.read_bytes()[:4] == b"\x89PNG"
+    assert stat.S_IMODE(plot.stat().st_mode) == 0o600
 
 
 @pytest.mark.slow
