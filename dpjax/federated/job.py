@@ -101,7 +101,7 @@ def build(cfg: FederatedConfig) -> FederatedJob:
         )
     adaptive = None
     if cfg.algorithm == "adaptive":
-        adaptive = AdaptiveClipping(target_quantile=cfg.target_quantile)
+        adaptive = AdaptiveClipping(cfg.target_quantile, count_noise_std=cfg.count_noise_std)
     alg = DPFedAvg(
         local,
         sampler,
