@@ -104,11 +104,13 @@ def throughput(clients: int, per_client: int, cohorts: list[int], rounds: int) -
     return rows
 
 
-def accuracy_curves(epsilons, rounds: int, clients: int, cohort: float) -> list[dict]:
+def accuracy_curves(
+    epsilons, rounds: int, clients: int, cohort: float, algorithms=("fedavg", "adaptive")
+) -> list[dict]:
     from dpjax.federated.job import build
 
     out = []
-    for algorithm in ("fedavg", "adaptive"):
+    for algorithm in algorithms:
         for eps in epsilons:
             cfg = F.FederatedConfig(
                 algorithm=algorithm,
