@@ -45,6 +45,7 @@ def _run(data, n, gamma, c0, rounds=200, z=1.0, lr=0.2):
     return float(state.clip_norm), np.asarray(cs)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("gamma", [0.5, 0.8])
 @pytest.mark.parametrize("c0", [0.01, 100.0])
 def test_clip_norm_converges_to_the_target_quantile(gamma, c0):
