@@ -147,11 +147,12 @@ def plot(rows: list[dict], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(6, 4))
     for algorithm in ("fedavg", "adaptive"):
         pts = [r for r in rows if r["algorithm"] == algorithm and r["target_epsilon"] is not None]
-        ax.plot([r["target_epsilon"] for r in pts], [r["test_accuracy"] for r in pts],
-                marker="o", label=f"DP-{algorithm}")  # fmt: skip
+        (line,) = ax.plot([r["target_epsilon"] for r in pts], [r["test_accuracy"] for r in pts],
+                          marker="o", label=f"DP-{algorithm}")  # fmt: skip
         base = [r for r in rows if r["algorithm"] == algorithm and r["target_epsilon"] is None]
         if base:
-            ax.axhline(base[0]["test_accuracy"], ls="--", lw=1, label=f"{algorithm}, no noise")
+            ax.axhline(base[0]["test_accuracy"], ls="--", lw=1, color=line.get_color(),
+                       label=f"{algorithm}, no noise")  # fmt: skip
     ax.set_xscale("log", base=2)
     ax.set_xlabel("user-level epsilon (delta = 1e-3)")
     ax.set_ylabel("test accuracy")
