@@ -46,6 +46,13 @@ class FederatedData(NamedTuple):
     def max_examples(self) -> int:
         return int(self.mask.shape[1])
 
+    @classmethod
+    def from_clients(
+        cls, xs: Sequence[Any], ys: Sequence[Any], *, max_examples: int | None = None
+    ) -> FederatedData:
+        """Same as :func:`federated_data` (pads per-client arrays; refuses empty clients)."""
+        return federated_data(xs, ys, max_examples=max_examples)
+
     def client(self, i: Any) -> ClientBatch:
         """The data of client ``i`` (jittable; ``i`` may be traced)."""
         return ClientBatch(self.x[i], self.y[i], self.mask[i])

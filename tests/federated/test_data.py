@@ -16,6 +16,8 @@ def test_federated_data_pads_and_masks():
     np.testing.assert_array_equal(np.asarray(d.x[0, :3]), xs[0])
     assert float(np.abs(np.asarray(d.x[1, 1:])).sum()) == 0.0
     assert d.num_clients == 2 and d.max_examples == 4
+    e = F.FederatedData.from_clients(xs, ys, max_examples=4)
+    assert all(bool((a == b).all()) for a, b in zip(d, e, strict=True))
     c = d.client(1)
     assert c.x.shape == (4, 2) and int(c.y[0]) == 5
 
