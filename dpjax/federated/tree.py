@@ -28,7 +28,8 @@ How many nodes one leaf touches, and so the privacy of the whole release, is
 in :mod:`dpjax.accounting.tree`.
 """
 
-from __future__ import annotations
+# isort: the block is first-party once dpjax/federated/__init__.py exists (the fedcore branch)
+from __future__ import annotations  # noqa: I001
 
 from collections.abc import Callable
 from typing import Any, NamedTuple

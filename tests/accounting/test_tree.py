@@ -44,9 +44,7 @@ def test_participations_match_brute_force(rounds, rounds_per_tree):
 @pytest.mark.parametrize("epsilon", [0.0, 0.1, 1.0, 5.0, 20.0])
 def test_delta_is_the_exact_gaussian_curve(mu, epsilon):
     # dp_accounting's analytic Gaussian privacy loss: std 1, sensitivity mu
-    ref = GaussianPrivacyLoss(standard_deviation=1.0, sensitivity=mu).get_delta_for_epsilon(
-        epsilon
-    )
+    ref = GaussianPrivacyLoss(standard_deviation=1.0, sensitivity=mu).get_delta_for_epsilon(epsilon)
     got = acc_tree.gaussian_delta(mu, epsilon)
     np.testing.assert_allclose(got, ref, rtol=1e-9, atol=1e-300)
 
@@ -94,8 +92,10 @@ def test_rdp_and_event_against_dp_accounting(z, n):
     ours = rdp.event_rdp(g.event(), orders)
     np.testing.assert_allclose(ours, ref._rdp, rtol=1e-12)
     eps_rdp = accounting.epsilon(g.event(), 1e-5)  # RDP conversion: looser than the exact curve
-    assert acc_tree.gaussian_epsilon(g.mu, 1e-5) <= eps_rdp <= 1.3 * acc_tree.gaussian_epsilon(
-        g.mu, 1e-5
+    assert (
+        acc_tree.gaussian_epsilon(g.mu, 1e-5)
+        <= eps_rdp
+        <= 1.3 * acc_tree.gaussian_epsilon(g.mu, 1e-5)
     )
 
 

@@ -6,11 +6,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from dpjax.kernels import noise as noise_k
 from scipy import stats
 
 from dpjax.accounting.tree import tree_depth
 from dpjax.federated import tree
-from dpjax.kernels import noise as noise_k
 from tests.mechanisms._stats import ALPHA
 
 
@@ -59,9 +59,7 @@ def _naive_noise(key, like, std, steps_per_tree, n_steps):
 def test_noise_is_the_sum_of_the_right_nodes(steps_per_tree, n_steps):
     like = {"a": jnp.zeros((3,), jnp.float32), "b": jnp.zeros((2, 2), jnp.float32)}
     key = jax.random.key(7)
-    xs = [
-        jax.tree.map(lambda z, i=i: z + jnp.float32(i + 1), like) for i in range(n_steps)
-    ]
+    xs = [jax.tree.map(lambda z, i=i: z + jnp.float32(i + 1), like) for i in range(n_steps)]
     agg = tree.tree_aggregator(steps_per_tree, 0.5)
     outs, state = _run(agg, xs, key)
     ref = _naive_noise(key, like, 0.5, steps_per_tree, n_steps)
@@ -131,7 +129,7 @@ def test_depth_is_the_most_nodes_a_leaf_touches(steps):
 
 @pytest.mark.parametrize("leaf", [0, 3, 6])
 def test_release_sensitivity_is_norm_times_sqrt_nodes(leaf):
-    """Changing one leaf by x moves the released nodes by ||x|| sqrt(#nodes) <= ||x|| sqrt(depth)."""
+    """One leaf moved by x moves the released nodes by ||x|| sqrt(#nodes) <= ||x|| sqrt(depth)."""
     steps = 7
     agg = tree.tree_aggregator(steps, 1.0)
     key = jax.random.key(1)
