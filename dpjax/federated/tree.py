@@ -49,7 +49,6 @@ __all__ = ["TreeState", "TreeAggregator", "tree_aggregator"]
 class TreeState(NamedTuple):
     """State of a :func:`tree_aggregator`."""
 
-    key: jax.Array  # typed PRNG key, split once per step
     step: jax.Array  # int32[]: leaves in the current tree, 0..steps_per_tree
     restarts: jax.Array  # int32[]: trees completed and restarted so far
     prefix: PyTree  # like the leaves: exact (un-noised) sum of the current tree's leaves
@@ -59,14 +58,15 @@ class TreeState(NamedTuple):
 class TreeAggregator(NamedTuple):
     """A pair of pure functions (jit-compatible) over a :class:`TreeState`.
 
-    ``init(like, key)`` starts an empty tree for leaves shaped like ``like``;
-    ``update(state, leaf)`` adds one leaf and returns the noisy prefix sum of
+    ``init(like)`` starts an empty tree for leaves shaped like ``like``;
+    ``update(state, leaf, key)`` adds one leaf, draws the one new node's noise
+    from ``key`` (a fresh key every step), and returns the noisy prefix sum of
     the current tree and the new state; ``depth`` is the static number of
     levels, ``steps_per_tree.bit_length()``.
     """
 
-    init: Callable[[PyTree, jax.Array], TreeState]
-    update: Callable[[TreeState, PyTree], tuple[PyTree, TreeState]]
+    init: Callable[[PyTree], TreeState]
+    update: Callable[[TreeState, PyTree, jax.Array], tuple[PyTree, TreeState]]
     depth: int
     steps_per_tree: int
     noise_std: float
@@ -106,8 +106,8 @@ def tree_aggregator(steps_per_tree: int, noise_std: float) -> TreeAggregator:
     Example:
       >>> import jax, jax.numpy as jnp
       >>> agg = tree_aggregator(steps_per_tree=4, noise_std=1.0)
-      >>> state = agg.init(jnp.zeros(2), jax.random.key(0))
-      >>> noisy, state = agg.update(state, jnp.ones(2))
+      >>> state = agg.init(jnp.zeros(2))
+      >>> noisy, state = agg.update(state, jnp.ones(2), jax.random.key(0))
       >>> int(state.step), agg.depth, noisy.shape
       (1, 3, (2,))
     """
@@ -118,23 +118,23 @@ def tree_aggregator(steps_per_tree: int, noise_std: float) -> TreeAggregator:
     std = float(noise_std)
     depth = tree_depth(steps)
 
-    def init_fn(like: PyTree, key: jax.Array) -> TreeState:
-        key = _validate.prng_key("key", key)
+    def init_fn(like: PyTree) -> TreeState:
+        if not jax.tree.leaves(like):
+            raise ValueError("like must hold at least one array, got an empty pytree")
         return TreeState(
-            key=key,
             step=jnp.zeros((), jnp.int32),
             restarts=jnp.zeros((), jnp.int32),
             prefix=jax.tree.map(jnp.zeros_like, like),
             node_noise=jax.tree.map(lambda x: jnp.zeros((depth, *jnp.shape(x)), x.dtype), like),
         )
 
-    def update_fn(state: TreeState, leaf: PyTree) -> tuple[PyTree, TreeState]:
+    def update_fn(state: TreeState, leaf: PyTree, key: jax.Array) -> tuple[PyTree, TreeState]:
+        key = _validate.prng_key("key", key)
         full = state.step >= steps
         prefix = jax.tree.map(lambda p: jnp.where(full, jnp.zeros_like(p), p), state.prefix)
         t = jnp.where(full, jnp.int32(1), state.step + 1)
         level = _lowest_set_bit(t)
-        key, sub = jax.random.split(state.key)
-        fresh = noise_k.gaussian_like(sub, leaf, std)
+        fresh = noise_k.gaussian_like(key, leaf, std)
         on_level = jnp.arange(depth, dtype=jnp.int32) == level
 
         def put(nodes, z):
@@ -154,7 +154,6 @@ def tree_aggregator(steps_per_tree: int, noise_std: float) -> TreeAggregator:
         outer = jax.tree.structure(leaf)
         new_prefix, noisy = jax.tree.transpose(outer, jax.tree.structure((0, 0)), pairs)
         new_state = TreeState(
-            key=key,
             step=t,
             restarts=state.restarts + full.astype(jnp.int32),
             prefix=new_prefix,

@@ -15,12 +15,13 @@ from tests.mechanisms._stats import ALPHA
 
 
 def _run(agg, xs, key):
-    """Noisy prefixes of the stream ``xs`` (list of pytrees) under jit."""
-    state = agg.init(xs[0], key)
+    """Noisy prefixes of the stream ``xs`` (list of pytrees) under jit; step t's key is
+    ``fold_in(key, t)``."""
+    state = agg.init(xs[0])
     update = jax.jit(agg.update)
     outs = []
-    for x in xs:
-        noisy, state = update(state, x)
+    for t, x in enumerate(xs):
+        noisy, state = update(state, x, jax.random.fold_in(key, t))
         outs.append(noisy)
     return outs, state
 
@@ -28,17 +29,17 @@ def _run(agg, xs, key):
 def _naive_noise(key, like, std, steps_per_tree, n_steps):
     """Noise on each prefix from a naive tree: a dict of nodes, dyadic decomposition by search.
 
-    The node drawn at step t (the one key split per step, as documented) is the node that
-    step t completes and a prefix first uses: the largest aligned block ending at t.
+    The node drawn at step t (from step t's key, as documented) is the node that step t
+    completes and a prefix first uses: the largest aligned block ending at t.
     """
     out = []
     nodes = {}
     t_in_tree = 0
-    for _ in range(n_steps):
+    for step in range(n_steps):
         if t_in_tree == steps_per_tree:
             nodes, t_in_tree = {}, 0
         t_in_tree += 1
-        key, sub = jax.random.split(key)
+        sub = jax.random.fold_in(key, step)
         size = 1
         while t_in_tree % (2 * size) == 0:
             size *= 2
@@ -84,13 +85,13 @@ def test_prefix_noise_variance_is_popcount_times_std2():
     xs = jnp.zeros((steps,), jnp.float32)
 
     def noises(key):
-        state = agg.init(jnp.zeros((), jnp.float32), key)
+        state = agg.init(jnp.zeros((), jnp.float32))
 
-        def body(s, x):
-            noisy, s = agg.update(s, x)
+        def body(s, kx):
+            noisy, s = agg.update(s, kx[1], kx[0])
             return s, noisy
 
-        return jax.lax.scan(body, state, xs)[1]
+        return jax.lax.scan(body, state, (jax.random.split(key, steps), xs))[1]
 
     z = np.asarray(jax.jit(jax.vmap(noises))(jax.random.split(jax.random.key(3), n)))
     for t in range(1, steps + 1):
@@ -168,10 +169,13 @@ def test_bad_input(kwargs, match):
         tree.tree_aggregator(**kwargs)
 
 
-def test_no_default_key():
+def test_no_default_key_and_no_empty_tree():
     agg = tree.tree_aggregator(4, 1.0)
+    state = agg.init(jnp.zeros(2))
     with pytest.raises(ValueError, match="key must be a PRNG key"):
-        agg.init(jnp.zeros(2), None)
+        agg.update(state, jnp.ones(2), None)
+    with pytest.raises(ValueError, match="like must hold at least one array"):
+        agg.init({})
 
 
 def test_doctests():
