@@ -119,27 +119,26 @@ def test_refused_client_changes_nothing():
         state, data, jax.random.key(0), jnp.asarray([0, 1, 2]), jnp.ones(3, bool)
     )
     key = jax.random.key(5)
-    s1, _, _ = jax.jit(alg.cohort_sum)(state, data, jnp.asarray([3, 0, 4]), jnp.ones(3, bool), key)
-    s2, _, _ = jax.jit(alg.cohort_sum)(
-        state, data, jnp.asarray([3, 0, 4]), jnp.asarray([1, 0, 1], bool), key
-    )
+    cohort_sum = jax.jit(alg.cohort_sum)
+    s1, _, _ = cohort_sum(state, data, jnp.asarray([3, 0, 4]), jnp.ones(3, bool), key)
+    s2, _, _ = cohort_sum(state, data, jnp.asarray([3, 0, 4]), jnp.asarray([1, 0, 1], bool), key)
     np.testing.assert_array_equal(s1["w"], s2["w"])
 
 
-@pytest.mark.parametrize("drop", [0, 1, 2])
-def test_removing_one_client_moves_the_sum_by_at_most_c(drop):
+def test_removing_one_client_moves_the_sum_by_at_most_c():
     data = fx.population(5, scale=30.0)  # large updates: every client is clipped
     c = 0.5
     alg = _alg(n=5, k=3, c=c)
     state = alg.init(fx.params0())
     idx, key = jnp.asarray([0, 1, 2]), jax.random.key(3)
-    full, m, _ = jax.jit(alg.cohort_sum)(state, data, idx, jnp.ones(3, bool), key)
-    mask = jnp.ones(3, bool).at[drop].set(False)
-    without, _, _ = jax.jit(alg.cohort_sum)(state, data, idx, mask, key)
-    moved = float(jnp.linalg.norm(full["w"] - without["w"]))
-    assert moved <= c * (1 + 4 * EPS32)
-    assert moved >= 0.99 * c  # it was clipped to C, so it moves by ~C
+    cohort_sum = jax.jit(alg.cohort_sum)
+    full, m, _ = cohort_sum(state, data, idx, jnp.ones(3, bool), key)
     assert float(m.mean_norm) > c
+    for drop in range(3):
+        without, _, _ = cohort_sum(state, data, idx, jnp.ones(3, bool).at[drop].set(False), key)
+        moved = float(jnp.linalg.norm(full["w"] - without["w"]))
+        assert moved <= c * (1 + 4 * EPS32)
+        assert moved >= 0.99 * c  # it was clipped to C, so it moves by ~C
 
 
 def test_nonfinite_update_is_zeroed_and_counted():
