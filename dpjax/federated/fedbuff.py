@@ -183,6 +183,22 @@ class FedBuff:
                 "[0, 1] (a weight above 1 would raise a client's contribution above its clip norm)"
             )
 
+    def privacy_after(self, steps: int, delta: float) -> PrivacySpent:
+        """User-level (epsilon, delta) after ``steps`` server steps, before running them.
+
+        At most the whole-run bound ``sqrt(m) / z``-GDP, reached at ``steps >= m``.
+
+        >>> alg = FedBuff(lambda w, x, k: x, num_clients=100, buffer_size=10, clip_norm=1.0,
+        ...     noise_multiplier=4.0, server_optimizer=optax.sgd(1.0), max_contributions=8)
+        >>> [round(alg.privacy_after(t, 1e-5).epsilon, 3) for t in (0, 8, 10**6)]
+        [0.0, 2.943, 2.943]
+        """
+        t = _validate.non_negative_int("steps", steps)
+        _validate.open_unit("delta", delta)
+        z = float(_f32_down(float(self.noise_multiplier)))
+        g = acc_tree.gaussian_guarantee(z, min(int(self.max_contributions), t))
+        return PrivacySpent(acc_tree.gaussian_epsilon(g.mu, delta), float(delta), t)
+
     def init(self, params: PyTree) -> FedBuffState:
         """The server state before the first step (version 0)."""
         if not jax.tree.leaves(params):

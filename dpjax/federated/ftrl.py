@@ -162,6 +162,25 @@ class DPFTRL:
         object.__setattr__(self, "rounds_per_epoch", t)
         object.__setattr__(self, "_tree", tree_aggregator(t, std))
 
+    def privacy_after(self, rounds: int, delta: float) -> PrivacySpent:
+        """User-level (epsilon, delta) after ``rounds`` rounds, before running them.
+
+        The same bound as :func:`privacy_spent` of a state after ``rounds``
+        rounds; use it to choose z or to refuse a round that would exceed a
+        budget (``privacy_after(int(state.rounds) + 1, delta)``).
+
+        >>> alg = DPFTRL(lambda w, x, k: x, num_clients=100, clients_per_round=10,
+        ...     clip_norm=1.0, noise_multiplier=4.0, learning_rate=1.0)
+        >>> round(alg.privacy_after(20, 1e-5).epsilon, 3)
+        2.943
+        """
+        r = _validate.non_negative_int("rounds", rounds)
+        _validate.open_unit("delta", delta)
+        z = float(_f32_down(float(self.noise_multiplier)))
+        n = acc_tree.tree_participations(r, self.rounds_per_epoch)
+        g = acc_tree.gaussian_guarantee(z, n)
+        return PrivacySpent(acc_tree.gaussian_epsilon(g.mu, delta), float(delta), r)
+
     def init(self, params: PyTree) -> FtrlState:
         """The server state before round 1."""
         if not jax.tree.leaves(params):

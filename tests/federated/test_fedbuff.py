@@ -195,6 +195,7 @@ def test_nonfinite_update_is_zeroed_and_counted():
     assert bool(jnp.all(jnp.isfinite(new.params["w"]))) and int(new.n_nonfinite) == 1
 
 
+@pytest.mark.slow
 def test_noise_std_on_the_model():
     """KS test (fixed keys; false-positive rate ALPHA) of one step's noise, std z C / K, that
     rejects 0.67x and 1.5x. Clients send zero updates, so the model moves by noise only."""
@@ -238,6 +239,10 @@ def test_privacy_spent_of_a_real_run_stops_at_the_cap():
         state, _ = step(state, data, jax.random.key(r))
         eps.append(fedbuff.privacy_spent(state, 1e-5).epsilon)
     assert eps[0] < eps[1] == eps[2] == eps[3]
+    assert [alg.privacy_after(t, 1e-5).epsilon for t in (1, 2, 3, 4)] == eps
+    assert alg.privacy_after(0, 1e-5).epsilon == 0.0
+    with pytest.raises(ValueError, match="steps must be >= 0"):
+        alg.privacy_after(-1, 1e-5)
 
 
 @pytest.mark.parametrize(

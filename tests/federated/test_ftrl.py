@@ -162,6 +162,7 @@ def test_nonfinite_update_is_zeroed_and_counted():
     assert bool(jnp.all(jnp.isfinite(new.params["w"]))) and int(new.n_nonfinite) == 1
 
 
+@pytest.mark.slow
 def test_noise_std_on_the_model():
     """KS test (fixed keys; false-positive rate ALPHA) of round 1's noise: std lr z C / K;
     rejects 0.67x and 1.5x. Clients send zero updates, so the model moves by noise only."""
@@ -194,6 +195,18 @@ def test_privacy_spent_against_brute_force_and_dp_accounting(rounds, t):
     loss = GaussianPrivacyLoss(standard_deviation=z, sensitivity=math.sqrt(n))
     assert loss.get_delta_for_epsilon(spent.epsilon) <= delta  # never rounded down
     assert loss.get_delta_for_epsilon(spent.epsilon * (1 - 1e-6)) > delta  # and tight
+
+
+def test_privacy_after_matches_privacy_spent_of_the_run():
+    data = fx.population(6)
+    alg = _alg(n=6, k=2, z=2.0, t=3)
+    state = alg.init(fx.params0())
+    step = jax.jit(alg.round)
+    for r in range(5):
+        assert alg.privacy_after(r, 1e-5) == ftrl.privacy_spent(state, 1e-5)
+        state, _ = step(state, data, jax.random.key(r))
+    with pytest.raises(ValueError, match="rounds must be >= 0"):
+        alg.privacy_after(-1, 1e-5)
 
 
 def test_privacy_grows_only_with_released_nodes():
