@@ -4,6 +4,8 @@ and its accounting against dp_accounting."""
 
 import doctest
 import math
+import pathlib
+import re
 
 import jax
 import jax.numpy as jnp
@@ -311,3 +313,16 @@ def test_bad_round_input_leaves_the_state_as_it_was():
 def test_doctests():
     with jax.numpy_dtype_promotion("standard"):
         assert doctest.testmod(fedbuff).failed == 0
+
+
+def test_docs_example_runs():
+    """docs/federated_ftrl_fedbuff.md's example runs as written (the lead merges the page into
+    docs/federated.md: move this path with it)."""
+    text = (pathlib.Path(__file__).parents[2] / "docs" / "federated_ftrl_fedbuff.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", text, re.S)
+    assert blocks, "docs/federated_ftrl_fedbuff.md has no python example"
+    ns: dict = {}
+    with jax.numpy_dtype_promotion("standard"):
+        exec(compile(blocks[0], "docs/federated_ftrl_fedbuff.md", "exec"), ns)
+    assert int(ns["state"].contributions.max()) <= 5
+    assert ns["fedbuff"].privacy_spent(ns["state"], 1e-5).epsilon > 0
