@@ -1,8 +1,9 @@
 """What DP-FTRL and FedBuff share: clipping a cohort's updates, refusing participations.
 
 ``clip_cohort`` clips each client's whole update to L2 norm C with the
-per-leaf kernels of ``dpjax.kernels.clip`` (as DP-FedAvg does), zeroing and
-counting non-finite updates; ``first_in_cohort`` finds the slots that repeat
+per-leaf kernels of ``dpjax.kernels.clip``, zeroing and counting non-finite
+updates (the same contract as ``dpjax.federated.aggregation.clip_updates`` of
+DP-FedAvg, which can replace it one for one); ``first_in_cohort`` finds the slots that repeat
 an earlier slot's client, so that a client never contributes twice to one
 sum (that would move it by 2C, and the accountants assume C).
 """
@@ -34,7 +35,7 @@ __all__ = [
 class Clipped(NamedTuple):
     clipped: PyTree  # like the deltas [K, ...]: each kept row has L2 norm <= C, others zero
     norms: jax.Array  # f32[K]: pre-clip norms; 0 where dropped or non-finite
-    nonfinite: jax.Array  # bool[K]: kept slots whose update had a NaN/inf and was zeroed
+    n_nonfinite: jax.Array  # int32[]: kept slots whose update had a NaN/inf and was zeroed
 
 
 def clip_cohort(deltas: PyTree, keep: jax.Array, clip_norm: float) -> Clipped:
@@ -57,7 +58,7 @@ def clip_cohort(deltas: PyTree, keep: jax.Array, clip_norm: float) -> Clipped:
         return clip_k.zero_rows((x.astype(dt) * f).astype(x.dtype), ok)
 
     clipped = jax.tree.unflatten(treedef, [scale(x) for x in leaves])
-    return Clipped(clipped, safe, keep & ~finite)
+    return Clipped(clipped, safe, jnp.sum(keep & ~finite, dtype=jnp.int32))
 
 
 def weighted_total(rows: PyTree, weights: jax.Array) -> PyTree:

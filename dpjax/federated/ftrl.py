@@ -247,7 +247,7 @@ class DPFTRL:
         metrics = FtrlMetrics(
             cohort_size=n_acc,
             n_refused=jnp.sum(mask & ~accepted, dtype=jnp.int32),
-            n_nonfinite=jnp.sum(c.nonfinite, dtype=jnp.int32),
+            n_nonfinite=c.n_nonfinite,
             mean_norm=jnp.sum(c.norms) / jnp.maximum(n_acc, 1).astype(jnp.float32),
             epoch=epoch,
         )
