@@ -179,6 +179,32 @@ def test_participation_cap_is_enforced():
     assert int(jnp.max(state.contributions)) <= 2
 
 
+def test_whole_run_sensitivity_is_c_sqrt_m():
+    """End to end, non-adaptive (updates ignore the model): client 0 arrives at every step but
+    is capped at m = 2, so removing it moves the run's released sums by C sqrt(2) in all."""
+    fixed = lambda p, b, k: {"w": 10.0 * b.x[0]}  # noqa: E731  (norm >> C: clipped to C)
+    data = fx.population(6)
+    c, k = 0.5, 3
+    alg = fedbuff.FedBuff(fixed, 6, k, c, 0.8, optax.sgd(1.0), 2, max_staleness=0)
+    step = jax.jit(alg.round)
+
+    def released(drop_client_0):
+        state = alg.init(fx.params0())
+        out = []
+        for r in range(5):
+            idx = jnp.asarray([0, 1 + r % 5, 1 + (r + 2) % 5], jnp.int32)
+            mask = jnp.ones(k, bool).at[0].set(not drop_client_0)
+            before = np.asarray(state.params["w"], np.float64)
+            state, _ = step(state, data, jax.random.key(r), idx, mask)
+            out.append((np.asarray(state.params["w"], np.float64) - before) * k)  # noisy sum
+        return np.stack(out), state
+
+    with_0, state = released(False)
+    without_0, _ = released(True)
+    assert int(state.contributions[0]) == 2 and int(state.n_refused) == 3
+    np.testing.assert_allclose(np.linalg.norm(with_0 - without_0), c * math.sqrt(2), rtol=1e-4)
+
+
 def test_nonfinite_update_is_zeroed_and_counted():
     data = fx.population(4)
 

@@ -11,6 +11,7 @@ from dp_accounting.pld.privacy_loss_mechanism import GaussianPrivacyLoss
 from dpjax.kernels import noise as noise_k
 from scipy import stats
 
+from dpjax.accounting.tree import tree_participations
 from dpjax.federated import ftrl
 from tests.accounting.test_tree import _brute_participations
 from tests.federated import _fixtures as fx
@@ -139,6 +140,39 @@ def test_removing_one_client_moves_the_sum_by_at_most_c():
         moved = float(jnp.linalg.norm(full["w"] - without["w"]))
         assert moved <= c * (1 + 4 * EPS32)
         assert moved >= 0.99 * c  # it was clipped to C, so it moves by ~C
+
+
+def test_whole_run_sensitivity_is_c_sqrt_tree_participations():
+    """End to end, non-adaptive (updates ignore the model): removing client 0 moves all the
+    released nodes of a 3-epoch run by C sqrt(n), n = tree_participations(rounds, T)."""
+    fixed = lambda p, b, k: {"w": 10.0 * b.x[0]}  # noqa: E731  (norm >> C: clipped to C)
+    data = fx.population(6)
+    c, t, rounds = 0.5, 3, 7
+    alg = _alg(n=6, k=2, c=c, t=t, update=fixed)
+    step = jax.jit(alg.round)
+
+    def released(drop_client_0):
+        state = alg.init(fx.params0())
+        nodes = []
+        for r in range(rounds):
+            idx, mask = alg.schedule(state)
+            mask = mask & ~((idx == 0) & drop_client_0)
+            state, _ = step(state, data, jax.random.key(r), idx, mask)
+            steps_in = r % t + 1
+            low = steps_in & -steps_in  # node~ = S~_t - S~_{t - 2^ctz(t)}
+            nodes.append((r, low, np.asarray(state.last_prefix["w"], np.float64)))
+        prefixes = {r: v for r, _, v in nodes}
+        out = []
+        for r, low, v in nodes:
+            back = r - low
+            same_tree = back >= 0 and back // t == r // t
+            out.append(v - (prefixes[back] if same_tree else 0.0))
+        return np.stack(out)
+
+    moved = np.linalg.norm(released(False) - released(True))
+    n = tree_participations(rounds, t)
+    assert n == _brute_participations(rounds, t) == 5
+    np.testing.assert_allclose(moved, c * math.sqrt(n), rtol=1e-4)
 
 
 def test_nonfinite_update_is_zeroed_and_counted():
