@@ -8,6 +8,11 @@ these fail. Vectors used:
   2005, Test Cases 13, 14 and 16 (256-bit key; 16 has associated data).
 - X25519: RFC 7748, Section 6.1 (Alice and Bob).
 - Ed25519: RFC 8032, Section 7.1, TEST 1 (empty message).
+- ChaCha20 (secure-aggregation masks): RFC 8439, Section 2.3.2 (block
+  function) and Appendix A.1 Test Vector #1 (all-zero key and nonce), and
+  that ``secagg_masks.expand_mask`` is that keystream read as little-endian
+  uint32 words; the secure-aggregation pairwise seed is HKDF-SHA256 of the
+  X25519 secret (RFC 7748 6.1 keys) with the documented info.
 
 Not covered by a KAT here: Cobblestone-256 and HPKE (``cryptography``'s HPKE
 API draws the ephemeral key itself, so RFC 9180 Appendix A vectors cannot be
@@ -15,13 +20,15 @@ replayed through it); both are covered by ``cryptography``'s own test suite
 (Wycheproof c2sp_chunked_encryption and RFC 9180 vectors).
 """
 
+import numpy as np
 import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, x25519
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF, HKDFExpand
 
-from dpjax.crypto import envelope
+from dpjax.crypto import envelope, secagg_masks
 
 h = bytes.fromhex
 
@@ -119,3 +126,50 @@ def test_ed25519_rfc8032_test1():
     )
     assert sk.sign(b"") == sig
     sk.public_key().verify(sig, b"")
+
+
+# RFC 8439 2.3.2 (key 00..1f, counter 1, nonce 000000090000004a00000000) and
+# A.1 #1 (zero key, counter 0, zero nonce): the first 64 keystream bytes.
+# cryptography's ChaCha20 nonce is the 4-byte little-endian counter + the 12-byte nonce.
+CHACHA20_VECTORS = [
+    (
+        bytes(range(32)),
+        "01000000" + "000000090000004a00000000",
+        "10f1e7e4d13b5915500fdd1fa32071c4c7d1f4c733c068030422aa9ac3d46c4e"
+        "d2826446079faa0914c2d705d98b02a2b5129cd1de164eb9cbd083e8a2503c4e",
+    ),
+    (
+        bytes(32),
+        "00" * 16,
+        "76b8e0ada0f13d90405d6ae55386bd28bdd219b8a08ded1aa836efcc8b770dc7"
+        "da41597c5157488d7724e03fb8d84a376a43b8f41518a11cc387b669b2ee6586",
+    ),
+]
+
+
+@pytest.mark.parametrize("key, nonce, stream", CHACHA20_VECTORS)
+def test_chacha20_rfc8439(key, nonce, stream):
+    enc = Cipher(algorithms.ChaCha20(key, h(nonce)), mode=None).encryptor()
+    assert enc.update(bytes(64)) == h(stream)
+
+
+def test_secagg_mask_is_the_chacha20_keystream():
+    words = secagg_masks.expand_mask(bytes(32), 16, 32)
+    assert words.tobytes() == h(CHACHA20_VECTORS[1][2])  # little-endian words
+    assert np.array_equal(secagg_masks.expand_mask(bytes(32), 16, 12), words & 0xFFF)
+
+
+def test_secagg_pair_seed_is_hkdf_of_x25519_as_documented():
+    """Pairwise mask seed = HKDF-SHA256(X25519 secret, no salt, info = label || round || ids)."""
+    a = x25519.X25519PrivateKey.from_private_bytes(
+        h("77076d0a7318a57d3c16c17251b26645df4c2f87ebc0992ab177fba51db92c2a")
+    )
+    b = x25519.X25519PrivateKey.from_private_bytes(
+        h("5dab087e624a8a4b79e17f8b83800ee66f3bb1292618b6fd1c2f8b27ff88e0eb")
+    )
+    shared = h("4a5d9d5ba4ce2de1728e3bf480350f25e07e21c947d19e3376f09b3c1e161742")  # RFC 7748
+    info = b"dpjax-secagg-v1 pairwise mask" + (7).to_bytes(8, "big")
+    info += (2).to_bytes(8, "big") + (5).to_bytes(8, "big")
+    expected = HKDF(hashes.SHA256(), 32, salt=None, info=info).derive(shared)
+    assert secagg_masks.pair_seed(a, b.public_key(), 7, 5, 2) == expected
+    assert secagg_masks.pair_seed(b, a.public_key(), 7, 2, 5) == expected
