@@ -124,11 +124,14 @@ def _fsync_path(path: Path) -> None:
 
 
 def _raw_encrypt_file(aes: AESGCM, src: Path, dst: Path) -> None:
-    """Read, AES-GCM in 16 KiB chunks (counter nonces), write: the envelope's I/O, no format."""
+    """Read, AES-GCM in 16 KiB chunks (counter nonces), write: the envelope's I/O, no format.
+
+    Reads and writes go to the kernel in 256 KiB blocks, as the envelope's do.
+    """
     buf = bytearray(IO_BLOCK)
     view = memoryview(buf)
     counter = 0
-    with open(src, "rb", buffering=0) as f, open(dst, "wb") as out:
+    with open(src, "rb", buffering=0) as f, open(dst, "wb", buffering=IO_BLOCK) as out:
         while n := f.readinto(buf):
             for i in range(0, n, GCM_CHUNK):
                 out.write(
@@ -142,7 +145,7 @@ def _raw_decrypt_file(aes: AESGCM, src: Path, dst: Path) -> None:
     buf = bytearray(16 * ct_chunk)
     view = memoryview(buf)
     counter = 0
-    with open(src, "rb", buffering=0) as f, open(dst, "wb") as out:
+    with open(src, "rb", buffering=0) as f, open(dst, "wb", buffering=IO_BLOCK) as out:
         while n := f.readinto(buf):
             for i in range(0, n, ct_chunk):
                 out.write(

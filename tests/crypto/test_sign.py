@@ -138,3 +138,39 @@ def test_decrypt_file_verify_with_checks_the_bytes_decrypted(
     with pytest.raises(SignatureError):
         decrypt_file(signed, tmp_path / "out", x25519_key, verify_with=ed25519_key.public_key())
     assert sorted(p.name for p in tmp_path.iterdir()) == ["enc", "enc.sig", "evil", "plain"]
+
+
+def test_restore_step_verify_with_checks_the_bytes_decrypted(
+    tmp_path, x25519_key, ed25519_key, monkeypatch
+):
+    """The signature covers the payload decrypted (hashed in the decryption pass), not only
+    the file verify_file read first: a checkpoint swapped in between is refused."""
+    import numpy as np
+
+    from dpjax.crypto import checkpoints
+    from dpjax.crypto import sign as sign_mod
+
+    r = [x25519_key.public_key()]
+    state = {"w": np.arange(6, dtype=np.float32)}
+    path = checkpoints.save_step(
+        tmp_path, 3, state, meta={"step": 3}, encrypt_to=r, sign_with=ed25519_key
+    )
+    restored, _ = checkpoints.restore_step(
+        tmp_path, 3, state, x25519_key, verify_with=ed25519_key.public_key()
+    )
+    assert np.array_equal(restored["w"], state["w"])
+    evil_dir = tmp_path / "evil"
+    evil_dir.mkdir()
+    evil = checkpoints.save_step(evil_dir, 3, {"w": -state["w"]}, meta={"step": 3}, encrypt_to=r)
+    real = sign_mod.verify_file
+
+    def verify_then_swap(p, trusted):
+        header = real(p, trusted)
+        os.replace(evil, path)
+        return header
+
+    monkeypatch.setattr(sign_mod, "verify_file", verify_then_swap)
+    with pytest.raises(SignatureError):
+        checkpoints.restore_step(
+            tmp_path, 3, state, x25519_key, verify_with=ed25519_key.public_key()
+        )
