@@ -159,22 +159,15 @@ def envelope_bench(size_mb: int, repeats: int) -> list[dict[str, object]]:
 
     Every file operation runs in the page cache of this machine; the rows
     "(no fsync)" time the format and its I/O alone, the others include the
-    fsyncs the envelope does for durability (file and folder).
+    fsyncs the envelope does for durability (file and folder). The operations
+    run interleaved, one of each per round, ``repeats`` rounds; a ratio is the
+    median over rounds of the two times measured in the same round, so load
+    from other jobs on a shared machine moves both sides of it alike.
     """
     data = os.urandom(size_mb * MB)
     key = generate_private_key("x25519")
+    r = [key.public_key()]
     gb = len(data) / 1e9
-    rows: list[dict[str, object]] = []
-    secs: dict[str, float] = {}
-
-    def row(name: str, seconds: float, *baselines: str) -> None:
-        secs[name] = seconds
-        r = {"operation": name, "seconds_median": seconds, "gb_per_s": gb / seconds}
-        r["ratios"] = {b: seconds / secs[b] for b in baselines}
-        rows.append(r)
-        ratio = "  ".join(f"{v:.2f}x {b}" for b, v in r["ratios"].items())
-        print(f"  {name:<48} {seconds:7.3f} s  {gb / seconds:6.2f} GB/s  {ratio}", flush=True)
-
     aes = AESGCM(os.urandom(32))
     nonce = bytes(12)
     view = memoryview(data)
@@ -186,54 +179,72 @@ def envelope_bench(size_mb: int, repeats: int) -> list[dict[str, object]]:
 
         return run
 
-    row(RAW_MEM, _median_time(raw(GCM_CHUNK), repeats))
-    row("raw AES-256-GCM in memory, 1 MiB chunks", _median_time(raw(MB), repeats))
+    n_leaves = 8
+    per = len(data) // (4 * n_leaves)
+    tree = {
+        f"layer{i}": np.frombuffer(data, np.float32, per, i * per * 4).reshape(-1, 256)
+        for i in range(n_leaves)
+    }
     with tempfile.TemporaryDirectory(dir=HERE / "results") as tmp:
         src, enc, dec = Path(tmp, "plain.bin"), Path(tmp, "enc.bin"), Path(tmp, "dec.bin")
         raw_ct, raw_pt = Path(tmp, "raw.ct"), Path(tmp, "raw.pt")
+        copy, tpath = Path(tmp, "copy.bin"), Path(tmp, "tree.dpjax-enc")
         src.write_bytes(data)
-        row(RAW_ENC_FILE, _median_time(lambda: _raw_encrypt_file(aes, src, raw_ct), repeats))
-        row(RAW_DEC_FILE, _median_time(lambda: _raw_decrypt_file(aes, raw_ct, raw_pt), repeats))
-        assert raw_pt.read_bytes() == data
-        raw_ct.unlink(), raw_pt.unlink()
-        row(COPY, _median_time(lambda: shutil.copyfile(src, dec), repeats))
 
         def copy_sync():
-            shutil.copyfile(src, dec)
-            _fsync_path(dec)
-            _fsync_path(dec.parent)
+            shutil.copyfile(src, copy)
+            _fsync_path(copy)
+            _fsync_path(copy.parent)
 
-        row(COPY_SYNC, _median_time(copy_sync, repeats))
-        dec.unlink()
-        r = [key.public_key()]
-        with _no_fsync():
-            t = _median_time(lambda: encrypt_file(src, enc, r, overwrite=True), repeats)
-        row("encrypt_file (no fsync)", t, RAW_ENC_FILE, RAW_MEM, COPY)
-        t = _median_time(lambda: encrypt_file(src, enc, r, overwrite=True), repeats)
-        row("encrypt_file (with fsync)", t, RAW_ENC_FILE, RAW_MEM, COPY_SYNC)
-        with _no_fsync():
-            t = _median_time(lambda: decrypt_file(enc, dec, [key], overwrite=True), repeats)
-        row("decrypt_file (no fsync)", t, RAW_DEC_FILE, RAW_MEM, COPY)
-        t = _median_time(lambda: decrypt_file(enc, dec, [key], overwrite=True), repeats)
-        row("decrypt_file (with fsync)", t, RAW_DEC_FILE, RAW_MEM, COPY_SYNC)
-        assert dec.read_bytes() == data
-        dec.unlink()
-        n_leaves = 8
-        per = len(data) // (4 * n_leaves)
-        tree = {
-            f"layer{i}": np.frombuffer(data, np.float32, per, i * per * 4).reshape(-1, 256)
-            for i in range(n_leaves)
-        }
-        tpath = Path(tmp, "tree.dpjax-enc")
-        with _no_fsync():
-            t = _median_time(lambda: encrypt_tree(tree, tpath, r, overwrite=True), repeats)
-        row("encrypt_tree (no fsync)", t, RAW_ENC_FILE, RAW_MEM, COPY)
-        t = _median_time(lambda: encrypt_tree(tree, tpath, r, overwrite=True), repeats)
-        row("encrypt_tree (with fsync)", t, RAW_ENC_FILE, RAW_MEM, COPY_SYNC)
-        t = _median_time(lambda: decrypt_tree(tpath, [key]), repeats)
-        row("decrypt_tree (file to arrays)", t, RAW_DEC_FILE, RAW_MEM, COPY)
+        def unsynced(fn):
+            def run():
+                with _no_fsync():
+                    fn()
+
+            return run
+
+        enc_f = lambda: encrypt_file(src, enc, r, overwrite=True)  # noqa: E731
+        dec_f = lambda: decrypt_file(enc, dec, [key], overwrite=True)  # noqa: E731
+        enc_t = lambda: encrypt_tree(tree, tpath, r, overwrite=True)  # noqa: E731
+        files = (RAW_ENC_FILE, RAW_MEM, COPY)
+        files_dec = (RAW_DEC_FILE, RAW_MEM, COPY)
+        synced = (RAW_ENC_FILE, RAW_MEM, COPY_SYNC)
+        synced_dec = (RAW_DEC_FILE, RAW_MEM, COPY_SYNC)
+        ops = [  # (name, function, baselines); every baseline runs before its users
+            (RAW_MEM, raw(GCM_CHUNK), ()),
+            ("raw AES-256-GCM in memory, 1 MiB chunks", raw(MB), ()),
+            (RAW_ENC_FILE, lambda: _raw_encrypt_file(aes, src, raw_ct), ()),
+            (RAW_DEC_FILE, lambda: _raw_decrypt_file(aes, raw_ct, raw_pt), ()),
+            (COPY, lambda: shutil.copyfile(src, copy), ()),
+            (COPY_SYNC, copy_sync, ()),
+            ("encrypt_file (no fsync)", unsynced(enc_f), files),
+            ("encrypt_file (with fsync)", enc_f, synced),
+            ("decrypt_file (no fsync)", unsynced(dec_f), files_dec),
+            ("decrypt_file (with fsync)", dec_f, synced_dec),
+            ("encrypt_tree (no fsync)", unsynced(enc_t), files),
+            ("encrypt_tree (with fsync)", enc_t, synced),
+            ("decrypt_tree (file to arrays)", lambda: decrypt_tree(tpath, [key]), files_dec),
+        ]
+        times: dict[str, list[float]] = {name: [] for name, _, _ in ops}
+        for _ in range(repeats):
+            for name, fn, _ in ops:
+                t0 = time.perf_counter()
+                fn()
+                times[name].append(time.perf_counter() - t0)
+        assert raw_pt.read_bytes() == data and dec.read_bytes() == data
         back = decrypt_tree(tpath, [key])
         assert all(back[k].tobytes() == tree[k].tobytes() for k in tree)  # NaN bit patterns
+    rows = []
+    for name, _, baselines in ops:
+        sec = float(np.median(times[name]))
+        ratios = {
+            b: float(np.median(np.array(times[name]) / np.array(times[b]))) for b in baselines
+        }
+        rows.append(
+            {"operation": name, "seconds_median": sec, "gb_per_s": gb / sec, "ratios": ratios}
+        )
+        ratio = "  ".join(f"{v:.2f}x {b}" for b, v in ratios.items())
+        print(f"  {name:<48} {sec:7.3f} s  {gb / sec:6.2f} GB/s  {ratio}", flush=True)
     return rows
 
 
@@ -458,13 +469,14 @@ def envelope_markdown(result: dict) -> list[str]:
     dec = ratio["decrypt_file (no fsync)"][RAW_DEC_FILE]
     met = "met" if max(enc, dec) <= 1.5 else "not met"
     lines = [
-        f"## Envelope encryption ({result['size_mb']} MB, median of {result['repeats']})",
+        f"## Envelope encryption ({result['size_mb']} MB, median of {result['repeats']} rounds)",
         "",
         f"Measured on {m['cpu']} ({m['usable_cores']} usable cores), Python {m['python']}, "
         f"cryptography {m['cryptography']}, commit {m['git_commit']}, {m['date_utc']}; load "
         f"average {m['load_average_1m_at_start']:.1f} at start (a shared machine: other jobs ran "
-        "beside this one, so every time is an upper bound and ratios move by about 20% "
-        "between runs). Command: `python benchmarks/crypto.py --envelope-only"
+        "beside this one, so every time is an upper bound). Operations ran interleaved, one "
+        "of each per round; a ratio is the median over rounds of the two times of one round. "
+        "Command: `python benchmarks/crypto.py --envelope-only"
         + (f" --size-mb {result['size_mb']}`." if result["size_mb"] != 256 else "`."),
         "",
         "Baselines, all in this process on the same bytes: raw AES-256-GCM of `cryptography`",
@@ -515,7 +527,7 @@ def main(argv: list[str] | None = None) -> int:
         help="rerun the envelope part only; keep the secure-aggregation results on file",
     )
     args = p.parse_args(argv)
-    size, repeats = (4, 1) if args.quick else (args.size_mb, 5)
+    size, repeats = (4, 1) if args.quick else (args.size_mb, 7)
     mach = machine()
     start = time.perf_counter()
     (HERE / "results").mkdir(exist_ok=True)
