@@ -145,11 +145,14 @@ class _Writer(io.RawIOBase):
 
     Input of any size is encrypted ``READ_SIZE`` bytes at a time into one
     reused output buffer, so memory stays bounded and nothing is copied
-    besides the ciphertext itself.
+    besides the ciphertext itself. ``payload_hash`` (a ``hashlib`` object),
+    if given, is updated with the payload ciphertext as it is written, so a
+    signature needs no second pass over the file.
     """
 
-    def __init__(self, out: IO[bytes], data_key: bytes, header: bytes):
+    def __init__(self, out: IO[bytes], data_key: bytes, header: bytes, payload_hash: Any = None):
         self._out = out
+        self._hash = payload_hash
         self._enc = Cobblestone256Encryptor(
             _derive(data_key, _INFO_PAYLOAD), _CONTEXT + hashlib.sha256(header).digest()
         )
@@ -164,7 +167,7 @@ class _Writer(io.RawIOBase):
         view = memoryview(data).cast("B")
         for i in range(0, len(view), READ_SIZE):
             n = self._enc.update_into(view[i : i + READ_SIZE], self._buf)
-            self._out.write(self._view[:n])
+            self._emit(self._view[:n])
         return len(view)
 
     def write_from(self, f: IO[bytes]) -> None:
@@ -173,10 +176,15 @@ class _Writer(io.RawIOBase):
         inview = memoryview(inbuf)
         while n := f.readinto(inbuf):
             m = self._enc.update_into(inview[:n], self._buf)
-            self._out.write(self._view[:m])
+            self._emit(self._view[:m])
+
+    def _emit(self, ciphertext) -> None:
+        if self._hash is not None:
+            self._hash.update(ciphertext)
+        self._out.write(ciphertext)
 
     def finish(self) -> None:
-        self._out.write(self._enc.finalize())
+        self._emit(self._enc.finalize())
 
 
 def _start(out: IO[bytes], recipients: Iterable[Any], metadata: dict[str, Any] | None) -> _Writer:
@@ -431,7 +439,7 @@ def encrypt_file(
         encrypted: e.g. ``{"privacy": {"epsilon": 1.0, "delta": 1e-5,
         "accountant": "rdp"}}`` and the tree description.
       sign_with: an Ed25519 private key; writes ``dst + ".sig"``
-        (``dpjax.crypto.sign``).
+        (``dpjax.crypto.sign``) over the ciphertext hashed as it is written.
       overwrite: replace an existing ``dst``.
 
     Returns:
@@ -450,9 +458,11 @@ def encrypt_file(
     rs = _normalize_recipients(recipients)
     md = _check_metadata(metadata)
 
+    digest = hashlib.sha512() if sign_with is not None else None
+
     def fill(out: IO[bytes]) -> None:
         data_key = _new_data_key()
-        w = _Writer(out, data_key, _header_block(data_key, rs, md))
+        w = _Writer(out, data_key, _header_block(data_key, rs, md), digest)
         with open(src, "rb", buffering=0) as f:
             w.write_from(f)
         w.finish()
@@ -460,8 +470,8 @@ def encrypt_file(
     write_atomically(dst, fill)
     with open(dst, "rb") as f:
         header = read_header(f)
-    if sign_with is not None:
-        _sign.sign_file(dst, sign_with, overwrite=True)
+    if digest is not None:
+        _sign.sign_digest(dst, sign_with, header.raw, digest.digest())
     return header
 
 

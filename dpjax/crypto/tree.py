@@ -18,6 +18,7 @@ time to the host (a JAX array) and streams it; NumPy leaves are not copied.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 from pathlib import Path
@@ -191,9 +192,11 @@ def encrypt_tree(
         structure = None
     md["pytree"] = {"format": TREE_FORMAT, "leaves": list(records), "structure": structure}
 
+    digest = hashlib.sha512() if sign_with is not None else None
+
     def fill(out) -> None:
         data_key = envelope._new_data_key()
-        w = envelope._Writer(out, data_key, envelope._header_block(data_key, rs, md))
+        w = envelope._Writer(out, data_key, envelope._header_block(data_key, rs, md), digest)
         for p, x in flat:  # one leaf on the host at a time
             w.write(_leaf_record(p, x)[1].reshape(-1).view(np.uint8))
         w.finish()
@@ -201,8 +204,8 @@ def encrypt_tree(
     envelope.write_atomically(path, fill)
     with open(path, "rb") as f:
         header = envelope.read_header(f)
-    if sign_with is not None:
-        sign.sign_file(path, sign_with, overwrite=True)
+    if digest is not None:  # over the ciphertext hashed as it was written
+        sign.sign_digest(path, sign_with, header.raw, digest.digest())
     return header
 
 
