@@ -217,6 +217,12 @@ def envelope_bench(size_mb: int, repeats: int) -> list[dict[str, object]]:
         enc_f = lambda: encrypt_file(src, enc, r, overwrite=True)  # noqa: E731
         dec_f = lambda: decrypt_file(enc, dec, [key], overwrite=True)  # noqa: E731
         enc_t = lambda: encrypt_tree(tree, tpath, r, overwrite=True)  # noqa: E731
+        signer = generate_private_key("ed25519")
+        signed = Path(tmp, "signed.bin")
+        enc_s = lambda: encrypt_file(src, signed, r, sign_with=signer, overwrite=True)  # noqa: E731
+        dec_v = lambda: decrypt_file(  # noqa: E731
+            signed, dec, [key], verify_with=signer.public_key(), overwrite=True
+        )
         files = (RAW_ENC_FILE, RAW_MEM, COPY)
         files_dec = (RAW_DEC_FILE, RAW_MEM, COPY)
         synced = (RAW_ENC_FILE, RAW_MEM, COPY_SYNC)
@@ -233,6 +239,8 @@ def envelope_bench(size_mb: int, repeats: int) -> list[dict[str, object]]:
             ("encrypt_file (with fsync)", enc_f, synced),
             ("decrypt_file (no fsync)", unsynced(dec_f), files_dec),
             ("decrypt_file (with fsync)", dec_f, synced_dec),
+            ("encrypt_file + sign_with (no fsync)", unsynced(enc_s), files),
+            ("decrypt_file + verify_with (no fsync)", unsynced(dec_v), files_dec),
             ("encrypt_tree (no fsync)", unsynced(enc_t), files),
             ("encrypt_tree (with fsync)", enc_t, synced),
             ("decrypt_tree (file to arrays)", lambda: decrypt_tree(tpath, [key]), files_dec),
@@ -532,7 +540,10 @@ def envelope_markdown(result: dict) -> list[str]:
         "is reading and writing 256 MB through the page cache, what the raw file-to-file",
         "baseline and the plain copy pay too. decrypt_tree writes no file but returns",
         "fresh arrays: their first touch (page faults, expensive in this VM) is part of",
-        "its time and varies most between rounds.",
+        "its time and varies most between rounds. Signing hashes the ciphertext",
+        "(SHA-512) as it is written; verify_with checks the signature before decrypting",
+        "(one read and hash) and again over the bytes it decrypts (hashed in that pass):",
+        "two hashes; without a signature nothing is hashed.",
     ]
     return lines
 
