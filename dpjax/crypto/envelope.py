@@ -62,8 +62,9 @@ MAX_STANZAS = 256
 MAC_BYTES = 32
 CHUNK_BYTES = 1 << 14  # Cobblestone's plaintext chunk (16 KiB); 16-byte tag per chunk
 READ_SIZE = 1 << 18  # bytes read per step: 16 Cobblestone chunks
-# update_into may emit buffered input plus the stream prefix and one tag per chunk
-_OUT_SLACK = 64 + 16 * (READ_SIZE // CHUNK_BYTES + 2)
+# update_into may emit up to a chunk of input held back from the previous call, the
+# stream prefix and one tag per chunk
+_OUT_SLACK = 64 + CHUNK_BYTES + 16 * (READ_SIZE // CHUNK_BYTES + 2)
 _PREFIX = len(MAGIC) + 1 + 4
 _INFO_MAC = b"dpjax-envelope-v1 header-mac"
 _INFO_PAYLOAD = b"dpjax-envelope-v1 payload"

@@ -420,3 +420,22 @@ def test_write_atomically_fsyncs_file_then_folder(tmp_path, x25519_key, monkeypa
         ("replace",),
         ("sync", os.stat(tmp_path).st_ino),
     ]
+
+
+def test_writer_accepts_any_sequence_of_write_sizes(x25519_key):
+    """Reused output buffer: held-back input plus any write size never overflows it."""
+    import random
+
+    rng = random.Random(1)
+    sizes = [0, 1, CHUNK - 1, CHUNK, CHUNK + 1, READ - 1, READ, READ + 1]
+    for _ in range(8):
+        out, parts = io.BytesIO(), []
+        data_key = envelope._new_data_key()
+        header = envelope._header_block(data_key, [x25519_key.public_key()], {})
+        w = envelope._Writer(out, data_key, header)
+        for _ in range(rng.randint(1, 10)):
+            part = os.urandom(rng.choice(sizes + [rng.randint(0, 3 * READ)]))
+            parts.append(part)
+            w.write(part)
+        w.finish()
+        assert decrypt_bytes(out.getvalue(), [x25519_key]) == b"".join(parts)
