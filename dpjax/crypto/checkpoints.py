@@ -174,7 +174,8 @@ def restore_step(
     if verify_with is not None:  # cheap refusals before any decryption work
         sign.verify_file(path, verify_with)
     _check_step(envelope.read_header(path).metadata, step, path)
-    digest = hashlib.sha512()
+    # Hash the ciphertext (in the decryption pass) only to check the signature.
+    digest = hashlib.sha512() if verify_with is not None else None
     state, header = tree.decrypt_tree_with_header(
         path, identities, like=template, payload_hash=digest
     )

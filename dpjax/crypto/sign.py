@@ -33,7 +33,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from dpjax.crypto import envelope, keys
 from dpjax.crypto.errors import CryptoError, SignatureError
 
-__all__ = ["check_signing_key", "sign_file", "verify_file", "signature_path"]
+__all__ = ["check_signing_key", "sign_digest", "sign_file", "verify_file", "signature_path"]
 
 _DOMAIN = b"dpjax-signature-v1\x00"
 _FORMAT = "dpjax-signature-v1"
@@ -82,6 +82,26 @@ def sign_file(
     if sig_path.exists() and not overwrite:
         raise FileExistsError(f"signature {sig_path} exists; pass overwrite=True to replace it")
     msg, _ = _message(path)
+    return _write_signature(sig_path, key, msg)
+
+
+def sign_digest(
+    path: str | os.PathLike,
+    key: ed25519.Ed25519PrivateKey,
+    header_raw: bytes,
+    payload_sha512: bytes,
+) -> Path:
+    """Signs ``path`` (replacing ``path + ".sig"``) from its header block and payload digest.
+
+    For writers that hashed the payload ciphertext as they wrote it
+    (``encrypt_file``, ``encrypt_tree``): the same signature as ``sign_file``
+    without a second pass over the file.
+    """
+    check_signing_key(key)
+    return _write_signature(signature_path(path), key, _DOMAIN + header_raw + payload_sha512)
+
+
+def _write_signature(sig_path: Path, key: ed25519.Ed25519PrivateKey, msg: bytes) -> Path:
     record = {
         "format": _FORMAT,
         "signer": keys.public_key_line(key),

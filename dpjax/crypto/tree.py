@@ -9,12 +9,17 @@ when it is made of dicts (str keys), lists, tuples and None; other node types
 ``like=``. Names, shapes and dtypes are authenticated but public; the values
 are encrypted.
 
-Decryption authenticates the whole payload before building any array, so a
-failure returns nothing.
+Decryption authenticates the header, allocates each leaf once (the declared
+sizes must fit in the file) and decrypts the payload straight into the leaves,
+a bounded buffer at a time; nothing is returned before the whole payload
+authenticates, so a failure returns nothing. Encryption copies one leaf at a
+time to the host (a JAX array) and streams it; NumPy leaves are not copied.
 """
 
 from __future__ import annotations
 
+import hashlib
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -177,7 +182,7 @@ def encrypt_tree(
     if sign_with is not None:
         sign.check_signing_key(sign_with)
     flat, _ = jax.tree_util.tree_flatten_with_path(tree, is_leaf=_is_key)
-    records, arrays = zip(*[_leaf_record(p, x) for p, x in flat], strict=True) if flat else ((), ())
+    records = [_leaf_record(p, x, with_data=False)[0] for p, x in flat]
     try:
         counter = [0]
         structure = _structure(tree, counter)
@@ -187,18 +192,20 @@ def encrypt_tree(
         structure = None
     md["pytree"] = {"format": TREE_FORMAT, "leaves": list(records), "structure": structure}
 
+    digest = hashlib.sha512() if sign_with is not None else None
+
     def fill(out) -> None:
         data_key = envelope._new_data_key()
-        w = envelope._Writer(out, data_key, envelope._header_block(data_key, rs, md))
-        for a in arrays:
-            w.write(a.reshape(-1).view(np.uint8))
+        w = envelope._Writer(out, data_key, envelope._header_block(data_key, rs, md), digest)
+        for p, x in flat:  # one leaf on the host at a time
+            w.write(_leaf_record(p, x)[1].reshape(-1).view(np.uint8))
         w.finish()
 
     envelope.write_atomically(path, fill)
     with open(path, "rb") as f:
         header = envelope.read_header(f)
-    if sign_with is not None:
-        sign.sign_file(path, sign_with, overwrite=True)
+    if digest is not None:  # over the ciphertext hashed as it was written
+        sign.sign_digest(path, sign_with, header.raw, digest.digest())
     return header
 
 
@@ -227,9 +234,44 @@ def _tree_desc(header: envelope.Header, path: Any) -> dict[str, Any]:
     return desc
 
 
-def _restore_leaf(rec: dict[str, Any], buf: memoryview) -> Any:
-    dt = _check_dtype(rec["dtype"])
-    arr = np.frombuffer(buf, dtype=dt).reshape(rec["shape"]).copy()
+class _LeafFiller:
+    """A ``decrypt_stream`` sink that copies the payload into preallocated leaves in order."""
+
+    def __init__(self, arrays: list[np.ndarray]):
+        self._views = [memoryview(a.reshape(-1).view(np.uint8)) for a in arrays if a.size]
+        self._i = 0
+        self._pos = 0
+
+    def __call__(self, chunk: memoryview) -> None:
+        while chunk:
+            if self._i == len(self._views):
+                raise DecryptionError(_LENGTH_ERROR)
+            dest = self._views[self._i]
+            k = min(len(dest) - self._pos, len(chunk))
+            dest[self._pos : self._pos + k] = chunk[:k]
+            chunk = chunk[k:]
+            self._pos += k
+            if self._pos == len(dest):
+                self._i, self._pos = self._i + 1, 0
+
+    def check_full(self) -> None:
+        if self._i != len(self._views):
+            raise DecryptionError(_LENGTH_ERROR)
+
+
+_LENGTH_ERROR = "payload length does not match the pytree description in the header"
+
+
+def _allocate(records: list[dict[str, Any]], limit: int) -> list[np.ndarray]:
+    """Empty leaf arrays for ``records``; refuses sizes that cannot fit in ``limit`` bytes."""
+    dtypes = [_check_dtype(r["dtype"]) for r in records]
+    total = sum(math.prod(r["shape"]) * dt.itemsize for r, dt in zip(records, dtypes, strict=True))
+    if total > limit:  # the ciphertext is never shorter than the plaintext
+        raise DecryptionError(_LENGTH_ERROR)
+    return [np.empty(r["shape"], dt) for r, dt in zip(records, dtypes, strict=True)]
+
+
+def _restore_leaf(rec: dict[str, Any], arr: np.ndarray) -> Any:
     if rec["kind"] == "key":
         return jax.random.wrap_key_data(jnp.asarray(arr), impl=rec["impl"])
     if rec["kind"] == "py":
@@ -269,25 +311,18 @@ def decrypt_tree_with_header(
 
     ``payload_hash``: as for ``envelope.decrypt_stream``.
     """
-    with open(path, "rb") as f:
+    with open(path, "rb", buffering=0) as f:
         if like is not None:  # refuse a wrong template before decrypting anything
             _check_like(like, _tree_desc(envelope.read_header(f), path)["leaves"])
             f.seek(0)
-        chunks: list[bytes] = []
-        header = envelope.decrypt_stream(f, identities, chunks.append, payload_hash)
-    desc = _tree_desc(header, path)
-    records = desc["leaves"]
-    payload = memoryview(b"".join(chunks))
-    sizes = [
-        int(np.prod(r["shape"], dtype=np.int64)) * _check_dtype(r["dtype"]).itemsize
-        for r in records
-    ]
-    if sum(sizes) != len(payload):
-        raise DecryptionError("payload length does not match the pytree description in the header")
-    leaves, offset = [], 0
-    for rec, n in zip(records, sizes, strict=True):
-        leaves.append(_restore_leaf(rec, payload[offset : offset + n]))
-        offset += n
+        header, dec = envelope.open_payload(f, identities)
+        desc = _tree_desc(header, path)
+        records = desc["leaves"]
+        arrays = _allocate(records, os.fstat(f.fileno()).st_size - len(header.raw))
+        filler = _LeafFiller(arrays)
+        envelope.decrypt_payload(f, dec, filler, payload_hash)
+    filler.check_full()
+    leaves = [_restore_leaf(r, a) for r, a in zip(records, arrays, strict=True)]
     if like is None:
         if desc["structure"] is None:
             raise ValueError(

@@ -340,3 +340,102 @@ def test_bad_identities_refused_before_any_write(tmp_path, x25519_key, ed25519_k
     with pytest.raises(err, match="identities must"):
         decrypt_file(tmp_path / "enc", tmp_path / "out", ident)
     assert _dir_entries(tmp_path) == ["enc", "plain"]
+
+
+READ = envelope.READ_SIZE  # bytes per streaming step (a multiple of CHUNK)
+
+
+@pytest.mark.parametrize("size", [READ - 1, READ, READ + 1, 2 * READ + CHUNK + 3])
+def test_file_and_bytes_paths_interoperate_across_read_blocks(tmp_path, x25519_key, size):
+    """write_from (readinto) and write (slices of one buffer) make the same, readable format."""
+    data = os.urandom(size)
+    (tmp_path / "plain").write_bytes(data)
+    encrypt_file(tmp_path / "plain", tmp_path / "enc", [x25519_key.public_key()])
+    assert decrypt_bytes((tmp_path / "enc").read_bytes(), [x25519_key]) == data
+    (tmp_path / "enc2").write_bytes(encrypt_bytes(data, [x25519_key.public_key()]))
+    decrypt_file(tmp_path / "enc2", tmp_path / "out", [x25519_key])
+    assert (tmp_path / "out").read_bytes() == data
+    assert os.path.getsize(tmp_path / "enc") == os.path.getsize(tmp_path / "enc2")
+
+
+def test_decrypt_file_without_verification_refuses_every_tampering(
+    tmp_path, x25519_key, monkeypatch
+):
+    """No verify_with: the payload is not hashed, and the AEAD alone refuses every change.
+
+    Flips on both sides of every read block and chunk boundary, truncations at
+    chunk boundaries, appended bytes: each raises, and no output or temp file appears.
+    """
+    data = os.urandom(2 * READ + 3 * CHUNK + 100)
+    (tmp_path / "plain").write_bytes(data)
+    encrypt_file(tmp_path / "plain", tmp_path / "enc", [x25519_key.public_key()], metadata=META)
+    blob = (tmp_path / "enc").read_bytes()
+    start = _payload_start(blob)
+
+    def no_hash(*args, **kwargs):
+        raise AssertionError("payload hashed without a signature to check")
+
+    monkeypatch.setattr(envelope.hashlib, "sha512", no_hash)
+    positions = {0, 9, start - 1}
+    for b in list(range(start, len(blob), CT_CHUNK)) + list(range(start, len(blob), READ)):
+        positions.update(p for p in (b - 1, b, b + 1, b + 56) if start <= p < len(blob))
+    positions.update(range(len(blob) - 17, len(blob)))
+    variants = [bytes(blob[:p]) + bytes([blob[p] ^ 0x04]) + blob[p + 1 :] for p in positions]
+    variants += [blob[:cut] for cut in range(start + CT_CHUNK, len(blob), CT_CHUNK)]
+    variants += [blob + b"\x00", blob + blob[-CT_CHUNK:]]
+    assert len(variants) > 100
+    for bad in variants:
+        (tmp_path / "enc").write_bytes(bad)
+        with pytest.raises(DecryptionError):
+            decrypt_file(tmp_path / "enc", tmp_path / "out", [x25519_key])
+        assert _dir_entries(tmp_path) == ["enc", "plain"]
+    (tmp_path / "enc").write_bytes(blob)  # the untouched file still decrypts, unhashed
+    decrypt_file(tmp_path / "enc", tmp_path / "out", [x25519_key])
+    assert (tmp_path / "out").read_bytes() == data
+
+
+def test_decrypt_stream_chunks_are_views_a_sink_must_copy(x25519_key):
+    """The sink contract: chunks are reused buffers; bytes(chunk) keeps them intact."""
+    data = os.urandom(3 * READ + 5)
+    blob = encrypt_bytes(data, [x25519_key.public_key()])
+    kept: list[bytes] = []
+    envelope.decrypt_stream(io.BytesIO(blob), [x25519_key], lambda c: kept.append(bytes(c)))
+    assert b"".join(kept) == data
+    assert len(kept) > 3  # streamed in several bounded pieces, not at once
+    assert max(len(c) for c in kept) <= READ + CHUNK
+
+
+def test_write_atomically_fsyncs_file_then_folder(tmp_path, x25519_key, monkeypatch):
+    """Durability: the data is fsynced before the rename, the folder after it."""
+    events = []
+    real_replace = os.replace
+    monkeypatch.setattr(envelope, "_sync", lambda fd: events.append(("sync", os.fstat(fd).st_ino)))
+    monkeypatch.setattr(
+        envelope.os, "replace", lambda a, b: (events.append(("replace",)), real_replace(a, b))
+    )
+    (tmp_path / "plain").write_bytes(b"weights")
+    encrypt_file(tmp_path / "plain", tmp_path / "enc", [x25519_key.public_key()])
+    assert events == [
+        ("sync", os.stat(tmp_path / "enc").st_ino),
+        ("replace",),
+        ("sync", os.stat(tmp_path).st_ino),
+    ]
+
+
+def test_writer_accepts_any_sequence_of_write_sizes(x25519_key):
+    """Reused output buffer: held-back input plus any write size never overflows it."""
+    import random
+
+    rng = random.Random(1)
+    sizes = [0, 1, CHUNK - 1, CHUNK, CHUNK + 1, READ - 1, READ, READ + 1]
+    for _ in range(8):
+        out, parts = io.BytesIO(), []
+        data_key = envelope._new_data_key()
+        header = envelope._header_block(data_key, [x25519_key.public_key()], {})
+        w = envelope._Writer(out, data_key, header)
+        for _ in range(rng.randint(1, 10)):
+            part = os.urandom(rng.choice(sizes + [rng.randint(0, 3 * READ)]))
+            parts.append(part)
+            w.write(part)
+        w.finish()
+        assert decrypt_bytes(out.getvalue(), [x25519_key]) == b"".join(parts)

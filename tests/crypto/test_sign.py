@@ -138,3 +138,67 @@ def test_decrypt_file_verify_with_checks_the_bytes_decrypted(
     with pytest.raises(SignatureError):
         decrypt_file(signed, tmp_path / "out", x25519_key, verify_with=ed25519_key.public_key())
     assert sorted(p.name for p in tmp_path.iterdir()) == ["enc", "enc.sig", "evil", "plain"]
+
+
+def test_restore_step_verify_with_checks_the_bytes_decrypted(
+    tmp_path, x25519_key, ed25519_key, monkeypatch
+):
+    """The signature covers the payload decrypted (hashed in the decryption pass), not only
+    the file verify_file read first: a checkpoint swapped in between is refused."""
+    import numpy as np
+
+    from dpjax.crypto import checkpoints
+    from dpjax.crypto import sign as sign_mod
+
+    r = [x25519_key.public_key()]
+    state = {"w": np.arange(6, dtype=np.float32)}
+    path = checkpoints.save_step(
+        tmp_path, 3, state, meta={"step": 3}, encrypt_to=r, sign_with=ed25519_key
+    )
+    restored, _ = checkpoints.restore_step(
+        tmp_path, 3, state, x25519_key, verify_with=ed25519_key.public_key()
+    )
+    assert np.array_equal(restored["w"], state["w"])
+    evil_dir = tmp_path / "evil"
+    evil_dir.mkdir()
+    evil = checkpoints.save_step(evil_dir, 3, {"w": -state["w"]}, meta={"step": 3}, encrypt_to=r)
+    real = sign_mod.verify_file
+
+    def verify_then_swap(p, trusted):
+        header = real(p, trusted)
+        os.replace(evil, path)
+        return header
+
+    monkeypatch.setattr(sign_mod, "verify_file", verify_then_swap)
+    with pytest.raises(SignatureError):
+        checkpoints.restore_step(
+            tmp_path, 3, state, x25519_key, verify_with=ed25519_key.public_key()
+        )
+
+
+@pytest.mark.parametrize("writer", ["encrypt_file", "encrypt_tree"])
+def test_one_pass_signature_equals_sign_file(tmp_path, x25519_key, ed25519_key, writer):
+    """sign_with hashes the ciphertext as it is written; Ed25519 is deterministic, so the
+    signature must be byte-identical to signing the finished file in a second pass."""
+    import numpy as np
+
+    from dpjax.crypto.tree import encrypt_tree
+
+    r = [x25519_key.public_key()]
+    data = os.urandom(3 * (1 << 18) + 1234)  # several streaming blocks
+    path = tmp_path / "enc"
+    if writer == "encrypt_file":
+        (tmp_path / "plain").write_bytes(data)
+        encrypt_file(tmp_path / "plain", path, r, metadata=META, sign_with=ed25519_key)
+    else:
+        tree = {"w": np.frombuffer(data, np.uint8), "b": np.ones(3, np.float32)}
+        encrypt_tree(tree, path, r, metadata=META, sign_with=ed25519_key)
+    one_pass = signature_path(path).read_bytes()
+    sign_file(path, ed25519_key, sig_path=tmp_path / "again.sig")
+    assert (tmp_path / "again.sig").read_bytes() == one_pass
+    assert verify_file(path, ed25519_key.public_key()).metadata["privacy"] == META["privacy"]
+    bad = bytearray(path.read_bytes())
+    bad[-5] ^= 1  # the payload is covered
+    path.write_bytes(bytes(bad))
+    with pytest.raises(SignatureError):
+        verify_file(path, ed25519_key.public_key())

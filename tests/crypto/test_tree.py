@@ -154,3 +154,71 @@ def test_reserved_metadata_and_existing_file(tmp_path, x25519_key):
     with pytest.raises(FileExistsError):
         encrypt_tree({"w": np.ones(1)}, tmp_path / "t", r)
     assert (tmp_path / "t").read_bytes() == b"keep"
+
+
+def test_leaves_crossing_read_blocks_round_trip_as_independent_arrays(tmp_path, x25519_key):
+    """Leaves of odd sizes straddle the streaming blocks; each comes back its own writable array."""
+    from dpjax.crypto.envelope import READ_SIZE
+
+    rng = np.random.default_rng(0)
+    tree = {
+        "a": rng.integers(0, 255, 3, dtype=np.uint8),
+        "b": rng.standard_normal(READ_SIZE // 8 + 5),  # float64, past one block
+        "c": np.zeros((0, 3), np.float32),
+        "d": rng.standard_normal((7, READ_SIZE // 16 + 1)).astype(np.float32),
+        "e": np.int64(-5),
+        "f": 2.5,
+    }
+    encrypt_tree(tree, tmp_path / "t", [x25519_key.public_key()])
+    back = decrypt_tree(tmp_path / "t", x25519_key)
+    for k in tree:
+        _same(back[k], tree[k])
+    back["b"][0] = 123.0
+    back["d"][0, 0] = 7.0
+    assert back["b"].flags.writeable and back["b"][0] == 123.0
+    again = decrypt_tree(tmp_path / "t", x25519_key)
+    assert np.array_equal(again["b"], tree["b"]) and np.array_equal(again["d"], tree["d"])
+
+
+def test_tree_streaming_memory_is_bounded(tmp_path, x25519_key):
+    """encrypt_tree copies no NumPy leaf; decrypt_tree holds the tree once, plus a small buffer."""
+    import tracemalloc
+
+    size = 8 * 1024 * 1024
+    tree = {f"l{i}": np.ones(size // 32, np.float32) for i in range(8)}
+    tracemalloc.start()
+    try:
+        encrypt_tree(tree, tmp_path / "t", [x25519_key.public_key()])
+        _, peak_enc = tracemalloc.get_traced_memory()
+        tracemalloc.reset_peak()
+        before, _ = tracemalloc.get_traced_memory()
+        back = decrypt_tree(tmp_path / "t", x25519_key)
+        _, peak_dec = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak_enc < size // 8, f"encrypt_tree peak {peak_enc} bytes for a {size}-byte tree"
+    assert peak_dec - before < size + size // 8, f"decrypt_tree peak {peak_dec - before} bytes"
+    assert all(np.array_equal(back[k], tree[k]) for k in tree)
+
+
+def _forged_tree_file(path, key, payload: bytes, shape):
+    """A file whose authenticated header (written by a key holder) misdescribes its payload."""
+    from dpjax.crypto import encrypt_bytes
+
+    leaf = {"kind": "array", "path": "['w']", "shape": shape, "dtype": "float64"}
+    md = {"pytree": {"format": 1, "leaves": [leaf], "structure": {"d": [["w", {"a": 0}]]}}}
+    path.write_bytes(encrypt_bytes(payload, [key.public_key()], metadata=md))
+
+
+@pytest.mark.parametrize(
+    "n_bytes, shape",
+    [(80, [9]), (80, [11]), (80, [2**40]), (0, [1]), (8, [0])],
+    ids=["payload-longer", "payload-shorter", "huge-declared", "empty-payload", "extra-bytes"],
+)
+def test_payload_length_must_match_the_header(tmp_path, x25519_key, n_bytes, shape):
+    """Refused with a clear error; a huge declared size is refused before any allocation."""
+    _forged_tree_file(tmp_path / "t", x25519_key, bytes(n_bytes), shape)
+    with pytest.raises(DecryptionError, match="payload length does not match"):
+        decrypt_tree(tmp_path / "t", x25519_key)
+    _forged_tree_file(tmp_path / "ok", x25519_key, bytes(80), [10])
+    assert np.array_equal(decrypt_tree(tmp_path / "ok", x25519_key)["w"], np.zeros(10))
