@@ -47,7 +47,13 @@ def _kernel_manager(kernels_dir: Path, size: str) -> KernelManager:
     }
     (spec_dir / "kernel.json").write_text(json.dumps(spec))
     ksm = KernelSpecManager(kernel_dirs=[str(kernels_dir)])
-    return KernelManager(kernel_name=KERNEL_NAME, kernel_spec_manager=ksm)
+    # Local IPC sockets in the private temporary directory, not TCP on localhost.
+    return KernelManager(
+        kernel_name=KERNEL_NAME,
+        kernel_spec_manager=ksm,
+        transport="ipc",
+        ip=str(kernels_dir.parent / "kernel-ipc"),
+    )
 
 
 def execute(path: Path, size: str, *, cwd: Path, timeout: int = 600) -> nbformat.NotebookNode:
@@ -93,12 +99,14 @@ def strip(path: Path) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("names", nargs="*", help="notebook file names (default: all)")
+    parser.add_argument(
+        "names", nargs="*", help="notebooks: paths, or names in notebooks/ (default: all)"
+    )
     parser.add_argument("--size", choices=SIZES, default="full")
     parser.add_argument("--output", type=Path, default=HERE / "_build")
     parser.add_argument("--strip", action="store_true", help="clear outputs in place, run nothing")
     args = parser.parse_args(argv)
-    paths = [HERE / name for name in args.names] or notebooks()
+    paths = [Path(n) if Path(n).is_file() else HERE / n for n in args.names] or notebooks()
     missing = [p.name for p in paths if not p.is_file()]
     if missing:
         parser.error(f"no such notebook: {', '.join(missing)}")
