@@ -17,7 +17,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: train test test-fast test-oldest oracles lint bench bench-peers clean
+.PHONY: train test test-fast test-oldest oracles lint bench bench-peers notebooks clean
 
 $(STAMP): pyproject.toml
 	rm -rf $(VENV)
@@ -57,10 +57,15 @@ test-oldest: .venv-oldest/.installed oracles
 	.venv-oldest/bin/python -m pytest -n 2 -m 'not slow' -q
 
 lint: $(STAMP)
-	$(BIN)/ruff check dpjax kernels tests benchmarks
+	$(BIN)/ruff check dpjax kernels tests benchmarks notebooks
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run.py
+
+# The research notebooks at full size, executed into notebooks/_build/ (git-ignored):
+# the committed .ipynb files stay without outputs. The tests run them at small size.
+notebooks: $(STAMP)
+	$(BIN)/python notebooks/run.py --size full --output notebooks/_build
 
 bench-peers:
 	bash benchmarks/setup_peers.sh
