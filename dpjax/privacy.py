@@ -166,7 +166,13 @@ class NoiseParams(NamedTuple):
 
 
 def noise_params(opt_state: Any) -> NoiseParams:
-    """Reads the single noise state of ``opt_state`` (optax or Flax NNX) to the host."""
+    """Reads the single noise state of ``opt_state`` (optax or Flax NNX) to the host.
+
+    A state that accounts for itself (e.g. ``dpjax.federated.FedAvgState``, one
+    round = one step) provides ``privacy_noise_params() -> NoiseParams``.
+    """
+    if callable(getattr(type(opt_state), "privacy_noise_params", None)):
+        return opt_state.privacy_noise_params()
     s = find_noise_state(opt_state)
     return NoiseParams(
         steps=int(_host(s.count)),
