@@ -49,6 +49,7 @@ def _deployed(task, data, state, key, drop=()):
     return plan, replies, finish_round(alg, state, plan, replies)
 
 
+@pytest.mark.slow  # compiles the vmapped round and the client step (about 10 s on 2 cores)
 @pytest.mark.parametrize("q, noise", [(1.0, 1.0), (0.5, 1.0)])
 def test_deployed_rounds_equal_the_simulation(q, noise):
     cfg = {"num-clients": 6, "sampling-rate": q, "noise-multiplier": noise}
