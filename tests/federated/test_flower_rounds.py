@@ -7,6 +7,7 @@ nothing; the reported epsilons must match dp_accounting. The multi-process
 Flower run is tests/federated/test_flower_deploy.py.
 """
 
+import importlib.util
 import tomllib
 
 import jax
@@ -15,7 +16,7 @@ import numpy as np
 import pytest
 from dp_accounting import dp_event, rdp
 
-from dpjax.federated.flower import demo
+from dpjax.federated.flower import apps, demo
 from dpjax.federated.flower.federation import LocalFederation, write_app
 from dpjax.federated.flower.options import SERVER_DEFAULTS, ServerOptions
 from dpjax.federated.flower.privacy import deployed_privacy
@@ -50,9 +51,11 @@ def _deployed(task, data, state, key, drop=()):
 
 
 @pytest.mark.slow  # compiles the vmapped round and the client step (about 10 s on 2 cores)
-@pytest.mark.parametrize("q, noise", [(1.0, 1.0), (0.5, 1.0)])
-def test_deployed_rounds_equal_the_simulation(q, noise):
-    cfg = {"num-clients": 6, "sampling-rate": q, "noise-multiplier": noise}
+@pytest.mark.parametrize("n, q, adaptive", [(6, 1.0, 0.0), (40, 0.5, 0.5)])
+def test_deployed_rounds_equal_the_simulation(n, q, adaptive):
+    # adaptive 0.5: adaptive clipping, the clip norm moves with the noisy centred count
+    # (count noise qN/20 = 1 > z/2 needs an expected cohort of 20).
+    cfg = {"num-clients": n, "sampling-rate": q, "adaptive-quantile": adaptive, "clip-norm": 0.1}
     task, data = demo.demo_task(cfg), demo.demo_data(cfg)
     alg, key = task.algorithm, jax.random.key(3)
     sim = dep = alg.init(task.init_params)
@@ -64,10 +67,13 @@ def test_deployed_rounds_equal_the_simulation(q, noise):
         assert info.answered == info.sampled and info.missing == ()
         for a, b in zip(jax.tree.leaves(sim.params), jax.tree.leaves(dep.params), strict=True):
             np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=RTOL, atol=RTOL)
+        np.testing.assert_allclose(float(dep.clip_norm), float(sim.clip_norm), rtol=RTOL)
     assert int(dep.rounds) == int(sim.rounds) == 2
     assert float(dep.noise_multiplier) == float(sim.noise_multiplier)
+    if adaptive:
+        assert float(dep.clip_norm) != 0.1  # the adaptive update ran
     if q < 1.0:
-        assert min(sizes) < 6  # the cohort really was sampled
+        assert min(sizes) < n  # the cohort really was sampled
 
 
 def test_demo_clients_are_the_simulation_rows():
@@ -219,3 +225,11 @@ def test_written_apps_are_valid_flower_pyprojects(tmp_path):
 def test_local_federation_needs_flower_executables(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"has no flower-superlink: install dpjax\["):
         LocalFederation(tmp_path, [{"client-id": 0}])
+
+
+def test_apps_say_how_to_install_flower_when_it_is_missing():
+    if importlib.util.find_spec("flwr") is None:  # .venv: Flower lives in .venv-flower
+        with pytest.raises(ImportError, match=r"needs Flower: pip install 'dpjax\[flower\]'"):
+            apps.make_server_app(demo.demo_task)
+    else:
+        assert type(apps.make_server_app(demo.demo_task)).__name__ == "ServerApp"

@@ -35,9 +35,17 @@ from typing import Any
 
 import jax
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
-from flwr.clientapp import ClientApp
-from flwr.serverapp import Grid, ServerApp
+
+try:  # the optional extra dpjax[flower]; without it this module imports but cannot build apps
+    from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
+    from flwr.clientapp import ClientApp
+    from flwr.serverapp import Grid, ServerApp
+except ImportError as _e:  # pragma: no cover - exercised where flwr is absent
+    _FLWR_MISSING: ImportError | None = _e
+    ArrayRecord = ConfigRecord = Context = Message = MessageType = RecordDict = None
+    ClientApp = Grid = ServerApp = None
+else:
+    _FLWR_MISSING = None
 
 from dpjax.errors import BudgetExceededError
 from dpjax.federated.data import ClientBatch
@@ -68,6 +76,14 @@ ClientData = Callable[[Context, int], ClientBatch]
 _POLL_S = 0.2  # how often the server asks the SuperLink for replies
 
 
+def _require_flower() -> None:
+    if _FLWR_MISSING is not None:
+        raise ImportError(
+            "dpjax.federated.flower.apps needs Flower: pip install 'dpjax[flower]' "
+            "(flwr 1.42.0; `make flower` builds .venv-flower)"
+        ) from _FLWR_MISSING
+
+
 def make_client_app(
     build: BuildTask, client_index: ClientIndex, client_data: ClientData
 ) -> ClientApp:
@@ -85,6 +101,7 @@ def make_client_app(
       process may serve several nodes (Flower's simulation engine): the task
       is built once per run config and the data is loaded once per node.
     """
+    _require_flower()
     app = ClientApp()
     tasks: dict[str, tuple[FlowerTask, Any]] = {}
     clients: dict[int, tuple[int, ClientBatch]] = {}
@@ -136,6 +153,7 @@ def make_server_app(build: BuildTask, options: ServerOptions | None = None) -> S
     ``options`` default to ``ServerOptions.from_run_config(run_config)``; pass
     them where the run config cannot carry them (Flower's ``run_simulation``).
     """
+    _require_flower()
     app = ServerApp()
 
     @app.main()
@@ -205,6 +223,7 @@ def run_server(grid: Grid, task: FlowerTask, options: ServerOptions) -> dict[str
       The run record (also written to ``options.record`` if set), with the
       user-level epsilon amplified and not (:func:`deployed_privacy`).
     """
+    _require_flower()
     alg = task.algorithm
     n = alg.sampler.num_clients
     record_file = open_record(options.record) if options.record else None

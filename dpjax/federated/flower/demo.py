@@ -21,7 +21,7 @@ import optax
 from dpjax import _validate
 from dpjax.federated.cohort import CohortSampler
 from dpjax.federated.data import ClientBatch, FederatedData
-from dpjax.federated.fedavg import DPFedAvg, server_optimizer
+from dpjax.federated.fedavg import AdaptiveClipping, DPFedAvg, server_optimizer
 from dpjax.federated.flower.federation import write_app
 from dpjax.federated.flower.options import SERVER_DEFAULTS
 from dpjax.federated.local import make_local_update
@@ -53,6 +53,7 @@ DEMO_DEFAULTS: dict[str, Any] = {
     "features": 4,
     "hidden": 8,
     "data-seed": 0,
+    "adaptive-quantile": 0.0,  # > 0: adaptive clipping toward this quantile of update norms
 }
 """The run-config keys of the demo task, with their defaults."""
 
@@ -129,6 +130,9 @@ def demo_task(config: Mapping[str, Any]) -> FlowerTask:
         clip_norm=float(c["clip-norm"]),
         noise_multiplier=float(c["noise-multiplier"]),
         server_optimizer=server_optimizer("fedavg", float(c["server-lr"])),
+        adaptive=AdaptiveClipping(float(c["adaptive-quantile"]))
+        if float(c["adaptive-quantile"]) > 0
+        else None,
     )
     k1, k2 = jax.random.split(jax.random.key(c["data-seed"] + 1))
     f, h = c["features"], c["hidden"]

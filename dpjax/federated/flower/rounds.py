@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from dpjax.federated.aggregation import aggregate
-from dpjax.federated.fedavg import DPFedAvg, FedAvgState, client_keys
+from dpjax.federated.fedavg import DPFedAvg, FedAvgState, centred_count, client_keys
 
 PyTree = Any
 
@@ -118,10 +118,10 @@ def _draw(algorithm: DPFedAvg, key: jax.Array):
 
 @functools.partial(jax.jit, static_argnums=0)
 def _server_step(algorithm, state, stacked, answered, unclipped, server_key):
-    # The last lines of DPFedAvg.round: the sum of the answered rows, the count, the update.
+    # The last lines of DPFedAvg.round over the answered rows: a client that did not answer
+    # adds 0 to the sum and 0 to the centred count (inside its sensitivities C and 1/2).
     summed = aggregate(stacked, answered)
-    count = jnp.sum(answered & unclipped, dtype=jnp.int32)
-    return algorithm.server_update(state, summed, count, server_key)
+    return algorithm.server_update(state, summed, centred_count(unclipped, answered), server_key)
 
 
 def finish_round(
