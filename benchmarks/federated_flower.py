@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import machine  # noqa: E402
 
-from dpjax.federated import time_rounds  # noqa: E402
+from dpjax.federated.timing import time_rounds  # noqa: E402
 from dpjax.federated.flower import demo  # noqa: E402
 from dpjax.federated.flower.apps import make_client_app, make_server_app  # noqa: E402
 from dpjax.federated.flower.options import ServerOptions  # noqa: E402

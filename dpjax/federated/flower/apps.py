@@ -98,53 +98,75 @@ def make_client_app(
 
     Returns:
       A ``flwr.clientapp.ClientApp`` answering ``query`` and ``train``. One
-      process may serve several nodes (Flower's simulation engine): the task
-      is built once per run config and the data is loaded once per node.
+      process may serve many nodes and get a fresh copy of the app for every
+      message (Flower's simulation engine sends it to a Ray actor with each
+      call): the task and its compiled client step are kept per process, per
+      ``build`` and run config, and the data per node.
     """
     _require_flower()
     app = ClientApp()
-    tasks: dict[str, tuple[FlowerTask, Any]] = {}
-    clients: dict[int, tuple[int, ClientBatch]] = {}
-
-    def task_of(context: Context) -> tuple[FlowerTask, Any]:
-        k = json.dumps(dict(context.run_config), sort_keys=True, default=str)
-        if k not in tasks:
-            tasks.clear()
-            task = build(context.run_config)
-            tasks[k] = (task, jax.jit(task.algorithm.client_update))
-        return tasks[k]
-
-    def client_of(context: Context) -> tuple[int, ClientBatch]:
-        if context.node_id not in clients:
-            index = int(client_index(context))
-            clients[context.node_id] = (index, client_data(context, index))
-        return clients[context.node_id]
+    name = f"{getattr(build, '__module__', '')}.{getattr(build, '__qualname__', repr(build))}"
+    fns = (name, build, client_index, client_data)
 
     @app.query()
     def query(msg: Message, context: Context) -> Message:
-        index = int(client_index(context))
-        return Message(RecordDict({"result": ConfigRecord({"client": index})}), reply_to=msg)
+        return _query(fns, msg, context)
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:
-        task, step = task_of(context)
-        index, batch = client_of(context)
-        cfg = msg.content["round"]
-        if int(cfg["client"]) != index:
-            raise ValueError(f"train message for client {cfg['client']} reached client {index}")
-        arrays = msg.content["params"].to_numpy_ndarrays()
-        params = from_arrays("params", arrays, task.init_params)
-        clip = np.frombuffer(cfg["clip-norm"], np.float32).reshape(())
-        res = step(params, batch, key_from_bytes(cfg["key"]), clip)
-        content = RecordDict(
-            {
-                "update": ArrayRecord(to_arrays(res.update)),
-                "result": ConfigRecord({"client": index, "unclipped": bool(res.unclipped)}),
-            }
-        )
-        return Message(content, reply_to=msg)
+        return _train(fns, msg, context)
 
     return app
+
+
+# Module level, so that pickling a ClientApp (Flower's simulation engine does, for every
+# message) pickles these by reference and the caches below outlive each copy of the app.
+# Per process: (build, run config) -> (task, compiled client step); node id -> (index, data).
+_TASKS: dict[tuple[str, str], tuple[FlowerTask, Any]] = {}
+_CLIENTS: dict[int, tuple[int, ClientBatch]] = {}
+
+
+def _task_of(fns: tuple, context: Context) -> tuple[FlowerTask, Any]:
+    name, build, _, _ = fns
+    k = (name, json.dumps(dict(context.run_config), sort_keys=True, default=str))
+    if k not in _TASKS:
+        _TASKS.clear()
+        _CLIENTS.clear()
+        task = build(context.run_config)
+        _TASKS[k] = (task, jax.jit(task.algorithm.client_update))
+    return _TASKS[k]
+
+
+def _client_of(fns: tuple, context: Context) -> tuple[int, ClientBatch]:
+    _, _, client_index, client_data = fns
+    if context.node_id not in _CLIENTS:
+        index = int(client_index(context))
+        _CLIENTS[context.node_id] = (index, client_data(context, index))
+    return _CLIENTS[context.node_id]
+
+
+def _query(fns: tuple, msg: Message, context: Context) -> Message:
+    index = int(fns[2](context))
+    return Message(RecordDict({"result": ConfigRecord({"client": index})}), reply_to=msg)
+
+
+def _train(fns: tuple, msg: Message, context: Context) -> Message:
+    task, step = _task_of(fns, context)
+    index, batch = _client_of(fns, context)
+    cfg = msg.content["round"]
+    if int(cfg["client"]) != index:
+        raise ValueError(f"train message for client {cfg['client']} reached client {index}")
+    arrays = msg.content["params"].to_numpy_ndarrays()
+    params = from_arrays("params", arrays, task.init_params)
+    clip = np.frombuffer(cfg["clip-norm"], np.float32).reshape(())
+    res = step(params, batch, key_from_bytes(cfg["key"]), clip)
+    content = RecordDict(
+        {
+            "update": ArrayRecord(to_arrays(res.update)),
+            "result": ConfigRecord({"client": index, "unclipped": bool(res.unclipped)}),
+        }
+    )
+    return Message(content, reply_to=msg)
 
 
 def make_server_app(build: BuildTask, options: ServerOptions | None = None) -> ServerApp:
