@@ -36,12 +36,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import machine  # noqa: E402
 
-from dpjax.federated.timing import time_rounds  # noqa: E402
 from dpjax.federated.flower import demo  # noqa: E402
 from dpjax.federated.flower.apps import make_client_app, make_server_app  # noqa: E402
 from dpjax.federated.flower.options import ServerOptions  # noqa: E402
 from dpjax.federated.flower.privacy import deployed_privacy  # noqa: E402
 from dpjax.federated.flower.record import read_record  # noqa: E402
+from dpjax.federated.timing import time_rounds  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "RESULTS_federated_flower.md"
 

@@ -233,3 +233,23 @@ def test_apps_say_how_to_install_flower_when_it_is_missing():
             apps.make_server_app(demo.demo_task)
     else:
         assert type(apps.make_server_app(demo.demo_task)).__name__ == "ServerApp"
+
+
+@pytest.mark.parametrize("bad", [1e3, np.inf, np.nan])
+def test_the_server_reclips_what_a_client_sends(bad):
+    # A client (buggy or hostile) that skips clipping must not move the aggregate by more
+    # than C: the server clips every reply again (a no-op for honest ones) and zeroes
+    # non-finite ones. Without noise, with server SGD at lr 1, the model moves by the
+    # average of the rows, so by at most C / (q N) per client.
+    c, n = 0.05, 4
+    cfg = {"num-clients": n, "sampling-rate": 1.0, "noise-multiplier": 0.0, "clip-norm": c}
+    task = demo.demo_task(cfg)
+    state = task.algorithm.init(task.init_params)
+    plan = plan_round(task.algorithm, jax.random.key(2))
+    huge = jax.tree.map(lambda x: jnp.full_like(x, bad), state.params)
+    new, info = finish_round(task.algorithm, state, plan, {0: ClientReply(huge, False)})
+    moved = np.sqrt(sum(np.sum((np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2)
+                        for a, b in zip(jax.tree.leaves(new.params),
+                                        jax.tree.leaves(state.params), strict=True)))
+    assert np.isfinite(moved) and moved <= c / n * (1 + RTOL)
+    assert info.answered == 1

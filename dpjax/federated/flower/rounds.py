@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dpjax.federated.aggregation import aggregate
+from dpjax.federated.aggregation import aggregate, clip_updates
 from dpjax.federated.fedavg import DPFedAvg, FedAvgState, centred_count, client_keys
 
 PyTree = Any
@@ -120,7 +120,11 @@ def _draw(algorithm: DPFedAvg, key: jax.Array):
 def _server_step(algorithm, state, stacked, answered, unclipped, server_key):
     # The last lines of DPFedAvg.round over the answered rows: a client that did not answer
     # adds 0 to the sum and 0 to the centred count (inside its sensitivities C and 1/2).
-    summed = aggregate(stacked, answered)
+    # Every reply is clipped to C again: the server never relies on a client's clipping
+    # (for an honest client's update this changes at most the last bits), and a non-finite
+    # one is zeroed.
+    clipped = clip_updates(stacked, answered, state.clip_norm).clipped
+    summed = aggregate(clipped, answered)
     return algorithm.server_update(state, summed, centred_count(unclipped, answered), server_key)
 
 
@@ -147,6 +151,13 @@ def finish_round(
     Raises:
       ValueError: a reply for a slot that was not sampled, or an update whose
         structure, shapes or dtypes differ from the model's.
+
+    Privacy:
+      Each reply is clipped to the round's C again on the server (a client
+      that skipped clipping, or sent NaN or infinity, moves the sum by at
+      most C, or not at all), so the user-level sensitivity C holds whatever
+      the clients send; a client's unclipped bit moves the centred count by
+      at most 1/2 whatever it says.
     """
     k = plan.mask.shape[0]
     zeros = jax.tree.map(jnp.zeros_like, state.params)
