@@ -38,6 +38,7 @@ import machine  # noqa: E402
 
 from dpjax.federated.flower import demo  # noqa: E402
 from dpjax.federated.flower.apps import make_client_app, make_server_app  # noqa: E402
+from dpjax.federated.flower.federation import LocalFederation  # noqa: E402
 from dpjax.federated.flower.options import ServerOptions  # noqa: E402
 from dpjax.federated.flower.privacy import deployed_privacy  # noqa: E402
 from dpjax.federated.flower.record import read_record  # noqa: E402
@@ -123,7 +124,30 @@ def _row(name: str, r: dict, first: float, why: str) -> str:
     )
 
 
-def write(cfg, args, v, f, info) -> str:
+def deployment(cfg: dict, nodes: int, rounds: int, seed: int, timeout: float) -> dict:
+    """Seconds per round of a real deployment: a SuperLink and ``nodes`` SuperNodes here."""
+    bin_dir = Path(sys.executable).parent
+    small = {**cfg, "num-clients": nodes, "sampling-rate": 1.0}
+    with tempfile.TemporaryDirectory() as tmp:
+        record = Path(tmp) / "run.json"
+        app = demo.write_demo_app(
+            Path(tmp) / "app", **{k.replace("-", "_"): v for k, v in small.items()},
+            num_rounds=rounds, seed=seed, round_timeout=timeout, min_nodes=nodes,
+            connect_timeout=timeout, record=str(record),
+        )
+        env = {"JAX_PLATFORMS": "cpu", "JAX_COMPILATION_CACHE_DIR": str(Path(tmp) / "cache"),
+               "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
+        t0 = time.perf_counter()
+        with LocalFederation(bin_dir, [{"client-id": i} for i in range(nodes)],
+                             workdir=Path(tmp) / "fed", env=env) as fed:
+            run = fed.submit(app, {})
+            run.wait(timeout=timeout * (rounds + 2))
+        wall = time.perf_counter() - t0
+        rec, _ = read_record(record)
+    return {"nodes": nodes, "seconds": [r["seconds"] for r in rec["rounds"]], "wall": wall}
+
+
+def write(cfg, args, v, f, info, d) -> str:
     flower_name = f"Flower {info['flwr']} simulation, {args.actors} Ray CPU(s)"
     ratio = f["seconds_per_round"] / v["seconds_per_round"]
     load = os.getloadavg()
@@ -136,7 +160,9 @@ q = {cfg["sampling-rate"]:g} (expected cohort {args.cohort}), {cfg["examples"]} 
 {cfg["local-steps"]} local SGD steps of batch {cfg["batch-size"]}, an MLP
 {cfg["features"]}-{cfg["hidden"]}-1 (`dpjax.federated.flower.demo`), DP-FedAvg with
 clip 1.0 and noise multiplier 1.0. Same keys, same client code
-(`DPFedAvg.client_update`), same cohort in every round.
+(`DPFedAvg.client_update`), the same Poisson client sampling (the realized
+cohorts differ: the two harnesses derive their round keys differently, so
+compare clients per second as well as seconds per round).
 
 Machine: {", ".join(f"{k} {v_}" for k, v_ in info.items())}; load average at the end
 {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} (1/5/15 min).
@@ -159,6 +185,13 @@ Poisson sampling (amplified) and without (what a fixed-size DP strategy such
 as Flower's reports): vmapped {v["epsilon"]:.3f} / {v["epsilon_without_sampling"]:.2f}
 after {v["rounds"] + 1} rounds; Flower {f["epsilon"]:.3f} / {f["epsilon_without_sampling"]:.2f}
 after {f["rounds"] + 1} rounds.
+
+Deployment (`LocalFederation`: a SuperLink and {d["nodes"]} SuperNodes as separate
+processes on 127.0.0.1, every client in every round, the same per-client work):
+seconds per round {", ".join(f"{s:.1f}" for s in d["seconds"])}; {d["wall"]:.0f} s in all with
+start-up. Flower 1.42 starts a fresh `flwr-clientapp` process for every message, which
+imports JAX and dpjax; the first round also compiles the client step, later rounds
+load it from the JAX compilation cache (`JAX_COMPILATION_CACHE_DIR`).
 """
     return text
 
@@ -177,6 +210,8 @@ def main() -> None:
     ap.add_argument("--actors", type=int, default=2, help="Ray CPUs (one actor per CPU)")
     ap.add_argument("--timeout", type=float, default=1800.0, help="per round and to connect (s)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--deployment-nodes", type=int, default=4)
+    ap.add_argument("--deployment-rounds", type=int, default=3)
     ap.add_argument("--out", type=Path, default=OUT)
     args = ap.parse_args()
     cfg = workload(args)
@@ -186,7 +221,9 @@ def main() -> None:
     print("vmapped", json.dumps(v), flush=True)
     f = flower(cfg, args.rounds, args.seed, args.actors, args.timeout)
     print("flower", json.dumps(f), flush=True)
-    text = write(cfg, args, v, f, info)
+    d = deployment(cfg, args.deployment_nodes, args.deployment_rounds, args.seed, 300.0)
+    print("deployment", json.dumps(d), flush=True)
+    text = write(cfg, args, v, f, info, d)
     args.out.write_text(text)
     print(text)
 
