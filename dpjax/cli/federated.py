@@ -83,6 +83,7 @@ def _run(args: argparse.Namespace) -> int:
         server_lr=args.server_lr,
         clip_norm=args.clip,
         target_quantile=args.target_quantile,
+        count_noise_std=args.count_noise_std,
         epsilon=None if args.non_private else args.epsilon,
         delta=args.delta,
         noise_multiplier=0.0 if args.non_private else args.noise_multiplier,
@@ -153,6 +154,13 @@ def register(subparsers: Any) -> None:
         type=float,
         default=d.target_quantile,
         help="adaptive clipping: fraction of updates left unclipped",
+    )
+    p.add_argument(
+        "--count-noise-std",
+        type=float,
+        default=None,
+        help="adaptive clipping: noise std of the count of unclipped updates, > z / 2 "
+        "(default: expected cohort / 20)",
     )
     p.add_argument(
         "--epsilon",

@@ -13,6 +13,7 @@
   FedAvgM / FedAdam server optimizers, adaptive clipping, local DP);
 - :mod:`~dpjax.federated.accounting`: ``federated_privacy_spent``,
   ``calibrate_noise_multiplier``, local and record-level views;
+- :mod:`~dpjax.federated.timing`: ``time_rounds`` (rounds/s, clients/s);
 - :mod:`~dpjax.federated.job`: the ``dpjax federated`` job.
 
 Names load on first access, so ``dpjax federated --help`` does not load jax.
@@ -47,6 +48,9 @@ _NAMES = {
     "local_privacy_spent": "dpjax.federated.accounting:local_privacy_spent",
     "record_level_event": "dpjax.federated.accounting:record_level_event",
     "FederatedConfig": "dpjax.federated.config:FederatedConfig",
+    "RoundTiming": "dpjax.federated.timing:RoundTiming",
+    "time_rounds": "dpjax.federated.timing:time_rounds",
+    "run_federated": "dpjax.federated.job:run_federated",
 }
 __getattr__, __dir__ = attach(__name__, _NAMES)
 

@@ -37,6 +37,7 @@ class FederatedConfig:
     server_lr: float = 1.0
     clip_norm: float = 1.0
     target_quantile: float = 0.5
+    count_noise_std: float | None = None  # adaptive: sigma_b (default expected cohort / 20)
     epsilon: float | None = 4.0  # None: non-private (z = 0) unless noise_multiplier is given
     delta: float = 1e-3
     noise_multiplier: float | None = None
@@ -70,6 +71,8 @@ def validate_config(cfg: FederatedConfig) -> None:
     _validate.in_range(
         "target_quantile", cfg.target_quantile, 0.0, 1.0, lo_closed=False, hi_closed=False
     )
+    if cfg.count_noise_std is not None:
+        _validate.positive("count_noise_std", cfg.count_noise_std)
     if cfg.epsilon is not None:
         _validate.positive("epsilon", cfg.epsilon)
     _validate.open_unit("delta", cfg.delta)

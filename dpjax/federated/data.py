@@ -96,7 +96,7 @@ def federated_data(
         if x.shape[0] == 0:
             raise ValueError(f"client {i} has no data: every client needs >= 1 example")
         if x.shape[0] != y.shape[0]:
-            raise ValueError(f"client {i}: xs has {x.shape[0]} examples but ys has {y.shape[0]}")
+            raise ValueError(f"client {i}: xs and ys hold different numbers of examples")
         if x.shape[1:] != xs[0].shape[1:] or y.shape[1:] != ys[0].shape[1:]:
             raise ValueError(
                 f"client {i}: example shapes {x.shape[1:]}, {y.shape[1:]} differ from "
@@ -105,8 +105,10 @@ def federated_data(
         sizes.append(x.shape[0])
     m = max(sizes) if max_examples is None else _validate.positive_int("max_examples", max_examples)
     if max(sizes) > m:
+        # No sizes in the message: they describe the data (docs/security.md).
         raise ValueError(
-            f"max_examples must be >= the largest client's size ({max(sizes)}), got {m}"
+            f"max_examples must be >= every client's number of examples, got {m} "
+            "(a client is larger; clients are never silently truncated)"
         )
     n = len(xs)
     x = np.zeros((n, m, *xs[0].shape[1:]), xs[0].dtype)

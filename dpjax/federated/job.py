@@ -101,7 +101,7 @@ def build(cfg: FederatedConfig) -> FederatedJob:
         )
     adaptive = None
     if cfg.algorithm == "adaptive":
-        adaptive = AdaptiveClipping(target_quantile=cfg.target_quantile)
+        adaptive = AdaptiveClipping(cfg.target_quantile, count_noise_std=cfg.count_noise_std)
     alg = DPFedAvg(
         local,
         sampler,
@@ -215,11 +215,12 @@ def run_federated(cfg: FederatedConfig) -> dict[str, Any]:
                 }
             )
         plot = Path(cfg.plot) if cfg.plot else path.with_suffix(".png")
-        plot_accuracy(
-            history,
-            plot,
-            f"DP-{cfg.algorithm}, {cfg.clients} clients, user-level eps = {spent.epsilon:.2f}",
-        )
+        with private_umask():  # owner-only, like the record
+            plot_accuracy(
+                history,
+                plot,
+                f"DP-{cfg.algorithm}, {cfg.clients} clients, user-level eps = {spent.epsilon:.2f}",
+            )
         record = _record(job, state, spent, history, stopped, loop_s, t_start, path, plot)
         write_record(path, record)
         return record

@@ -33,6 +33,7 @@ def test_federated_run_writes_record_and_plot(tmp_path, capsys):
     assert stat.S_IMODE(out.stat().st_mode) == 0o600
     plot = Path(rec["plot"])
     assert plot.read_bytes()[:4] == b"\x89PNG"
+    assert stat.S_IMODE(plot.stat().st_mode) == 0o600
 
 
 @pytest.mark.slow
@@ -77,6 +78,8 @@ def test_local_dp_sgd_reports_a_record_level_epsilon(tmp_path, capsys):
         (["--delta", "1"], r"delta must be in \(0, 1\)"),
         (["--clip", "0"], "clip_norm must be > 0"),
         (["--target-quantile", "1"], r"target_quantile must be in \(0.0, 1.0\)"),
+        (["--count-noise-std", "-1"], "count_noise_std must be > 0"),
+        (["--algorithm", "adaptive", "--noise-multiplier", "2"], "count_noise_std must be >"),
     ],
 )
 def test_bad_input_is_refused_and_writes_nothing(argv, match, tmp_path, capsys):

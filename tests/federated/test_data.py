@@ -25,13 +25,18 @@ def test_federated_data_pads_and_masks():
     [
         ([np.ones((2, 1)), np.ones((0, 1))], [np.ones(2), np.ones(0)], {}, "client 1 has no data"),
         ([], [], {}, "at least one client"),
-        ([np.ones((2, 1))], [np.ones(3)], {}, "client 0: xs has 2 examples but ys has 3"),
+        (
+            [np.ones((2, 1))],
+            [np.ones(3)],
+            {},
+            "client 0: xs and ys hold different numbers of examples",
+        ),
         ([np.ones((2, 1)), np.ones((2, 2))], [np.ones(2)] * 2, {}, "example shapes"),
         (
             [np.ones((3, 1))],
             [np.ones(3)],
             {"max_examples": 2},
-            "max_examples must be >= the largest client",
+            "max_examples must be >= every client's number of examples, got 2",
         ),
         ([np.ones((3, 1))], [np.ones(3), np.ones(1)], {}, "one array per client"),
     ],
