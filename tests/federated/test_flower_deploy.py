@@ -12,6 +12,7 @@ next round's messages are already out). The tests then check that
   equals the same round computed with that client missing,
 - the record's user-level epsilons (amplified and not) equal dp_accounting's
   for the rounds actually run,
+- the privacy budget stopped the run before the round that would exceed it,
 - every process the run started is gone afterwards.
 """
 
@@ -36,7 +37,7 @@ ROOT = Path(__file__).resolve().parents[2]
 FLOWER_BIN = ROOT / ".venv-flower" / "bin"
 NODES = 4
 KILLED = 3
-ROUNDS = 3
+ROUNDS = 3  # rounds run: the budget refuses the 4th
 ROUND_TIMEOUT = 90.0  # a round that waits on the killed client ends by this (s)
 RUN_LIMIT = 600.0  # the whole run, start to finish (s)
 CONFIG = {
@@ -44,7 +45,8 @@ CONFIG = {
     "sampling-rate": 1.0,
     "noise-multiplier": 0.5,
     "clip-norm": 1.0,
-    "num-rounds": ROUNDS,
+    "num-rounds": ROUNDS + 1,
+    "epsilon-budget": 23.0,  # 3 rounds at z = 0.5, q = 1 spend 21.44, 4 would spend 25.93
     "seed": 7,
     "round-timeout": ROUND_TIMEOUT,
     "min-nodes": NODES,
@@ -112,7 +114,8 @@ def _assert_close(got, want):
 def test_the_run_finished_with_the_survivors(deployed):
     rec = deployed["record"]
     assert deployed["returncode"] == 0, deployed["logs"]
-    assert rec["done"] and rec["stopped"] is None
+    assert rec["done"]
+    assert rec["stopped"].startswith("privacy budget exhausted: step 4 would spend epsilon")
     assert rec["nodes_connected"] == NODES and rec["clients_with_nodes"] == list(range(NODES))
     first, *after = rec["rounds"]
     assert len(rec["rounds"]) == ROUNDS
