@@ -304,7 +304,9 @@ def run_server(grid: Grid, task: FlowerTask, options: ServerOptions) -> dict[str
             slot_of[client] = int(slot)
         replies: dict[int, ClientReply] = {}
         for m in _exchange(grid, messages, options.round_timeout):
-            if not m.has_content():
+            if not m.has_content():  # the node is gone or its ClientApp failed: left out
+                log.warning("round %d: a reply carried error code %d instead of an update",
+                            r + 1, m.error.code)
                 continue
             client = int(m.content["result"]["client"])
             slot = slot_of.get(client)
