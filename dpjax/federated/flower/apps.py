@@ -305,8 +305,9 @@ def run_server(grid: Grid, task: FlowerTask, options: ServerOptions) -> dict[str
         replies: dict[int, ClientReply] = {}
         for m in _exchange(grid, messages, options.round_timeout):
             if not m.has_content():  # the node is gone or its ClientApp failed: left out
+                code = m.error.code if m.has_error() else -1
                 log.warning("round %d: a reply carried error code %d instead of an update",
-                            r + 1, m.error.code)
+                            r + 1, code)
                 continue
             client = int(m.content["result"]["client"])
             slot = slot_of.get(client)
