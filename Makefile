@@ -17,7 +17,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: train test test-fast test-oldest oracles lint bench bench-peers notebooks clean
+.PHONY: train test test-fast test-oldest oracles flower lint bench bench-peers notebooks clean
 
 $(STAMP): pyproject.toml
 	rm -rf $(VENV)
@@ -35,6 +35,19 @@ $(STAMP): pyproject.toml
 
 oracles: .venv-oracles/.installed
 
+# Flower 1.42 (the `flower` extra) pins protobuf<7, typer<0.21, cryptography<51 and
+# pulls rich<15, packaging<26: it would hold back .venv's newest stack, so it lives
+# in its own virtualenv. The deployment tests (tests/federated/test_flower_deploy.py)
+# and benchmarks/federated_flower.py run Flower's processes from .venv-flower/bin.
+.venv-flower/.installed: pyproject.toml
+	rm -rf .venv-flower
+	$(PYTHON) -m venv .venv-flower
+	.venv-flower/bin/pip install --quiet --upgrade pip setuptools wheel
+	.venv-flower/bin/pip install --quiet -e '.[flower]'
+	touch $@
+
+flower: .venv-flower/.installed
+
 .venv-oldest/.installed: pyproject.toml constraints/oldest.txt
 	rm -rf .venv-oldest
 	$(OLDEST_PYTHON) -m venv .venv-oldest
@@ -45,7 +58,7 @@ oracles: .venv-oracles/.installed
 train: $(STAMP)
 	$(BIN)/dpjax train
 
-test: $(STAMP) oracles
+test: $(STAMP) oracles flower
 	$(BIN)/python -c "import sys, jax, flax; print('stack: Python', sys.version.split()[0], 'jax', jax.__version__, 'flax', flax.__version__)"
 	$(BIN)/python -m pytest -n 2 --durations=15
 
@@ -71,4 +84,4 @@ bench-peers:
 	bash benchmarks/setup_peers.sh
 
 clean:
-	rm -rf $(VENV) .venv-oldest .venv-oracles build dist *.egg-info
+	rm -rf $(VENV) .venv-oldest .venv-oracles .venv-flower build dist *.egg-info
