@@ -57,7 +57,7 @@ from flax import nnx
 from dpjax.kernels import clip as ck
 from dpjax.kernels import ghost as gk
 from dpjax.kernels import per_example as pe
-from dpjax.kernels.dtypes import cast_floating, wide_float
+from dpjax.kernels.dtypes import cast_floating, materialize, wide_float
 
 PyTree = Any
 
@@ -483,6 +483,9 @@ def backward(
         return loss, aux, acts, g_fb, bs
 
     losses, aux, acts, g_fb, bs = jax.vmap(one)(*batch)
+    # One materialized copy of every per-example quantity: the norms and the
+    # clipped sums must read the same rounded values (see kernels.dtypes.materialize).
+    acts, g_fb, bs = materialize((acts, g_fb, bs))
     layers = [_site_arrays(s, a, b) for s, a, b in zip(active_sites, acts, bs, strict=True)]
     shapes = tuple(tuple(jnp.shape(x)) for x in leaves)
     return GhostPass(losses, aux, list(g_fb), layers, shapes)

@@ -28,7 +28,7 @@ import jax.numpy as jnp
 from dpjax import _validate
 from dpjax.kernels import clip as clip_k
 from dpjax.kernels import per_example as pe
-from dpjax.kernels.dtypes import cast_floating, wide_float
+from dpjax.kernels.dtypes import cast_floating, materialize, wide_float
 
 if TYPE_CHECKING:
     from dpjax.flax_ghost import GhostPlan
@@ -363,7 +363,8 @@ def _vmap_clipped_sum(
     )
     cast = config.compute_dtype
     losses, aux, grads = vg(cast_floating(params, cast), *cast_floating(batch, cast))
-    leaves = jax.tree.leaves(grads)
+    # Norms and sums read one materialized copy (kernels.dtypes.materialize).
+    leaves = materialize(jax.tree.leaves(grads))
     w = _clip_weights(config, [clip_k.leaf_sq_norms(g) for g in leaves], losses, mask)
     sums = [
         clip_k.weighted_sum(clip_k.zero_rows(g, w.finite), wi)
