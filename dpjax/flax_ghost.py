@@ -12,8 +12,8 @@ any pytree of parameters works (an NNX ``State``, a Linen ``params`` dict).
 
 One backward pass (vmapped over examples) then gives the losses, every
 ``b_i``, and per-example gradients only for parameters no kernel knows
-(custom layers, parameters shared between layers, layers used through other
-methods such as ``Embed.attend``): those fall back to per-example ``vmap``.
+(custom layers) or that a known layer does not use alone: those fall back
+to per-example ``vmap``, one parameter at a time.
 Norms come from :mod:`dpjax.kernels.ghost` (per-layer forms) and
 :mod:`dpjax.kernels.clip` (fallback leaves), and the clipped sum of each known
 layer is one contraction ``A^T diag(c) B`` (Bu, Wang, Zha, Karypis 2023,
@@ -28,11 +28,19 @@ mask or input dilation, ``SAME``/``VALID``/explicit padding), ``nnx.Embed`` /
 ``x_hat`` recomputed from the captured input). Anything else takes the
 per-example ``vmap`` path.
 
-Limitation: a known layer's parameters must reach the loss only through that
-layer's call. A parameter read directly elsewhere (for example a tied output
-projection written as ``x @ model.embed.embedding.value.T``) would have that
-use missed; weight tying through ``Embed.attend`` or calling one layer twice
-is detected and falls back.
+Every use of a parameter counts. :func:`discover` keeps its trace as a
+jaxpr in which each intercepted layer call is its own name scope; a known
+layer's parameter that any operation outside that call reads (weight tying
+written as ``h @ model.embed.embedding[...].T`` or ``embed.attend``, a kernel
+read into a custom einsum, inside an inner ``jit`` or ``checkpoint`` too) or
+that two calls use (a layer called twice, a shared variable) takes the
+per-example ``vmap`` path, and the plan says why
+(``vmap:used-outside-layer``, ``vmap:reused-layer``).
+
+Mixed precision: the captured ``a_i``, ``b_i`` and fallback gradients pass
+through one ``optimization_barrier`` (:func:`.dtypes.materialize`), so the
+norm and the clipped sum read the same rounded bf16/f16 values and no
+example contributes more than C.
 
 Used by :mod:`dpjax.grad`: :func:`discover` makes a :class:`GhostPlan`,
 :func:`backward` runs the capturing backward pass, :func:`sq_norms` and

@@ -271,7 +271,11 @@ class ClippedGradFn:
         (Gram form), ``"ghost:dense-direct"`` / ``"ghost:conv-direct"``
         (per-example product of input and output gradient, no parameter copy
         from autodiff), ``"ghost:embedding"``, ``"ghost:norm-scale"``,
-        ``"ghost:bias"``. Traces shapes only; nothing is computed.
+        ``"ghost:bias"``. A known layer's parameter on the ``vmap`` path says
+        why: ``"vmap:used-outside-layer"`` (read elsewhere too, e.g. a tied
+        embedding), ``"vmap:reused-layer"`` (used by two layer calls) or
+        ``"vmap:unsupported-layer-options"``. Traces shapes only; nothing is
+        computed.
         """
         return _plan(self.config, self.loss_fn, params, batch)
 
@@ -536,7 +540,9 @@ def clipped_grad(
       at most C in L2 norm (2C under ``replace_one``), for any mask, because
       every example's clipped gradient has norm <= C and padding or
       non-finite examples contribute exactly zero. This holds for every
-      ``method``: each computes the same per-example norms.
+      ``method`` and ``compute_dtype``: each computes the same per-example
+      norms, from every use of every parameter, and the clip factor scales
+      the very values (same rounding) its norm was computed from.
 
     Example:
       >>> import jax, jax.numpy as jnp, dpjax
