@@ -54,7 +54,7 @@ import contextlib
 import dataclasses
 import math
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -349,7 +349,7 @@ def _scope(k: int) -> str:
     return f"dpjax_ghost_site_{k}"
 
 
-def _in_scopes(eqn: Any, scopes: frozenset[str]) -> bool:
+def _in_scopes(eqn: Any, scopes: Collection[str]) -> bool:
     stack = getattr(getattr(eqn.source_info, "name_stack", None), "stack", ())
     return any(getattr(s, "name", None) in scopes for s in stack)
 
@@ -384,17 +384,24 @@ def _fallback_reasons(
     some operation outside its layer's call reads it (weight tying such as
     ``h @ embed.embedding.value.T`` or ``embed.attend``, a kernel read into a
     custom einsum): the ghost forms would leave that use out of the norm and
-    the sum. ``vmap:unsupported-layer-options``: the kernels do not cover the
-    layer's configuration.
+    the sum. ``vmap:inside-transform``: the layer is called inside a
+    ``jax.checkpoint``, ``jit`` or ``scan`` within the loss, whose inputs and
+    output gradients cannot be captured from outside.
+    ``vmap:unsupported-layer-options``: the kernels do not cover the layer's
+    configuration.
     """
     owners: dict[int, list[int]] = {}
     for k, s in enumerate(sites):
         for _, i in s.roles:
             owners.setdefault(i, []).append(k)
+    # A layer called at the top level of the loss has operations there.
+    top = {k for k in range(len(sites)) if any(_in_scopes(e, {_scope(k)}) for e in jaxpr.eqns)}
     reasons = {}
     for i, ks in owners.items():
         if len(ks) > 1:
             reasons[i] = "vmap:reused-layer"
+        elif ks[0] not in top:
+            reasons[i] = "vmap:inside-transform"
         elif _used_outside(jaxpr, leaf_vars[i], frozenset(_scope(k) for k in ks)):
             reasons[i] = "vmap:used-outside-layer"
         elif sites[ks[0]].config is None:

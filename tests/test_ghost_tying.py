@@ -120,6 +120,24 @@ class TiedInJit(nnx.Module):
         return logits + jax.checkpoint(lambda h: jnp.sum(h @ k, axis=-1, keepdims=True))(h)
 
 
+class InsideTransforms(nnx.Module):
+    """Layers called inside ``jax.checkpoint``, ``jax.jit`` and ``lax.scan`` in the loss."""
+
+    def __init__(self, *, rngs):
+        self.wte = nnx.Embed(V, D, rngs=rngs)
+        self.remat = nnx.Linear(D, D, rngs=rngs)
+        self.jitted = nnx.Linear(D, D, rngs=rngs)
+        self.cell = nnx.Linear(D, D, rngs=rngs)
+        self.head = nnx.Linear(D, V, rngs=rngs)
+
+    def __call__(self, tokens):
+        h = jax.checkpoint(lambda e: jnp.tanh(self.remat(e)))(self.wte(tokens))
+        h = jax.jit(lambda e: jnp.tanh(self.jitted(e)))(h)
+        step = lambda c, xt: (jnp.tanh(self.cell(c) + xt), None)
+        c, _ = jax.lax.scan(step, h[:, 0], jnp.swapaxes(h, 0, 1))
+        return self.head(c)
+
+
 class LinenTied(nn.Module):
     """Linen, GPT-2 style: ``h @ embed.embedding.T``."""
 
@@ -195,6 +213,16 @@ NNX = {
             "wte/embedding": "vmap:used-outside-layer",
             "out/kernel": "vmap:used-outside-layer",
             "out/bias": "ghost:bias",
+        },
+    ),
+    "inside_transforms": (
+        InsideTransforms,
+        {
+            "remat/kernel": "vmap:inside-transform",
+            "jitted/bias": "vmap:inside-transform",
+            "cell/kernel": "vmap:inside-transform",
+            "head/kernel": "ghost:dense-outer",
+            "wte/embedding": "ghost:embedding",
         },
     ),
 }
