@@ -106,6 +106,16 @@ def test_other_clippings_stay_within_the_clip_norm_in_bf16(key, method, clipping
     assert got.max() <= c * (1 + SLACK), f"max contribution / C - 1 = {got.max() / c - 1:.3g}"
 
 
+@pytest.mark.parametrize("method", ["vmap", "ghost"])
+def test_microbatched_sums_stay_within_the_clip_norm_in_bf16(key, method):
+    loss, params, x, y = case("mlp", key)
+    c = 1e-3
+    fn = dpjax.clipped_grad(loss, c, method=method, microbatch_size=3, compute_dtype=jnp.bfloat16)
+    got = contributions(fn, params, x, y)
+    assert np.all(got > 0.5 * c), got / c
+    assert got.max() <= c * (1 + SLACK), f"max contribution / C - 1 = {got.max() / c - 1:.3g}"
+
+
 class BF16Layers(nnx.Module):
     """float32 parameters, layers built with ``dtype=jnp.bfloat16`` (no compute_dtype)."""
 
