@@ -12,8 +12,8 @@ any pytree of parameters works (an NNX ``State``, a Linen ``params`` dict).
 
 One backward pass (vmapped over examples) then gives the losses, every
 ``b_i``, and per-example gradients only for parameters no kernel knows
-(custom layers, parameters shared between layers, layers used through other
-methods such as ``Embed.attend``): those fall back to per-example ``vmap``.
+(custom layers) or that a known layer does not use alone: those fall back
+to per-example ``vmap``, one parameter at a time.
 Norms come from :mod:`dpjax.kernels.ghost` (per-layer forms) and
 :mod:`dpjax.kernels.clip` (fallback leaves), and the clipped sum of each known
 layer is one contraction ``A^T diag(c) B`` (Bu, Wang, Zha, Karypis 2023,
@@ -28,11 +28,19 @@ mask or input dilation, ``SAME``/``VALID``/explicit padding), ``nnx.Embed`` /
 ``x_hat`` recomputed from the captured input). Anything else takes the
 per-example ``vmap`` path.
 
-Limitation: a known layer's parameters must reach the loss only through that
-layer's call. A parameter read directly elsewhere (for example a tied output
-projection written as ``x @ model.embed.embedding.value.T``) would have that
-use missed; weight tying through ``Embed.attend`` or calling one layer twice
-is detected and falls back.
+Every use of a parameter counts. :func:`discover` keeps its trace as a
+jaxpr in which each intercepted layer call is its own name scope; a known
+layer's parameter that any operation outside that call reads (weight tying
+written as ``h @ model.embed.embedding[...].T`` or ``embed.attend``, a kernel
+read into a custom einsum, inside an inner ``jit`` or ``checkpoint`` too) or
+that two calls use (a layer called twice, a shared variable) takes the
+per-example ``vmap`` path, and the plan says why
+(``vmap:used-outside-layer``, ``vmap:reused-layer``).
+
+Mixed precision: the captured ``a_i``, ``b_i`` and fallback gradients pass
+through one ``optimization_barrier`` (:func:`.dtypes.materialize`), so the
+norm and the clipped sum read the same rounded bf16/f16 values and no
+example contributes more than C.
 
 Used by :mod:`dpjax.grad`: :func:`discover` makes a :class:`GhostPlan`,
 :func:`backward` runs the capturing backward pass, :func:`sq_norms` and
@@ -46,18 +54,19 @@ import contextlib
 import dataclasses
 import math
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
 from flax import nnx
+from jax.extend import core as jex_core
 
 from dpjax.kernels import clip as ck
 from dpjax.kernels import ghost as gk
 from dpjax.kernels import per_example as pe
-from dpjax.kernels.dtypes import cast_floating, wide_float
+from dpjax.kernels.dtypes import cast_floating, materialize, wide_float
 
 PyTree = Any
 
@@ -125,7 +134,6 @@ class _Tape:
         self.plan = plan
         self.zs = list(zs)
         self.sites: list[Site] = []
-        self.other_use: set[int] = set()
         self.acts: list[jax.Array] = []
         self.count = 0
         self.active_count = 0
@@ -141,7 +149,10 @@ class _Tape:
         if not roles:
             return call()
         if self.plan is None:
-            out = call()
+            # Every operation of this call carries the site's name scope, so that
+            # discover() can tell the uses inside the layer from any other use.
+            with jax.named_scope(_scope(len(self.sites))):
+                out = call()
             self.sites.append(
                 Site(kind, roles, config, tuple(jnp.shape(x)), tuple(out.shape), out.dtype)
             )
@@ -252,18 +263,6 @@ def _nnx_call(kind: str, cls: type) -> Callable[..., Any]:
     return wrapped
 
 
-def _nnx_attend(cls: type) -> Callable[..., Any]:
-    orig = cls.attend
-
-    def wrapped(self, *args, **kwargs):
-        tape = _active()
-        if tape is not None:
-            tape.other_use.update(i for _, i in tape.lookup({"e": _value(self.embedding)}))
-        return orig(self, *args, **kwargs)
-
-    return wrapped
-
-
 _NNX_KINDS = (
     (nnx.Linear, "dense"),
     (nnx.Conv, "conv"),
@@ -294,14 +293,9 @@ def _linen_interceptor(next_fun, args, kwargs, context):
     tape = _active()
     mod = context.module
     kind = _LINEN_KINDS.get(type(mod))
-    if tape is None or kind is None or context.method_name not in ("__call__", "attend"):
+    if tape is None or kind is None or context.method_name != "__call__" or not args:
         return next_fun(*args, **kwargs)
     params = mod.variables.get("params", {}) if mod.scope is not None else {}
-    if context.method_name == "attend":
-        tape.other_use.update(i for _, i in tape.lookup({"e": params.get("embedding")}))
-        return next_fun(*args, **kwargs)
-    if not args:
-        return next_fun(*args, **kwargs)
     x = args[0]
     roles = tape.lookup({k: params.get(k) for k in _ROLES.get(kind, ("kernel", "bias"))})
     return _dispatch(tape, kind, mod, roles, x, kwargs, lambda: next_fun(*args, **kwargs))
@@ -311,18 +305,16 @@ def _linen_interceptor(next_fun, args, kwargs, context):
 def _capture(tape: _Tape):
     if _active() is not None:
         raise RuntimeError("ghost clipping: nested captures are not supported")
-    saved = [(cls, cls.__call__) for cls, _ in _NNX_KINDS] + [(nnx.Embed, nnx.Embed.attend)]
+    saved = [(cls, cls.__call__) for cls, _ in _NNX_KINDS]
     _LOCAL.tape = tape
     try:
         for cls, kind in _NNX_KINDS:
             cls.__call__ = _nnx_call(kind, cls)
-        nnx.Embed.attend = _nnx_attend(nnx.Embed)
         with nn.intercept_methods(_linen_interceptor):
             yield tape
     finally:
         _LOCAL.tape = None
-        nnx.Embed.attend = saved[-1][1]
-        for cls, fn in saved[:-1]:
+        for cls, fn in saved:
             cls.__call__ = fn
 
 
@@ -353,6 +345,70 @@ def _site_method(s: Site, role: str) -> str:
     return f"ghost:{s.kind}-" + ("gram" if gk.use_ghost_form(t, d_in, d_out) else "direct")
 
 
+def _scope(k: int) -> str:
+    return f"dpjax_ghost_site_{k}"
+
+
+def _in_scopes(eqn: Any, scopes: Collection[str]) -> bool:
+    stack = getattr(getattr(eqn.source_info, "name_stack", None), "stack", ())
+    return any(getattr(s, "name", None) in scopes for s in stack)
+
+
+def _used_outside(jaxpr: Any, var: Any, scopes: frozenset[str]) -> bool:
+    """Whether ``var`` reaches any operation of ``jaxpr`` outside the name ``scopes``.
+
+    An operation with one inner jaxpr taking its operands one to one (``jit``,
+    ``scan``, ``custom_jvp``, ``checkpoint``) is followed inside; any other
+    operation outside the scopes counts as a use (a false alarm only costs
+    speed: the parameter takes the ``vmap`` path).
+    """
+    for eqn in jaxpr.eqns:
+        for pos, u in enumerate(eqn.invars):
+            if u is not var or _in_scopes(eqn, scopes):
+                continue
+            subs = list(jex_core.jaxprs_in_params(eqn.params))
+            if len(subs) != 1 or len(subs[0].invars) != len(eqn.invars):
+                return True
+            if _used_outside(subs[0], subs[0].invars[pos], scopes):
+                return True
+    return any(u is var for u in jaxpr.outvars)
+
+
+def _fallback_reasons(
+    sites: Sequence[Site], jaxpr: Any, leaf_vars: Sequence[Any]
+) -> dict[int, str]:
+    """Why a parameter of a known layer cannot take the ghost path: ``{leaf: method}``.
+
+    ``vmap:reused-layer``: the leaf belongs to more than one layer call (a
+    layer called twice, or layers sharing a variable). ``vmap:used-outside-layer``:
+    some operation outside its layer's call reads it (weight tying such as
+    ``h @ embed.embedding.value.T`` or ``embed.attend``, a kernel read into a
+    custom einsum): the ghost forms would leave that use out of the norm and
+    the sum. ``vmap:inside-transform``: the layer is called inside a
+    ``jax.checkpoint``, ``jit`` or ``scan`` within the loss, whose inputs and
+    output gradients cannot be captured from outside.
+    ``vmap:unsupported-layer-options``: the kernels do not cover the layer's
+    configuration.
+    """
+    owners: dict[int, list[int]] = {}
+    for k, s in enumerate(sites):
+        for _, i in s.roles:
+            owners.setdefault(i, []).append(k)
+    # A layer called at the top level of the loss has operations there.
+    top = {k for k in range(len(sites)) if any(_in_scopes(e, {_scope(k)}) for e in jaxpr.eqns)}
+    reasons = {}
+    for i, ks in owners.items():
+        if len(ks) > 1:
+            reasons[i] = "vmap:reused-layer"
+        elif ks[0] not in top:
+            reasons[i] = "vmap:inside-transform"
+        elif _used_outside(jaxpr, leaf_vars[i], frozenset(_scope(k) for k in ks)):
+            reasons[i] = "vmap:used-outside-layer"
+        elif sites[ks[0]].config is None:
+            reasons[i] = "vmap:unsupported-layer-options"
+    return reasons
+
+
 def discover(
     loss_fn: Callable[..., Any],
     params: PyTree,
@@ -362,40 +418,48 @@ def discover(
     keep_batch_dim: bool = True,
     compute_dtype: Any = None,
 ) -> GhostPlan:
-    """Traces the loss once (shapes only) and decides each parameter's method."""
-    leaves = jax.tree.leaves(params)
+    """Traces the loss once (shapes only) and decides each parameter's method.
+
+    The trace is kept as a jaxpr in which every operation of an intercepted
+    layer call carries that call's name scope. A parameter of a known layer
+    takes the ghost path only if every operation reading it lies inside its
+    one layer call; any other read (weight tying written by hand, a second
+    call) sends exactly that parameter to per-example ``vmap``, so no use is
+    ever left out of a norm or a sum.
+    """
+    leaves, treedef = jax.tree.flatten(params)
+    cast = jax.eval_shape(lambda p: jax.tree.leaves(cast_floating(p, compute_dtype)), params)
+    shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(jnp.shape(x), jnp.result_type(x)), batch)
     tapes: list[_Tape] = []
 
-    def f(params, *batch):
+    def f(ls, *batch):
         def one(*example):
-            ls = jax.tree.leaves(cast_floating(params, compute_dtype))
-            p = jax.tree.unflatten(jax.tree.structure(params), ls)
             tape = _Tape(ls)
             with _capture(tape):
-                out = loss_fn(p, *_example(example, keep_batch_dim, compute_dtype))
+                out = loss_fn(
+                    jax.tree.unflatten(treedef, ls),
+                    *_example(example, keep_batch_dim, compute_dtype),
+                )
             tapes.append(tape)
             return pe.scalar_loss(out, has_aux)[0]
 
         return jax.vmap(one)(*batch)
 
-    jax.eval_shape(f, params, *batch)
-    tape = tapes[-1]
-    uses: dict[int, int] = {}
-    for s in tape.sites:
-        for _, i in s.roles:
-            uses[i] = uses.get(i, 0) + 1
-    active = tuple(
-        s.config is not None and all(uses[i] == 1 and i not in tape.other_use for _, i in s.roles)
-        for s in tape.sites
-    )
+    closed = jax.make_jaxpr(f)(list(cast), *shapes)
+    sites = tuple(tapes[-1].sites)
+    reasons = _fallback_reasons(sites, closed.jaxpr, closed.jaxpr.invars[: len(leaves)])
     methods = ["vmap"] * len(leaves)
-    for s, a in zip(tape.sites, active, strict=True):
-        if a:
-            for role, i in s.roles:
-                methods[i] = _site_method(s, role)
-    fallback = tuple(i for i, m in enumerate(methods) if m == "vmap")
+    active = []
+    for s in sites:
+        ghost = [(role, i) for role, i in s.roles if i not in reasons]
+        for role, i in ghost:
+            methods[i] = _site_method(s, role)
+        active.append(bool(ghost))
+    for i, why in reasons.items():
+        methods[i] = why
+    fallback = tuple(i for i, m in enumerate(methods) if m.startswith("vmap"))
     sizes = tuple(int(math.prod(jnp.shape(x))) for x in leaves)
-    return GhostPlan(tuple(tape.sites), active, fallback, tuple(methods), sizes)
+    return GhostPlan(sites, tuple(active), fallback, tuple(methods), sizes)
 
 
 def describe(plan: GhostPlan, params: PyTree) -> dict[str, str]:
@@ -483,6 +547,9 @@ def backward(
         return loss, aux, acts, g_fb, bs
 
     losses, aux, acts, g_fb, bs = jax.vmap(one)(*batch)
+    # One materialized copy of every per-example quantity: the norms and the
+    # clipped sums must read the same rounded values (see kernels.dtypes.materialize).
+    acts, g_fb, bs = materialize((acts, g_fb, bs))
     layers = [_site_arrays(s, a, b) for s, a, b in zip(active_sites, acts, bs, strict=True)]
     shapes = tuple(tuple(jnp.shape(x)) for x in leaves)
     return GhostPass(losses, aux, list(g_fb), layers, shapes)
@@ -521,9 +588,11 @@ def sq_norms(plan: GhostPlan, gp: GhostPass) -> list[jax.Array]:
     out: list[Any] = [None] * len(gp.shapes)
     for i, g in zip(plan.fallback, gp.fallback_grads, strict=True):
         out[i] = ck.leaf_sq_norms(g)
+    fb = set(plan.fallback)
     for s, (a, b) in zip(plan.active_sites, gp.layers, strict=True):
         for role, i in s.roles:
-            out[i] = _site_sq_norms(s, role, a, b, gp.shapes[i])
+            if i not in fb:
+                out[i] = _site_sq_norms(s, role, a, b, gp.shapes[i])
     return out
 
 
@@ -538,10 +607,12 @@ def weighted_sums(
     out: list[Any] = [None] * len(gp.shapes)
     for i, g in zip(plan.fallback, gp.fallback_grads, strict=True):
         out[i] = ck.weighted_sum(ck.zero_rows(g, finite), weights[i])
+    fb = set(plan.fallback)
     for s, (a, b) in zip(plan.active_sites, gp.layers, strict=True):
         b = ck.zero_rows(b, finite)
         if s.kind != "embed":
             a = ck.zero_rows(a, finite)
         for role, i in s.roles:
-            out[i] = _site_weighted_grad(s, role, a, b, weights[i], gp.shapes[i])
+            if i not in fb:
+                out[i] = _site_weighted_grad(s, role, a, b, weights[i], gp.shapes[i])
     return out

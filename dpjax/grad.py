@@ -28,7 +28,7 @@ import jax.numpy as jnp
 from dpjax import _validate
 from dpjax.kernels import clip as clip_k
 from dpjax.kernels import per_example as pe
-from dpjax.kernels.dtypes import cast_floating, wide_float
+from dpjax.kernels.dtypes import cast_floating, materialize, wide_float
 
 if TYPE_CHECKING:
     from dpjax.flax_ghost import GhostPlan
@@ -271,7 +271,11 @@ class ClippedGradFn:
         (Gram form), ``"ghost:dense-direct"`` / ``"ghost:conv-direct"``
         (per-example product of input and output gradient, no parameter copy
         from autodiff), ``"ghost:embedding"``, ``"ghost:norm-scale"``,
-        ``"ghost:bias"``. Traces shapes only; nothing is computed.
+        ``"ghost:bias"``. A known layer's parameter on the ``vmap`` path says
+        why: ``"vmap:used-outside-layer"`` (read elsewhere too, e.g. a tied
+        embedding), ``"vmap:reused-layer"`` (used by two layer calls) or
+        ``"vmap:unsupported-layer-options"``. Traces shapes only; nothing is
+        computed.
         """
         return _plan(self.config, self.loss_fn, params, batch)
 
@@ -363,7 +367,8 @@ def _vmap_clipped_sum(
     )
     cast = config.compute_dtype
     losses, aux, grads = vg(cast_floating(params, cast), *cast_floating(batch, cast))
-    leaves = jax.tree.leaves(grads)
+    # Norms and sums read one materialized copy (kernels.dtypes.materialize).
+    leaves = materialize(jax.tree.leaves(grads))
     w = _clip_weights(config, [clip_k.leaf_sq_norms(g) for g in leaves], losses, mask)
     sums = [
         clip_k.weighted_sum(clip_k.zero_rows(g, w.finite), wi)
@@ -535,7 +540,9 @@ def clipped_grad(
       at most C in L2 norm (2C under ``replace_one``), for any mask, because
       every example's clipped gradient has norm <= C and padding or
       non-finite examples contribute exactly zero. This holds for every
-      ``method``: each computes the same per-example norms.
+      ``method`` and ``compute_dtype``: each computes the same per-example
+      norms, from every use of every parameter, and the clip factor scales
+      the very values (same rounding) its norm was computed from.
 
     Example:
       >>> import jax, jax.numpy as jnp, dpjax

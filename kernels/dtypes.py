@@ -14,7 +14,7 @@ import jax.numpy as jnp
 
 PyTree = Any
 
-__all__ = ["wide_float", "accumulation_dtype", "wide_einsum", "cast_floating"]
+__all__ = ["wide_float", "accumulation_dtype", "wide_einsum", "cast_floating", "materialize"]
 
 
 def wide_float(dtype) -> jnp.dtype:
@@ -58,3 +58,18 @@ def cast_floating(tree: PyTree, dtype: Any) -> PyTree:
         return x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x
 
     return jax.tree.map(cast, tree)
+
+
+def materialize(tree: PyTree) -> PyTree:
+    """``tree`` itself, as values every later reader sees rounded identically.
+
+    A bf16 or f16 array computed from float32 arithmetic may be read by two
+    consumers (the per-example norm and the clipped sum). XLA's
+    excess-precision rewrites may then give one consumer the rounded value
+    and the other the float32 value before rounding, so the clip factor
+    would be computed from a different gradient than the one it scales, and
+    a clipped contribution could exceed C (by up to ~0.1 % in bf16). An
+    ``optimization_barrier`` stops rewrites across it: every consumer reads
+    the one value the barrier returns, in its own dtype.
+    """
+    return jax.lax.optimization_barrier(tree)

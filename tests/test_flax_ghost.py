@@ -82,7 +82,7 @@ EXPECTED = {
         "ln1/scale": "ghost:norm-scale",
         "ln2/bias": "ghost:bias",
     },
-    "tied": {"embed/embedding": "vmap", "q/kernel": "ghost:dense-gram"},
+    "tied": {"embed/embedding": "vmap:used-outside-layer", "q/kernel": "ghost:dense-gram"},
     "custom": {"custom/w": "vmap", "custom/gain": "vmap", "fc/kernel": "ghost:dense-outer"},
     "linen_encoder": {
         "Embed_0/embedding": "ghost:embedding",
