@@ -15,6 +15,8 @@
   restarted per epoch; no sampling amplification);
 - :mod:`~dpjax.federated.fedbuff`: ``FedBuff`` (buffered asynchronous
   aggregation with staleness weights <= 1 and a participation cap);
+- :mod:`~dpjax.federated.secure`: ``SecureDPFedAvg`` (distributed Skellam
+  noise summed under secure aggregation: the server sees only the noisy sum);
 - :mod:`~dpjax.federated.tree`: ``tree_aggregator`` (noisy prefix sums);
 - :mod:`~dpjax.federated.accounting`: ``federated_privacy_spent``,
   ``calibrate_noise_multiplier``, local and record-level views;
@@ -53,6 +55,9 @@ _NAMES = {
     "FedBuff": "dpjax.federated.fedbuff:FedBuff",
     "FedBuffState": "dpjax.federated.fedbuff:FedBuffState",
     "inverse_sqrt_staleness": "dpjax.federated.fedbuff:inverse_sqrt_staleness",
+    "SecureAggregation": "dpjax.federated.secure:SecureAggregation",
+    "SecureDPFedAvg": "dpjax.federated.secure:SecureDPFedAvg",
+    "SecureFedAvgState": "dpjax.federated.secure:SecureFedAvgState",
     "tree_aggregator": "dpjax.federated.tree:tree_aggregator",
     "calibrate_noise_multiplier": "dpjax.federated.accounting:calibrate_noise_multiplier",
     "federated_privacy_spent": "dpjax.federated.accounting:federated_privacy_spent",

@@ -10,6 +10,7 @@ PINNED = {
     "AdaptiveClipping", "ClientBatch", "ClientResult", "ClippedUpdates", "Cohort", "CohortSampler",
     "DPFTRL", "DPFedAvg", "FedAvgState", "FedBuff", "FedBuffState", "FederatedConfig",
     "FederatedData", "FtrlState", "LocalDPSGD", "LocalUpdateFn", "RoundMetrics", "RoundTiming",
+    "SecureAggregation", "SecureDPFedAvg", "SecureFedAvgState",
     "aggregate", "calibrate_noise_multiplier", "centred_count", "client_keys", "clip_updates",
     "dirichlet_split", "federated_data", "federated_privacy_spent", "inverse_sqrt_staleness",
     "local_privacy_spent", "make_local_update", "record_level_event", "run_federated",
