@@ -261,6 +261,16 @@ class SecureDPFedAvg:
             float(self.fedavg.noise_multiplier), s.beta,
         )  # fmt: skip
 
+    def privacy_after(self, rounds: int, delta: float, *, dim: int) -> float:
+        """User-level epsilon after ``rounds`` rounds for a model of ``dim`` parameters.
+
+        The bound of :meth:`SecureFedAvgState.privacy_epsilon`, before any
+        state exists (to calibrate z).
+        """
+        rounds = _validate.non_negative_int("rounds", rounds)
+        _validate.open_unit("delta", delta)
+        return 0.0 if rounds == 0 else secagg_dp.plan_epsilon(self.plan(dim), rounds, delta)
+
     def init(self, params: PyTree) -> SecureFedAvgState:
         """The state before round 1 (the plan is fixed here, before any data is seen)."""
         inner = self.fedavg.init(params)
