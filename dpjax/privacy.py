@@ -183,6 +183,16 @@ def noise_params(opt_state: Any) -> NoiseParams:
     )
 
 
+def _accounts_itself(state: Any) -> bool:
+    # A state whose mechanism is not a sampled Gaussian (e.g. dpjax.federated's
+    # SecureFedAvgState, Skellam noise) gives its own epsilon: privacy_steps()
+    # and privacy_epsilon(steps, delta, accountant), an upper bound.
+    t = type(state)
+    return callable(getattr(t, "privacy_epsilon", None)) and callable(
+        getattr(t, "privacy_steps", None)
+    )
+
+
 def epsilon_after(p: NoiseParams, steps: int, delta: float, accountant: str, who: str) -> float:
     """Epsilon of ``steps`` sampled Gaussian steps with the parameters ``p`` (upper bound).
 
@@ -232,6 +242,10 @@ def privacy_spent(opt_state: Any, delta: float, *, accountant: str = "rdp") -> P
     """
     _validate.open_unit("delta", delta)
     _validate.one_of("accountant", accountant, _validate.ACCOUNTANTS)
+    if _accounts_itself(opt_state):
+        steps = opt_state.privacy_steps()
+        eps = opt_state.privacy_epsilon(steps, float(delta), accountant)
+        return PrivacySpent(eps, float(delta), steps)
     p = noise_params(opt_state)
     t = truncation_delta(p.steps, p.truncation_prob)
     delta_total = min(1.0, _float_up(Fraction(float(delta)) + Fraction(t)))
@@ -287,6 +301,8 @@ class PrivacyBudget:
     def epsilon_after(self, opt_state: Any, steps: int) -> float:
         """Epsilon the run would have spent after ``steps`` steps (inf: not allowed)."""
         steps = _validate.non_negative_int("steps", steps)
+        if _accounts_itself(opt_state):
+            return opt_state.privacy_epsilon(steps, self.delta, self.accountant)
         p = noise_params(opt_state)
         acct_delta = _delta_left(self.delta, steps, p.truncation_prob)
         if steps > 0 and acct_delta <= 0.0:
@@ -316,7 +332,11 @@ class PrivacyBudget:
 
         Call it before every step; it evaluates the accountant at ``count + 1``.
         """
-        count = noise_params(opt_state).steps
+        count = (
+            opt_state.privacy_steps()
+            if _accounts_itself(opt_state)
+            else noise_params(opt_state).steps
+        )
         eps = self.epsilon_after(opt_state, count + 1)
         if not eps <= self.epsilon:
             raise BudgetExceededError(

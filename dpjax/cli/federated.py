@@ -53,10 +53,15 @@ def _summary(r: dict[str, Any]) -> str:
         f"  test accuracy   {r['test_accuracy']:.4f}",
         f"  privacy         epsilon = {r['epsilon']:.3f}, delta = {r['delta']:.3g} "
         f"({r['accountant']}, {r['guarantee']})",
-        f"  rounds          {r['rounds']} (client sampling rate q = {r['sampling_rate']:.4f}, "
-        f"expected cohort {r['expected_cohort_size']:g}, padded {r['max_cohort_size']})",
+        f"  rounds          {r['rounds']} ({_participation(r)})",
         f"  noise           z = {r['noise_multiplier']:.4f}, clip C = {r['final_clip_norm']:.4g}",
     ]
+    sa = r.get("secure_aggregation")
+    if sa:
+        lines.append(
+            f"  secure agg.     threshold t = {sa['threshold']}, {sa['bits']}-bit ring, "
+            f"dropout {sa['dropout']:g}, {sa['aborted_rounds']} rounds aborted"
+        )
     if r.get("record_level_epsilon") is not None:
         lines.append(f"  record level    epsilon = {r['record_level_epsilon']:.3f} (local DP-SGD)")
     lines += [
@@ -65,6 +70,20 @@ def _summary(r: dict[str, Any]) -> str:
         f"  plot            {r['plot']}",
     ]
     return "\n".join(lines)
+
+
+def _participation(r: dict[str, Any]) -> str:
+    if "sampling_rate" in r:
+        return (
+            f"client sampling rate q = {r['sampling_rate']:.4f}, expected cohort "
+            f"{r['expected_cohort_size']:g}, padded {r['max_cohort_size']}"
+        )
+    if "buffer_size" in r:
+        return (
+            f"buffer K = {r['buffer_size']}, staleness <= {r['max_staleness']}, "
+            f"at most {r['max_contributions']} contributions per client"
+        )
+    return f"{r['clients_per_round']} clients per round, {r['rounds_per_epoch']} rounds per tree"
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -96,6 +115,12 @@ def _run(args: argparse.Namespace) -> int:
         output=args.output,
         plot=args.plot,
         eval_every=args.eval_every,
+        buffer_size=args.buffer_size,
+        max_staleness=args.max_staleness,
+        max_contributions=args.max_contributions,
+        secure_aggregation=args.secure_aggregation,
+        secagg_threshold=args.secagg_threshold,
+        secagg_dropout=args.secagg_dropout,
     )
     validate_config(cfg)
     if cfg.seed is not None and not args.json:
@@ -120,7 +145,9 @@ def register(subparsers: Any) -> None:
         "--algorithm",
         choices=ALGORITHMS,
         default=d.algorithm,
-        help="fedavg: fixed clip norm; adaptive: clip norm toward a quantile",
+        help="fedavg: DP-FedAvg, fixed clip norm; adaptive: clip norm toward a quantile; "
+        "ftrl: DP-FTRL with tree aggregation (a fixed public order, no sampling); "
+        "fedbuff: buffered asynchronous aggregation (FedBuff)",
     )
     p.add_argument("--dataset", choices=DATASETS, default=d.dataset)
     p.add_argument("--clients", type=int, default=d.clients, help="population size N")
@@ -209,6 +236,43 @@ def register(subparsers: Any) -> None:
         type=int,
         default=d.eval_every,
         help="rounds between test-accuracy evaluations",
+    )
+    p.add_argument(
+        "--buffer-size",
+        type=int,
+        default=None,
+        help="fedbuff: client updates per server step K (default: --cohort-size)",
+    )
+    p.add_argument(
+        "--max-staleness",
+        type=int,
+        default=d.max_staleness,
+        help="fedbuff: the most server versions an update may lag",
+    )
+    p.add_argument(
+        "--max-contributions",
+        type=int,
+        default=None,
+        help="fedbuff: the most updates one client may contribute (default: --rounds)",
+    )
+    p.add_argument(
+        "--secure-aggregation",
+        action="store_true",
+        help="fedavg: clients add Skellam noise shares to quantized updates and the server "
+        "sees only their noisy sum (secure aggregation; no sampling amplification)",
+    )
+    p.add_argument(
+        "--secagg-threshold",
+        type=int,
+        default=None,
+        help="secure aggregation: fewest survivors t; fewer abort the round "
+        "(default: half the expected cohort, at least 2)",
+    )
+    p.add_argument(
+        "--secagg-dropout",
+        type=float,
+        default=d.secagg_dropout,
+        help="secure aggregation: simulated probability that a sampled client drops out",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--output", default=None, help="run record path (default runs/federated-*.json)")

@@ -11,6 +11,13 @@
   step secure aggregation replaces);
 - :mod:`~dpjax.federated.fedavg`: ``DPFedAvg`` (server ``init``/``round``,
   FedAvgM / FedAdam server optimizers, adaptive clipping, local DP);
+- :mod:`~dpjax.federated.ftrl`: ``DPFTRL`` (DP-FTRL with tree aggregation,
+  restarted per epoch; no sampling amplification);
+- :mod:`~dpjax.federated.fedbuff`: ``FedBuff`` (buffered asynchronous
+  aggregation with staleness weights <= 1 and a participation cap);
+- :mod:`~dpjax.federated.secure`: ``SecureDPFedAvg`` (distributed Skellam
+  noise summed under secure aggregation: the server sees only the noisy sum);
+- :mod:`~dpjax.federated.tree`: ``tree_aggregator`` (noisy prefix sums);
 - :mod:`~dpjax.federated.accounting`: ``federated_privacy_spent``,
   ``calibrate_noise_multiplier``, local and record-level views;
 - :mod:`~dpjax.federated.timing`: ``time_rounds`` (rounds/s, clients/s);
@@ -43,6 +50,15 @@ _NAMES = {
     "client_keys": "dpjax.federated.fedavg:client_keys",
     "server_optimizer": "dpjax.federated.fedavg:server_optimizer",
     "split_noise": "dpjax.federated.fedavg:split_noise",
+    "DPFTRL": "dpjax.federated.ftrl:DPFTRL",
+    "FtrlState": "dpjax.federated.ftrl:FtrlState",
+    "FedBuff": "dpjax.federated.fedbuff:FedBuff",
+    "FedBuffState": "dpjax.federated.fedbuff:FedBuffState",
+    "inverse_sqrt_staleness": "dpjax.federated.fedbuff:inverse_sqrt_staleness",
+    "SecureAggregation": "dpjax.federated.secure:SecureAggregation",
+    "SecureDPFedAvg": "dpjax.federated.secure:SecureDPFedAvg",
+    "SecureFedAvgState": "dpjax.federated.secure:SecureFedAvgState",
+    "tree_aggregator": "dpjax.federated.tree:tree_aggregator",
     "calibrate_noise_multiplier": "dpjax.federated.accounting:calibrate_noise_multiplier",
     "federated_privacy_spent": "dpjax.federated.accounting:federated_privacy_spent",
     "local_privacy_spent": "dpjax.federated.accounting:local_privacy_spent",

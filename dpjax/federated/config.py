@@ -12,7 +12,7 @@ from dpjax import _validate
 __all__ = ["ALGORITHMS", "SERVER_OPTIMIZERS", "DATASETS", "FederatedConfig", "validate_config"]
 
 # The server algorithms of dpjax.federated that the job runs.
-ALGORITHMS = ("fedavg", "adaptive")
+ALGORITHMS = ("fedavg", "adaptive", "ftrl", "fedbuff")
 # dpjax.federated.server_optimizer: plain averaging, momentum (FedAvgM), FedAdam.
 SERVER_OPTIMIZERS = ("fedavg", "fedavgm", "fedadam")
 # Bundled data sets the job splits among clients.
@@ -50,6 +50,12 @@ class FederatedConfig:
     output: str | None = None
     plot: str | None = None
     eval_every: int = 5
+    buffer_size: int | None = None  # fedbuff: K arrivals per server step (default: cohort size)
+    max_staleness: int = 4  # fedbuff: S, versions an arrival may lag
+    max_contributions: int | None = None  # fedbuff: m per client (default: rounds, no cap)
+    secure_aggregation: bool = False  # fedavg with distributed Skellam noise + secure sum
+    secagg_threshold: int | None = None  # t (default: half the expected cohort, at least 2)
+    secagg_dropout: float = 0.0  # simulated probability that a sampled client drops out
 
 
 def validate_config(cfg: FederatedConfig) -> None:
@@ -85,3 +91,42 @@ def validate_config(cfg: FederatedConfig) -> None:
     if cfg.seed is not None:
         _validate.in_range("seed", cfg.seed, 0, 2**32 - 1)
     _validate.positive_int("eval_every", cfg.eval_every)
+    per_round = max(1, round(cfg.cohort_size))
+    if cfg.buffer_size is not None:
+        k = _validate.positive_int("buffer_size", cfg.buffer_size)
+        if k > n:
+            raise ValueError(f"buffer_size must be in [1, clients={n}], got {k}")
+        if cfg.algorithm != "fedbuff":
+            raise ValueError("buffer_size applies to algorithm 'fedbuff' only")
+    _validate.non_negative_int("max_staleness", cfg.max_staleness)
+    if cfg.max_contributions is not None:
+        _validate.positive_int("max_contributions", cfg.max_contributions)
+    unamplified = cfg.algorithm in ("ftrl", "fedbuff") or cfg.secure_aggregation
+    if unamplified and cfg.noise_multiplier is not None and not cfg.noise_multiplier > 0:
+        what = "secure_aggregation" if cfg.secure_aggregation else f"algorithm {cfg.algorithm!r}"
+        raise ValueError(f"noise_multiplier must be > 0 for {what}, got {cfg.noise_multiplier}")
+    if cfg.algorithm in ("ftrl", "fedbuff"):
+        if cfg.epsilon is None and not cfg.noise_multiplier:
+            raise ValueError(
+                f"algorithm {cfg.algorithm!r} needs noise: give epsilon or a noise_multiplier > 0"
+            )
+        if per_round > n:
+            raise ValueError(f"cohort_size must be in (0.0, {n}], got {cfg.cohort_size}")
+    if cfg.secure_aggregation:
+        if cfg.algorithm != "fedavg":
+            raise ValueError(
+                f"secure_aggregation runs with algorithm 'fedavg' only, got {cfg.algorithm!r}"
+            )
+        if cfg.epsilon is None and not cfg.noise_multiplier:
+            raise ValueError(
+                "secure_aggregation needs noise: give epsilon or a noise_multiplier > 0"
+            )
+    if cfg.secagg_threshold is not None:
+        t = _validate.positive_int("secagg_threshold", cfg.secagg_threshold)
+        if t < 2:
+            raise ValueError(f"secagg_threshold must be >= 2, got {t}")
+        if not cfg.secure_aggregation:
+            raise ValueError("secagg_threshold needs secure_aggregation")
+    _validate.in_range("secagg_dropout", cfg.secagg_dropout, 0.0, 1.0, hi_closed=False)
+    if cfg.secagg_dropout > 0 and not cfg.secure_aggregation:
+        raise ValueError("secagg_dropout needs secure_aggregation")

@@ -19,8 +19,7 @@ sum + N(0, (z C)^2), / K                       -> server optimizer (optax) on -a
 ```
 """
 
-# isort: the block is first-party once dpjax/federated/__init__.py exists (the fedcore branch)
-from __future__ import annotations  # noqa: I001
+from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
@@ -34,6 +33,8 @@ import optax
 from dpjax import _validate
 from dpjax.accounting import tree as acc_tree
 from dpjax.federated import _participation as part
+from dpjax.federated.aggregation import clip_updates
+from dpjax.federated.fedavg import client_keys
 from dpjax.kernels import noise as noise_k
 from dpjax.privacy import PrivacySpent
 
@@ -259,9 +260,9 @@ class FedBuff:
         slot = jnp.mod(state.version - s, ring)
         models = jax.tree.map(lambda h: h[slot], state.history)
         batch = data.gather(safe)
-        keys = part.client_keys(key, safe)
+        keys = client_keys(key, safe)
         deltas = jax.vmap(self.local_update)(models, batch, keys)
-        c = part.clip_cohort(deltas, accepted, float(self.clip_norm))
+        c = clip_updates(deltas, accepted, float(self.clip_norm))
         w = jnp.asarray(self.staleness_weight(s), jnp.float32)
         w = jnp.where(jnp.isfinite(w), jnp.clip(w, 0.0, 1.0), 0.0)  # fail closed
         total = part.weighted_total(c.clipped, jnp.where(accepted, w, 0.0))
@@ -310,7 +311,8 @@ class FedBuff:
         staleness = self.draw_staleness(state, k_stale)
         total, metrics, accepted = self.buffer_sum(state, data, indices, mask, staleness, k_clients)
         std = float(self.noise_multiplier) * float(self.clip_norm)
-        noise = noise_k.gaussian_like(k_noise, total, std)
+        k_sum, _ = jax.random.split(k_noise)  # as DPFedAvg.server_update splits its key
+        noise = noise_k.gaussian_like(k_sum, total, std)
         k = float(self.buffer_size)
         grads = jax.tree.map(lambda t, z: -((t + z) / jnp.asarray(k, t.dtype)), total, noise)
         updates, opt_state = self.server_optimizer.update(grads, state.opt_state, state.params)

@@ -41,6 +41,8 @@ import numpy as np
 from dpjax import _validate
 from dpjax.accounting import tree as acc_tree
 from dpjax.federated import _participation as part
+from dpjax.federated.aggregation import clip_updates
+from dpjax.federated.fedavg import client_keys
 from dpjax.federated.tree import TreeState, tree_aggregator
 from dpjax.privacy import PrivacySpent
 
@@ -239,9 +241,9 @@ class DPFTRL:
         fresh = state.last_epoch[safe] < epoch
         accepted = part.first_in_cohort(safe, mask & in_range & fresh)
         batch = data.gather(safe)
-        keys = part.client_keys(key, safe)
+        keys = client_keys(key, safe)
         deltas = jax.vmap(self.local_update, in_axes=(None, 0, 0))(state.params, batch, keys)
-        c = part.clip_cohort(deltas, accepted, float(self.clip_norm))
+        c = clip_updates(deltas, accepted, float(self.clip_norm))
         total = part.weighted_total(c.clipped, accepted.astype(jnp.float32))
         n_acc = jnp.sum(accepted, dtype=jnp.int32)
         metrics = FtrlMetrics(

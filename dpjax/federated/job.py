@@ -16,9 +16,11 @@ simulation choice, not a secret: it uses ``seed`` or 0.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -30,17 +32,43 @@ import optax
 import dpjax
 from dpjax.checkpoint import private_umask
 from dpjax.digits.config import seed_warning
-from dpjax.errors import BudgetExceededError
 from dpjax.federated.accounting import calibrate_noise_multiplier, record_level_event
 from dpjax.federated.cohort import CohortSampler
 from dpjax.federated.config import FederatedConfig, validate_config
 from dpjax.federated.data import FederatedData, dirichlet_split, federated_data
 from dpjax.federated.fedavg import AdaptiveClipping, DPFedAvg, server_optimizer
 from dpjax.federated.local import LocalDPSGD, make_local_update
-from dpjax.privacy import accountant_delta
+from dpjax.privacy import PrivacySpent, accountant_delta
 from dpjax.random import key_from_seed, secure_key
 
-__all__ = ["FederatedJob", "build", "run_federated", "plot_accuracy"]
+__all__ = ["FederatedJob", "Runner", "build", "run_federated", "plot_accuracy"]
+
+GUARANTEES = {
+    "fedavg": "user level: add/remove one client with all of its data; Poisson client "
+    "sampling amplification",
+    "adaptive": "user level: add/remove one client with all of its data; Poisson client "
+    "sampling amplification (the noisy count included)",
+    "ftrl": "user level: add/remove one client with all of its data; tree aggregation, "
+    "no sampling amplification",
+    "fedbuff": "user level: add/remove one client with all of its data; at most "
+    "max_contributions per client, no sampling amplification",
+    "secure": "user level: add/remove one client with all of its data; distributed Skellam "
+    "noise under secure aggregation (the server sees only the noisy sum), no sampling "
+    "amplification",
+}
+
+
+class Runner(NamedTuple):
+    """How the job drives one algorithm (every algorithm's state differs)."""
+
+    init: Callable[[Any], Any]
+    step: Callable[[Any, Any, jax.Array, int], Any]  # (state, data, key, round) -> state
+    spent: Callable[[Any], PrivacySpent]  # the privacy spent by a state
+    epsilon_after: Callable[[Any, int], float]  # epsilon after n rounds (budget check)
+    rounds: Callable[[Any], int]
+    params: Callable[[Any], Any]
+    clip: Callable[[Any], float]
+    guarantee: str
 
 
 class FederatedJob(NamedTuple):
@@ -52,6 +80,7 @@ class FederatedJob(NamedTuple):
     noise_multiplier: float
     acct_delta: float
     key: jax.Array  # the run's key (noise, sampling, local training)
+    runner: Runner
 
 
 def _model(cfg: FederatedConfig, key: jax.Array):
@@ -91,6 +120,20 @@ def build(cfg: FederatedConfig) -> FederatedJob:
         loss_fn, optax.sgd(cfg.local_lr), cfg.local_steps, cfg.local_batch_size, dp_sgd=dp
     )
     sampler = CohortSampler.from_expected_size(cfg.clients, cfg.cohort_size)
+    if cfg.algorithm in ("ftrl", "fedbuff") or cfg.secure_aggregation:
+        alg, z, runner = _unamplified(cfg, local, sampler, params)
+        acct_delta = float(cfg.delta)
+    else:
+        alg, z, runner = _fedavg(cfg, local, sampler)
+        acct_delta = accountant_delta(cfg.delta, cfg.rounds, sampler.truncation_prob)
+    x_test, y_test = jnp.asarray(split.x_test), jnp.asarray(split.y_test)
+    acc_fn = jax.jit(lambda p: jnp.mean(jnp.argmax(logits(p, x_test), -1) == y_test))
+    return FederatedJob(
+        cfg, alg, data, params, lambda p: float(acc_fn(p)), z, acct_delta, key, runner
+    )
+
+
+def _fedavg(cfg: FederatedConfig, local, sampler: CohortSampler):
     if cfg.noise_multiplier is not None:
         z = float(cfg.noise_multiplier)
     elif cfg.epsilon is None:
@@ -110,10 +153,124 @@ def build(cfg: FederatedConfig) -> FederatedJob:
         server_optimizer(cfg.server_optimizer, cfg.server_lr),
         adaptive=adaptive,
     )
-    x_test, y_test = jnp.asarray(split.x_test), jnp.asarray(split.y_test)
-    acc_fn = jax.jit(lambda p: jnp.mean(jnp.argmax(logits(p, x_test), -1) == y_test))
-    acct_delta = accountant_delta(cfg.delta, cfg.rounds, sampler.truncation_prob)
-    return FederatedJob(cfg, alg, data, params, lambda p: float(acc_fn(p)), z, acct_delta, key)
+    acct = accountant_delta(cfg.delta, cfg.rounds, sampler.truncation_prob)
+    budget = dpjax.PrivacyBudget(cfg.epsilon or 1.0, cfg.delta, accountant=cfg.accountant)
+    jitted = jax.jit(alg.round)
+    runner = Runner(
+        init=alg.init,
+        step=lambda state, data, key, r: jitted(state, data, key)[0],
+        spent=lambda state: dpjax.privacy_spent(state, acct, accountant=cfg.accountant),
+        epsilon_after=budget.epsilon_after,
+        rounds=lambda state: int(state.rounds),
+        params=lambda state: state.params,
+        clip=lambda state: float(state.clip_norm),
+        guarantee=GUARANTEES[cfg.algorithm],
+    )
+    return alg, z, runner
+
+
+def _calibrate(eps_of_z: Callable[[float], float], target: float, delta: float, hi: float):
+    """The smallest z (to 0.1%) with eps_of_z(z) <= target, rounded up (epsilon falls with z)."""
+    if not eps_of_z(hi) <= target:
+        raise ValueError(
+            f"target_epsilon={target:g} is not reachable at delta={delta:g} with a noise "
+            f"multiplier up to {hi:g}; raise epsilon or delta, or lower rounds"
+        )
+    lo = hi / 2.0**20
+    if eps_of_z(lo) <= target:
+        return lo
+    while hi / lo > 1.001:
+        mid = math.sqrt(lo * hi)
+        lo, hi = (lo, mid) if eps_of_z(mid) <= target else (mid, hi)
+    return hi
+
+
+def _unamplified(cfg: FederatedConfig, local, sampler: CohortSampler, params: Any):
+    """DP-FTRL, FedBuff or DP-FedAvg with secure aggregation: no sampling amplification."""
+    from dpjax.crypto.secagg import SecAggAbort
+    from dpjax.federated import fedbuff, ftrl, secure
+
+    per_round = max(1, round(cfg.cohort_size))
+    delta, target = float(cfg.delta), cfg.epsilon
+    if cfg.algorithm == "ftrl":
+
+        def make(z):
+            return ftrl.DPFTRL(
+                local, cfg.clients, per_round, cfg.clip_norm, z, learning_rate=cfg.server_lr
+            )
+
+        hi, spent_fn, key = 2.0**12, ftrl.privacy_spent, "ftrl"
+    elif cfg.algorithm == "fedbuff":
+        k = cfg.buffer_size or per_round
+        m = cfg.max_contributions or cfg.rounds
+
+        def make(z):
+            return fedbuff.FedBuff(
+                local, cfg.clients, k, cfg.clip_norm, z,
+                server_optimizer(cfg.server_optimizer, cfg.server_lr), m,
+                max_staleness=cfg.max_staleness,
+            )  # fmt: skip
+
+        hi, spent_fn, key = 2.0**12, fedbuff.privacy_spent, "fedbuff"
+    else:
+        t = cfg.secagg_threshold or max(2, math.floor(sampler.expected_cohort_size / 2))
+        opt = server_optimizer(cfg.server_optimizer, cfg.server_lr)
+
+        def make(z):
+            inner = DPFedAvg(local, sampler, cfg.clip_norm, z, opt)
+            return secure.SecureDPFedAvg(inner, secure.SecureAggregation(threshold=t))
+
+        hi, spent_fn, key = 32.0, None, "secure"
+    if cfg.noise_multiplier:
+        z = float(cfg.noise_multiplier)
+    else:
+        if key == "secure":
+            dim = int(sum(np.size(x) for x in jax.tree.leaves(params)))
+
+            def eps_of_z(z):
+                return make(z).privacy_after(cfg.rounds, delta, dim=dim)
+        else:
+
+            def eps_of_z(z):
+                return make(z).privacy_after(cfg.rounds, delta).epsilon
+
+        z = _calibrate(eps_of_z, target, delta, hi)
+    alg = make(z)
+    if key == "secure":
+        k_pad = sampler.max_cohort_size
+
+        def step(state, data, k, r):
+            k_round, k_drop = jax.random.split(k)
+            drop = np.asarray(jax.random.bernoulli(k_drop, cfg.secagg_dropout, (k_pad,)))
+            try:
+                return alg.round(state, data, k_round, dropped=drop)[0]
+            except SecAggAbort:
+                return alg.aborted(state)
+
+        runner = Runner(
+            init=alg.init,
+            step=step,
+            spent=lambda state: dpjax.privacy_spent(state, delta),
+            epsilon_after=lambda state, n: state.privacy_epsilon(n, delta),
+            rounds=lambda state: int(state.fedavg.rounds),
+            params=lambda state: state.fedavg.params,
+            clip=lambda state: float(state.fedavg.clip_norm),
+            guarantee=GUARANTEES[key],
+        )
+        return alg, z, runner
+    jitted = jax.jit(alg.round)
+    counter = "rounds" if key == "ftrl" else "steps"
+    runner = Runner(
+        init=alg.init,
+        step=lambda state, data, k, r: jitted(state, data, k)[0],
+        spent=lambda state: spent_fn(state, delta),
+        epsilon_after=lambda state, n: alg.privacy_after(n, delta).epsilon,
+        rounds=lambda state: int(getattr(state, counter)),
+        params=lambda state: state.params,
+        clip=lambda state: float(cfg.clip_norm),
+        guarantee=GUARANTEES[key],
+    )
+    return alg, z, runner
 
 
 def plot_accuracy(history: list[dict[str, Any]], path: Path, title: str) -> None:
@@ -161,12 +318,8 @@ def run_federated(cfg: FederatedConfig) -> dict[str, Any]:
     job = build(cfg)  # every check before any file is created
     path = _reserve(cfg.output)
     try:
-        alg, acct = job.alg, job.acct_delta
-        state = alg.init(job.params)
-        budget = None
-        if cfg.epsilon is not None:
-            budget = dpjax.PrivacyBudget(cfg.epsilon, cfg.delta, accountant=cfg.accountant)
-        step = jax.jit(alg.round)
+        run = job.runner
+        state = run.init(job.params)
         keys = jax.random.split(job.key, cfg.rounds)
         history: list[dict[str, Any]] = []
         stopped = None
@@ -179,47 +332,53 @@ def run_federated(cfg: FederatedConfig) -> dict[str, Any]:
             dynamic_ncols=True,
             mininterval=0.5,
         )
-        eps = 0.0
+        eps, last = 0.0, 0
         try:
             for r in bar:
-                if budget is not None:
-                    try:
-                        budget.check(state)  # the accountant at rounds + 1
-                    except BudgetExceededError as e:
-                        stopped = str(e)
+                if cfg.epsilon is not None:
+                    n = run.rounds(state)
+                    after = run.epsilon_after(state, n + 1)  # checked before the round
+                    if not after <= cfg.epsilon:
+                        stopped = (
+                            f"privacy budget exhausted: round {n + 1} would spend epsilon = "
+                            f"{after:.4g} > budget {cfg.epsilon:g} at delta = {cfg.delta:g}; "
+                            f"{n} rounds taken, the round was not run"
+                        )
                         break
-                state, _ = step(state, job.data, keys[r])
+                state = run.step(state, job.data, keys[r], r)
+                last = r + 1
                 if (r + 1) % cfg.eval_every == 0 or r + 1 == cfg.rounds:
-                    acc = job.accuracy(state.params)
-                    eps = dpjax.privacy_spent(state, acct, accountant=cfg.accountant).epsilon
+                    acc = job.accuracy(run.params(state))
+                    eps = run.spent(state).epsilon
                     history.append(
                         {
                             "round": r + 1,
                             "test_accuracy": acc,
                             "epsilon": eps,
-                            "clip_norm": float(state.clip_norm),
+                            "clip_norm": run.clip(state),
                         }
                     )
                     bar.set_postfix(round=r + 1, eps=f"{eps:.2f}", acc=f"{acc:.3f}")
         finally:
             bar.close()
         loop_s = time.perf_counter() - t_loop
-        spent = dpjax.privacy_spent(state, acct, accountant=cfg.accountant)
-        if not history or history[-1]["round"] != spent.steps:
+        spent = run.spent(state)
+        if not history or history[-1]["round"] != last:
             history.append(
                 {
-                    "round": spent.steps,
-                    "test_accuracy": job.accuracy(state.params),
+                    "round": last,
+                    "test_accuracy": job.accuracy(run.params(state)),
                     "epsilon": spent.epsilon,
-                    "clip_norm": float(state.clip_norm),
+                    "clip_norm": run.clip(state),
                 }
             )
+        name = "DP-FedAvg + SecAgg" if cfg.secure_aggregation else f"DP-{cfg.algorithm}"
         plot = Path(cfg.plot) if cfg.plot else path.with_suffix(".png")
         with private_umask():  # owner-only, like the record
             plot_accuracy(
                 history,
                 plot,
-                f"DP-{cfg.algorithm}, {cfg.clients} clients, user-level eps = {spent.epsilon:.2f}",
+                f"{name}, {cfg.clients} clients, user-level eps = {spent.epsilon:.2f}",
             )
         record = _record(job, state, spent, history, stopped, loop_s, t_start, path, plot)
         write_record(path, record)
@@ -246,18 +405,18 @@ def _record(job, state, spent, history, stopped, loop_s, t_start, path, plot) ->
             "mean_examples": float(sizes.mean()),
         },
         "algorithm": cfg.algorithm,
-        "sampling_rate": float(job.alg.sampler.sampling_rate),
-        "expected_cohort_size": job.alg.expected_cohort_size,
-        "max_cohort_size": job.alg.sampler.max_cohort_size,
+        "model_parameters": int(sum(np.size(x) for x in jax.tree.leaves(job.params))),
+        "secure_aggregation": _secagg_record(job, state),
+        **_participation(job),
         "noise_multiplier": job.noise_multiplier,
         "rounds": spent.steps,
         "epsilon": spent.epsilon,
         "delta": spent.delta,
-        "accountant": cfg.accountant,
-        "guarantee": "user level: add/remove one client with all of its data",
+        "accountant": _accountant(cfg),
+        "guarantee": job.runner.guarantee,
         "record_level_epsilon": record_level,
         "test_accuracy": history[-1]["test_accuracy"],
-        "final_clip_norm": float(state.clip_norm),
+        "final_clip_norm": job.runner.clip(state),
         "history": history,
         "stopped_by_budget": stopped,
         "wall_seconds": time.perf_counter() - t_start,
@@ -272,3 +431,47 @@ def _record(job, state, spent, history, stopped, loop_s, t_start, path, plot) ->
         },
         "output": str(path),
     }
+
+
+def _participation(job: FederatedJob) -> dict[str, Any]:
+    cfg, alg = job.cfg, job.alg
+    if cfg.algorithm == "ftrl":
+        return {
+            "clients_per_round": alg.clients_per_round,
+            "rounds_per_epoch": alg.rounds_per_epoch,
+        }
+    if cfg.algorithm == "fedbuff":
+        return {
+            "buffer_size": alg.buffer_size,
+            "max_staleness": alg.max_staleness,
+            "max_contributions": alg.max_contributions,
+        }
+    inner = alg.fedavg if cfg.secure_aggregation else alg
+    return {
+        "sampling_rate": float(inner.sampler.sampling_rate),
+        "expected_cohort_size": inner.expected_cohort_size,
+        "max_cohort_size": inner.sampler.max_cohort_size,
+    }
+
+
+def _secagg_record(job: FederatedJob, state: Any) -> dict[str, Any] | None:
+    if not job.cfg.secure_aggregation:
+        return None
+    p = state.plan
+    return {
+        "threshold": p.threshold,
+        "bits": p.bits,
+        "scale": p.scale,
+        "client_lambda": p.client_lambda,
+        "l2_sensitivity": p.l2,
+        "dropout": job.cfg.secagg_dropout,
+        "aborted_rounds": int(state.aborted),
+    }
+
+
+def _accountant(cfg: FederatedConfig) -> str:
+    if cfg.secure_aggregation:
+        return "skellam rdp"
+    if cfg.algorithm in ("ftrl", "fedbuff"):
+        return "gaussian dp (exact)"
+    return cfg.accountant

@@ -28,8 +28,7 @@ How many nodes one leaf touches, and so the privacy of the whole release, is
 in :mod:`dpjax.accounting.tree`.
 """
 
-# isort: the block is first-party once dpjax/federated/__init__.py exists (the fedcore branch)
-from __future__ import annotations  # noqa: I001
+from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any, NamedTuple

@@ -70,6 +70,70 @@ def test_local_dp_sgd_reports_a_record_level_epsilon(tmp_path, capsys):
 
 
 @pytest.mark.parametrize(
+    "algorithm, flags, shown",
+    [
+        ("ftrl", [], "clients per round"),
+        ("fedbuff", ["--buffer-size", "4", "--max-staleness", "2", "--max-contributions", "2"],
+         "buffer K = 4, staleness <= 2, at most 2 contributions"),
+    ],
+)  # fmt: skip
+def test_ftrl_and_fedbuff_runs_report_an_unamplified_user_level_epsilon(
+    algorithm, flags, shown, tmp_path, capsys
+):
+    out = tmp_path / "run.json"
+    argv = ["federated", *TINY, "--algorithm", algorithm, *flags, "--epsilon", "8",
+            "--output", str(out)]  # fmt: skip
+    assert cli.main(argv) == 0
+    assert shown in capsys.readouterr().out
+    rec = json.loads(out.read_text())
+    assert rec["algorithm"] == algorithm and rec["rounds"] == 2
+    assert "no sampling amplification" in rec["guarantee"]
+    # calibrated: within the target, and not far below it (z is the smallest that fits)
+    assert 7.9 <= rec["epsilon"] <= 8.0
+    assert Path(rec["plot"]).read_bytes()[:4] == b"\x89PNG"
+    if algorithm == "fedbuff":
+        assert (rec["buffer_size"], rec["max_staleness"], rec["max_contributions"]) == (4, 2, 2)
+
+
+def test_fedbuff_epsilon_stops_growing_at_the_contribution_cap(tmp_path):
+    """With a fixed z, FedBuff's epsilon stops growing at m contributions: a budget that the
+    capped bound meets lets every round run."""
+    from dpjax.accounting import tree as acc_tree
+
+    z, m = 2.0, 2
+    eps_cap = acc_tree.gaussian_epsilon(acc_tree.gaussian_guarantee(z, m).mu, 1e-3)
+    out = tmp_path / "run.json"
+    argv = ["federated", *TINY, "--rounds", "4", "--algorithm", "fedbuff", "--buffer-size", "3",
+            "--max-contributions", str(m), "--noise-multiplier", str(z),
+            "--epsilon", str(eps_cap * 1.001), "--output", str(out)]  # fmt: skip
+    assert cli.main(argv) == 0
+    rec = json.loads(out.read_text())
+    assert rec["rounds"] == 4 and not rec["stopped_by_budget"]
+    assert rec["epsilon"] == pytest.approx(eps_cap, rel=1e-6)
+
+
+def test_secure_aggregation_run(tmp_path, capsys):
+    """DP-FedAvg with distributed Skellam noise under secure aggregation, dropouts simulated:
+    its epsilon is the Skellam RDP bound of the recorded plan, computed here again."""
+    from dpjax.accounting.skellam import sensitivities, skellam_epsilon
+
+    out = tmp_path / "run.json"
+    argv = ["federated", *TINY, "--secure-aggregation", "--secagg-threshold", "2",
+            "--secagg-dropout", "0.2", "--epsilon", "8", "--output", str(out)]  # fmt: skip
+    assert cli.main(argv) == 0
+    assert "secure agg.     threshold t = 2" in capsys.readouterr().out
+    rec = json.loads(out.read_text())
+    sa = rec["secure_aggregation"]
+    assert sa["threshold"] == 2 and sa["dropout"] == 0.2 and 2 <= sa["bits"] <= 32
+    assert rec["rounds"] + sa["aborted_rounds"] == 2
+    assert rec["accountant"] == "skellam rdp" and "secure aggregation" in rec["guarantee"]
+    dim = rec["model_parameters"]
+    l1, l2 = sensitivities(sa["l2_sensitivity"], dim)
+    ref = skellam_epsilon(2 * sa["client_lambda"], l1, l2, rec["rounds"], 1e-3)
+    assert rec["epsilon"] == pytest.approx(ref, rel=1e-9) and rec["epsilon"] <= 8.0
+
+
+@pytest.mark.parametrize(
     "argv, match",
     [
         (["--cohort-size", "30"], r"cohort_size must be in \(0.0, 20\]"),
@@ -80,6 +144,30 @@ def test_local_dp_sgd_reports_a_record_level_epsilon(tmp_path, capsys):
         (["--target-quantile", "1"], r"target_quantile must be in \(0.0, 1.0\)"),
         (["--count-noise-std", "-1"], "count_noise_std must be > 0"),
         (["--algorithm", "adaptive", "--noise-multiplier", "2"], "count_noise_std must be >"),
+        (["--buffer-size", "4"], "buffer_size applies to algorithm 'fedbuff' only"),
+        (
+            ["--algorithm", "fedbuff", "--buffer-size", "21"],
+            r"buffer_size must be in \[1, clients=20\]",
+        ),
+        (["--algorithm", "fedbuff", "--buffer-size", "0"], "buffer_size must be >= 1"),
+        (["--algorithm", "fedbuff", "--max-staleness", "-1"], "max_staleness must be >= 0"),
+        (["--algorithm", "fedbuff", "--max-contributions", "0"], "max_contributions must be >= 1"),
+        (["--algorithm", "ftrl", "--non-private"], "must be > 0 for algorithm 'ftrl'"),
+        (["--algorithm", "ftrl", "--noise-multiplier", "0"], "noise_multiplier must be > 0 for"),
+        (["--secure-aggregation", "--algorithm", "adaptive"], "secure_aggregation runs with"),
+        (["--secure-aggregation", "--non-private"], "must be > 0 for secure_aggregation"),
+        (["--secure-aggregation", "--secagg-threshold", "1"], "secagg_threshold must be >= 2"),
+        (
+            ["--secure-aggregation", "--secagg-threshold", "19"],
+            r"threshold must be in \[2, max_cohort_size=18\]",
+        ),
+        (
+            ["--secure-aggregation", "--secagg-dropout", "1"],
+            r"secagg_dropout must be in \[0.0, 1.0\)",
+        ),
+        (["--secagg-threshold", "3"], "secagg_threshold needs secure_aggregation"),
+        (["--secagg-dropout", "0.1"], "secagg_dropout needs secure_aggregation"),
+        (["--secure-aggregation", "--epsilon", "1e-3"], "target_epsilon=0.001 is not reachable"),
     ],
 )
 def test_bad_input_is_refused_and_writes_nothing(argv, match, tmp_path, capsys):

@@ -13,9 +13,9 @@ import numpy as np
 import optax
 import pytest
 from dp_accounting.pld.privacy_loss_mechanism import GaussianPrivacyLoss
-from dpjax.kernels import noise as noise_k
 from scipy import stats
 
+from dpjax import federated as F
 from dpjax.federated import fedbuff
 from tests.federated import _fixtures as fx
 from tests.mechanisms._stats import ALPHA
@@ -31,20 +31,19 @@ def _alg(n=6, k=3, c=0.5, z=0.8, opt=None, m=100, s=0, weight=None, update=fx.lo
     )
 
 
-def _reference_dp_fedavg_round(params, opt_state, opt, data, indices, key, c, z, k):
-    """One synchronous DP-FedAvg round by hand (McMahan et al. 2018, Alg. 1): every client
-    trains from the current model, deltas clipped to C (float64), summed, N(0, (zC)^2) on the
-    sum, divided by the cohort size, optax on the negative average. Keys as FedBuff documents
-    them: split(key, 4) -> (arrivals, staleness, clients, noise), client key fold_in(clients, i)."""
+def _dp_fedavg_round(alg, state, data, indices, key):
+    """One round of fedcore's DPFedAvg (its client_update, aggregate and server_update) on the
+    cohort ``indices``, with FedBuff's keys: ``split(key, 4) -> (arrivals, staleness, clients,
+    noise)``, the clients' keys ``client_keys(clients, indices)``, the noise key ``noise``."""
     _, _, k_clients, k_noise = jax.random.split(key, 4)
-    total = np.zeros(params["w"].shape, np.float64)
-    for i in indices:
-        batch = fx.Batch(data.x[i], data.y[i])
-        total += fx.clip64(_local(params, batch, jax.random.fold_in(k_clients, i)), c)
-    noise = noise_k.gaussian_like(k_noise, {"w": jnp.zeros(params["w"].shape)}, z * c)
-    avg = {"w": jnp.asarray((total + np.asarray(noise["w"], np.float64)) / k, jnp.float32)}
-    updates, opt_state = opt.update(jax.tree.map(jnp.negative, avg), opt_state, params)
-    return optax.apply_updates(params, updates), opt_state
+    idx = jnp.asarray(indices, jnp.int32)
+    keys = F.client_keys(k_clients, idx)
+    results = jax.vmap(alg.client_update, in_axes=(None, 0, 0, None))(
+        state.params, data.gather(idx), keys, state.clip_norm
+    )
+    mask = jnp.ones(idx.shape, bool)
+    summed = F.aggregate(results.update, mask)
+    return alg.server_update(state, summed, F.centred_count(results.unclipped, mask), k_noise)
 
 
 @pytest.mark.parametrize("name", ["sgd", "momentum", "adam"])
@@ -60,20 +59,21 @@ def test_buffer_equal_to_cohort_without_staleness_is_dp_fedavg(name):
 def _fedbuff_vs_fedavg(opt):
     data = fx.population(6)
     c, z, k = 0.5, 0.8, 3
-    alg = _alg(n=6, k=k, c=c, z=z, opt=opt, s=0)
-    state = alg.init(fx.params0())
-    params, opt_state = fx.params0(), opt.init(fx.params0())
-    step = jax.jit(alg.round)
+    # DPFedAvg.client_update trains with split(client key)[0]: give FedBuff the same key.
+    train_with_first_split = lambda p, b, kk: fx.local_update(p, b, jax.random.split(kk)[0])  # noqa: E731
+    alg = _alg(n=6, k=k, c=c, z=z, opt=opt, s=0, update=train_with_first_split)
+    fedavg = F.DPFedAvg(fx.local_update, F.CohortSampler(6, k / 6), c, z, opt)
+    assert fedavg.expected_cohort_size == k  # both divide the noisy sum by 3
+    state, ref = alg.init(fx.params0()), fedavg.init(fx.params0())
+    step, ref_step = jax.jit(alg.round), jax.jit(_dp_fedavg_round, static_argnums=(0,))
     cohorts = [[0, 1, 2], [3, 4, 5], [5, 0, 2], [1, 3, 4]]
     for r, cohort in enumerate(cohorts):
         key = jax.random.key(100 + r)
-        idx = jnp.asarray(cohort, jnp.int32)
-        state, m = step(state, data, key, idx, jnp.ones(k, bool))
-        params, opt_state = _reference_dp_fedavg_round(
-            params, opt_state, opt, data, cohort, key, c, z, k
-        )
-        np.testing.assert_allclose(state.params["w"], params["w"], rtol=1e-4, atol=1e-5)
+        state, m = step(state, data, key, jnp.asarray(cohort, jnp.int32), jnp.ones(k, bool))
+        ref = ref_step(fedavg, ref, data, tuple(cohort), key)
         assert int(m.accepted) == k and not np.any(np.asarray(m.staleness))
+        np.testing.assert_allclose(state.params["w"], ref.params["w"], rtol=1e-5, atol=1e-6)
+    assert not np.allclose(state.params["w"], 0.0)
 
 
 def test_stale_clients_train_from_the_ring():
@@ -342,13 +342,12 @@ def test_doctests():
 
 
 def test_docs_example_runs():
-    """docs/federated_ftrl_fedbuff.md's example runs as written (the lead merges the page into
-    docs/federated.md: move this path with it)."""
-    text = (pathlib.Path(__file__).parents[2] / "docs" / "federated_ftrl_fedbuff.md").read_text()
-    blocks = re.findall(r"```python\n(.*?)```", text, re.S)
-    assert blocks, "docs/federated_ftrl_fedbuff.md has no python example"
+    """docs/federated.md's DP-FTRL/FedBuff example runs as written."""
+    text = (pathlib.Path(__file__).parents[2] / "docs" / "federated.md").read_text()
+    blocks = [b for b in re.findall(r"```python\n(.*?)```", text, re.S) if "fedbuff.FedBuff(" in b]
+    assert len(blocks) == 1, "docs/federated.md needs exactly one python example of FedBuff"
     ns: dict = {}
     with jax.numpy_dtype_promotion("standard"):
-        exec(compile(blocks[0], "docs/federated_ftrl_fedbuff.md", "exec"), ns)
+        exec(compile(blocks[0], "docs/federated.md", "exec"), ns)
     assert int(ns["state"].contributions.max()) <= 5
     assert ns["fedbuff"].privacy_spent(ns["state"], 1e-5).epsilon > 0
