@@ -67,8 +67,11 @@ def vmapped(cfg: dict, rounds: int, seed: int) -> dict:
     t = time_rounds(task.algorithm, state, data, rounds, jax.random.key(seed))
     s = state._replace(rounds=state.rounds + rounds + 1)
     p = deployed_privacy(s, 1e-5)
-    return {**t._asdict(), "epsilon": p.epsilon,
-            "epsilon_without_sampling": p.epsilon_without_sampling}
+    return {
+        **t._asdict(),
+        "epsilon": p.epsilon,
+        "epsilon_without_sampling": p.epsilon_without_sampling,
+    }
 
 
 def flower(cfg: dict, rounds: int, seed: int, actors: int, timeout: float) -> dict:
@@ -84,8 +87,12 @@ def flower(cfg: dict, rounds: int, seed: int, actors: int, timeout: float) -> di
     with tempfile.TemporaryDirectory() as tmp:
         record = Path(tmp) / "run.json"
         options = ServerOptions(
-            rounds=rounds + 1, seed=seed, record=str(record), round_timeout=timeout,
-            min_nodes=cfg["num-clients"], connect_timeout=timeout,
+            rounds=rounds + 1,
+            seed=seed,
+            record=str(record),
+            round_timeout=timeout,
+            min_nodes=cfg["num-clients"],
+            connect_timeout=timeout,
         )
         t0 = time.perf_counter()
         run_simulation(
@@ -131,15 +138,24 @@ def deployment(cfg: dict, nodes: int, rounds: int, seed: int, timeout: float) ->
     with tempfile.TemporaryDirectory() as tmp:
         record = Path(tmp) / "run.json"
         app = demo.write_demo_app(
-            Path(tmp) / "app", **{k.replace("-", "_"): v for k, v in small.items()},
-            num_rounds=rounds, seed=seed, round_timeout=timeout, min_nodes=nodes,
-            connect_timeout=timeout, record=str(record),
+            Path(tmp) / "app",
+            **{k.replace("-", "_"): v for k, v in small.items()},
+            num_rounds=rounds,
+            seed=seed,
+            round_timeout=timeout,
+            min_nodes=nodes,
+            connect_timeout=timeout,
+            record=str(record),
         )
-        env = {"JAX_PLATFORMS": "cpu", "JAX_COMPILATION_CACHE_DIR": str(Path(tmp) / "cache"),
-               "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
+        env = {
+            "JAX_PLATFORMS": "cpu",
+            "JAX_COMPILATION_CACHE_DIR": str(Path(tmp) / "cache"),
+            "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+        }
         t0 = time.perf_counter()
-        with LocalFederation(bin_dir, [{"client-id": i} for i in range(nodes)],
-                             workdir=Path(tmp) / "fed", env=env) as fed:
+        with LocalFederation(
+            bin_dir, [{"client-id": i} for i in range(nodes)], workdir=Path(tmp) / "fed", env=env
+        ) as fed:
             run = fed.submit(app, {})
             run.wait(timeout=timeout * (rounds + 2))
         wall = time.perf_counter() - t0

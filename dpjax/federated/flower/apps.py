@@ -295,19 +295,22 @@ def run_server(grid: Grid, task: FlowerTask, options: ServerOptions) -> dict[str
             node = node_of.get(client)
             if node is None or node not in alive:
                 continue
-            cfg = {"round": r, "client": client, "clip-norm": clip,
-                   "key": key_to_bytes(plan.client_keys[slot])}
+            cfg = {
+                "round": r,
+                "client": client,
+                "clip-norm": clip,
+                "key": key_to_bytes(plan.client_keys[slot]),
+            }
             content = RecordDict({"params": ArrayRecord(params_arrays), "round": ConfigRecord(cfg)})
-            messages.append(
-                Message(content, node, MessageType.TRAIN, ttl=options.round_timeout)
-            )
+            messages.append(Message(content, node, MessageType.TRAIN, ttl=options.round_timeout))
             slot_of[client] = int(slot)
         replies: dict[int, ClientReply] = {}
         for m in _exchange(grid, messages, options.round_timeout):
             if not m.has_content():  # the node is gone or its ClientApp failed: left out
                 code = m.error.code if m.has_error() else -1
-                log.warning("round %d: a reply carried error code %d instead of an update",
-                            r + 1, code)
+                log.warning(
+                    "round %d: a reply carried error code %d instead of an update", r + 1, code
+                )
                 continue
             client = int(m.content["result"]["client"])
             slot = slot_of.get(client)
@@ -331,8 +334,12 @@ def run_server(grid: Grid, task: FlowerTask, options: ServerOptions) -> dict[str
             }
         )
         history.append(to_arrays(state.params) if options.record_every_round else None)
-        log.info("round %d: epsilon %.4g (without sampling %.4g)", r + 1, spent.epsilon,
-                 spent.epsilon_without_sampling)
+        log.info(
+            "round %d: epsilon %.4g (without sampling %.4g)",
+            r + 1,
+            spent.epsilon,
+            spent.epsilon_without_sampling,
+        )
         if record_file is not None:
             record_file.write(record, state.params, history)
     spent = deployed_privacy(state, options.delta, accountant=options.accountant)

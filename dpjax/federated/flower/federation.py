@@ -202,8 +202,13 @@ class LocalFederation:
         log = open(self.workdir / f"{name}.log", "wb")  # noqa: SIM115 - closed with the process
         try:
             p = subprocess.Popen(
-                args, env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL, start_new_session=True, cwd=self.workdir,
+                args,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                cwd=self.workdir,
             )
         finally:
             log.close()
@@ -221,8 +226,15 @@ class LocalFederation:
         )
         self.superlink = self._spawn(
             "superlink",
-            [str(self.bin / "flower-superlink"), "--insecure", "--host", "127.0.0.1",
-             "--port", str(self.port), "--disable-runtime-dependency-installation"],
+            [
+                str(self.bin / "flower-superlink"),
+                "--insecure",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--disable-runtime-dependency-installation",
+            ],
         )
         deadline = time.monotonic() + self.start_timeout
         while True:
@@ -245,9 +257,18 @@ class LocalFederation:
             self.nodes.append(
                 self._spawn(
                     f"supernode{i}",
-                    [str(self.bin / "flower-supernode"), "--insecure",
-                     "--superlink", f"127.0.0.1:{self.port}", "--host", "127.0.0.1",
-                     "--port", str(free_port()), "--node-config", node_cfg],
+                    [
+                        str(self.bin / "flower-supernode"),
+                        "--insecure",
+                        "--superlink",
+                        f"127.0.0.1:{self.port}",
+                        "--host",
+                        "127.0.0.1",
+                        "--port",
+                        str(free_port()),
+                        "--node-config",
+                        node_cfg,
+                    ],
                 )
             )
         return self
@@ -277,8 +298,15 @@ class LocalFederation:
         overrides.write_text(_toml_table(run_config))
         return self._spawn(
             f"flwr-run-{self._runs}",
-            [str(self.bin / "flwr"), "run", str(Path(app_dir).resolve()), "local",
-             "--run-config", str(overrides), "--stream"],
+            [
+                str(self.bin / "flwr"),
+                "run",
+                str(Path(app_dir).resolve()),
+                "local",
+                "--run-config",
+                str(overrides),
+                "--stream",
+            ],
         )
 
     def close(self) -> None:
@@ -310,4 +338,3 @@ class LocalFederation:
 
     def __exit__(self, *exc) -> None:
         self.close()
-
