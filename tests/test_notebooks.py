@@ -28,6 +28,7 @@ EXPECTED = [
     "03_memory.ipynb",
     "04_auditing.ipynb",
     "05_data_privacy.ipynb",
+    "06_federated_encrypted.ipynb",
 ]
 
 
