@@ -39,6 +39,8 @@ from __future__ import annotations
 import argparse
 import select
 import signal
+import socket
+import struct
 import sys
 import time
 from collections.abc import Callable
@@ -76,10 +78,10 @@ def _check_authkey(authkey: bytes) -> bytes:
     return authkey
 
 
-def _check_timeout(timeout: float) -> float:
-    timeout = float(_validate.positive("timeout", timeout))
+def _check_timeout(timeout: float, name: str = "timeout") -> float:
+    timeout = float(_validate.positive(name, timeout))
     if timeout == float("inf"):
-        raise ValueError("timeout must be finite (every wait is bounded)")
+        raise ValueError(f"{name} must be finite (every wait is bounded)")
     return timeout
 
 
@@ -88,20 +90,52 @@ def _max_message(config: SecAggConfig, n_clients: int) -> int:
     return 64 + 4 * config.dim + 256 * (n_clients + 1)
 
 
-def open_listener(authkey: bytes, port: int = 0) -> Listener:
+def open_listener(authkey: bytes, port: int = 0, *, handshake_timeout: float = 5.0) -> Listener:
     """A listener on 127.0.0.1 (``port`` 0: a free port the OS picks; see ``.address``).
+
+    Args:
+      authkey: the key every client must prove it holds (at least 16 bytes).
+      port: the port, or 0 for a free one.
+      handshake_timeout: seconds a connecting peer has to answer the authkey
+        challenge (one round trip); a silent peer is then given up on.
 
     Close it when the round is over (it is a context manager).
     """
     port = _validate.non_negative_int("port", port)
     if port > 65535:
         raise ValueError(f"port must be in [0, 65535], got {port}")
-    return Listener((HOST, port), family="AF_INET", authkey=_check_authkey(authkey))
+    authkey = _check_authkey(authkey)
+    handshake_timeout = _check_timeout(handshake_timeout, "handshake_timeout")
+    listener = Listener((HOST, port), family="AF_INET", authkey=authkey)
+    # Set before any peer can connect: a connection inherits it when the kernel queues it.
+    _io_timeout(listener._listener._socket, handshake_timeout)
+    return listener
+
+
+def _io_timeout(sock: socket.socket, seconds: float) -> None:
+    """Bounds every blocking read and write on ``sock`` (SO_RCVTIMEO / SO_SNDTIMEO).
+
+    ``Connection.recv_bytes`` blocks until a whole message has arrived, even
+    after ``poll`` saw its first byte; with these options a peer that stalls
+    mid-message (or never reads) makes the call fail after ``seconds``
+    instead of hanging. Sockets accepted from a listener inherit them, which
+    bounds the library's authkey handshake inside ``Listener.accept`` too
+    (:func:`open_listener` sets them on the listening socket).
+    """
+    whole = int(seconds)
+    timeval = struct.pack("@ll", whole, int((seconds - whole) * 1e6))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeval)
+
+
+def _conn_io_timeout(conn: Connection, seconds: float) -> None:
+    with socket.fromfd(conn.fileno(), socket.AF_INET, socket.SOCK_STREAM) as dup:
+        _io_timeout(dup, seconds)  # a duplicate descriptor of the same socket
 
 
 def _accept(listener: Listener, deadline: float) -> Connection | None:
     """One authenticated connection, or None when the deadline passes first."""
-    sock = listener._listener._socket  # select only: accept itself stays the library's
+    sock = listener._listener._socket  # select and timeouts only: accept stays the library's
     while True:
         remaining = deadline - time.monotonic()
         if remaining <= 0 or not select.select([sock], [], [], remaining)[0]:
@@ -218,6 +252,7 @@ def run_server(
             conn = _accept(listener, deadline)
             if conn is None:
                 break
+            _conn_io_timeout(conn, timeout)
             waiting.append(conn)
         # Round 0: the first message on each connection names its client.
         deadline = time.monotonic() + timeout
@@ -334,6 +369,7 @@ def run_client(
     except (OSError, EOFError, AuthenticationError) as e:
         raise SecAggAbort(f"cannot connect to the server on {HOST}:{port}: {e}") from None
     with conn:
+        _conn_io_timeout(conn, timeout)
         try:
             conn.send_bytes(secagg_wire.encode(advert))
             broadcast = _receive(conn, KeysBroadcast, time.monotonic() + timeout, max_bytes)

@@ -11,9 +11,12 @@ closed by fixture finalizers; every wait is bounded.
 import os
 import secrets
 import signal
+import socket
+import struct
 import subprocess
 import sys
 import threading
+import time
 from multiprocessing import AuthenticationError
 from multiprocessing.connection import Client
 from pathlib import Path
@@ -144,6 +147,7 @@ def test_every_client_survives_and_an_intruder_is_refused(tmp_path, listener, sp
     assert out.bytes_sent["masked_input"] == n * (14 + -(-d * bits // 8))
 
 
+@pytest.mark.slow  # 5-6 client processes a case (jax import each): ~3 s idle, ~10 s loaded
 @pytest.mark.parametrize(
     "n, t, kill_at, kill",
     [
@@ -166,6 +170,7 @@ def test_killed_clients_are_recovered(tmp_path, listener, spawn, n, t, kill_at, 
     assert not np.array_equal(_plain_sum(x, alive, bits), _plain_sum(x, range(n), bits))
 
 
+@pytest.mark.slow  # 5-6 client processes a case (jax import each): ~3 s idle, ~10 s loaded
 @pytest.mark.parametrize(
     "kill_at, kill, message",
     [
@@ -228,6 +233,45 @@ def _eof(conn):
     return False
 
 
+def _server_in_thread(lst, n_clients, timeout):
+    """run_server in a thread: (thread, result box); the thread is a daemon, so a hang ends."""
+    box = {}
+
+    def serve():
+        try:
+            lb.run_server(lst, SecAggConfig(0, 4, 8, 2), n_clients, timeout=timeout)
+        except SecAggAbort as e:
+            box["abort"] = str(e)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    return thread, box
+
+
+def test_a_silent_peer_cannot_stall_the_handshake(request):
+    """A TCP peer that connects and never answers the authkey challenge is given up on."""
+    lst = lb.open_listener(secrets.token_bytes(32), handshake_timeout=0.5)
+    request.addfinalizer(lst.close)
+    with socket.create_connection(lst.address, timeout=WAIT_S):
+        start = time.monotonic()
+        thread, box = _server_in_thread(lst, 2, timeout=1.0)
+        thread.join(timeout=WAIT_S)
+        assert not thread.is_alive(), "the server hangs on a silent peer"
+    assert box == {"abort": "fewer clients than the threshold advertised keys"}
+    assert time.monotonic() - start < WAIT_S
+
+
+def test_a_peer_stalling_mid_message_cannot_stall_the_server(listener):
+    """A peer that announces a 100-byte message and sends 4 bytes of it is dropped."""
+    lst, authkey = listener
+    thread, box = _server_in_thread(lst, 1, timeout=1.0)
+    with Client(lst.address, family="AF_INET", authkey=authkey) as conn:
+        os.write(conn.fileno(), struct.pack("!i", 100) + b"\x01abc")  # the frame's first bytes
+        thread.join(timeout=WAIT_S)
+        assert not thread.is_alive(), "the server hangs on a half-sent message"
+    assert box == {"abort": "fewer clients than the threshold advertised keys"}
+
+
 def test_server_with_no_clients_aborts_at_its_deadline(listener):
     lst, _ = listener
     with pytest.raises(SecAggAbort, match="fewer clients than the threshold"):
@@ -273,6 +317,18 @@ def test_server_rejects_unbounded_timeouts(listener, timeout):
 def test_open_listener_rejects_bad_ports(port):
     with pytest.raises(ValueError, match="port"):
         lb.open_listener(b"k" * 16, port)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"authkey": b"short"}, "authkey"),
+        ({"handshake_timeout": float("inf")}, "handshake_timeout"),
+    ],
+)
+def test_open_listener_rejects_bad_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        lb.open_listener(**{"authkey": b"k" * 16, **kwargs})
 
 
 def test_client_entry_point_reports_a_missing_input(tmp_path, capsys):
