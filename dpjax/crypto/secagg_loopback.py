@@ -225,8 +225,13 @@ def run_server(
       message kind carried from the clients (as sent, packed to ``bits``).
 
     Raises:
-      SecAggAbort: fewer than ``threshold`` clients remained at some step;
-        no unmasking has happened and no individual input is revealed.
+      SecAggAbort: fewer than ``threshold`` clients remained at some step
+        (no unmasking has happened and no individual input is revealed), or
+        the unmasking shares were inconsistent (a client sent wrong but
+        well-formed shares: the round aborts, it cannot be misled into a
+        partial sum). A malformed or misaddressed message only drops its
+        sender.
+      ValueError: a bad argument (before any connection is accepted).
 
     Privacy:
       The server sees only what :mod:`dpjax.crypto.secagg` lets it see:
@@ -237,6 +242,15 @@ def run_server(
     """
     secagg._check_config(config)
     n_clients = _validate.positive_int("n_clients", n_clients)
+    if n_clients < config.threshold:
+        raise ValueError(f"n_clients must be >= threshold = {config.threshold}, got {n_clients}")
+    if degree is not None:
+        degree = _validate.positive_int("degree", degree)
+        if degree < n_clients - 1 and (degree % 2 or degree + 1 < config.threshold):
+            raise ValueError(
+                f"degree must be even and >= threshold - 1 = {config.threshold - 1} "
+                f"(or >= n_clients - 1 = {n_clients - 1}), got {degree}"
+            )
     timeout = _check_timeout(timeout)
     peers = _Peers(_max_message(config, n_clients))
     sent = {"advertise": 0, "share_keys": 0, "masked_input": 0, "unmask": 0}
@@ -280,6 +294,10 @@ def run_server(
         # Round 1: forward the encrypted shares.
         got = peers.gather(ShareKeysMsg, time.monotonic() + timeout)
         sent["share_keys"] = sum(n for _, n in got.values())
+        for client, (m, _) in list(got.items()):
+            if set(m.ciphertexts) != set(state.graph[client]):  # would abort the whole round
+                del got[client]
+                peers.drop(client)
         state, inboxes = secagg.server_collect_shares(state, [m for m, _ in got.values()])
         phase("shares", got)
         for client in list(peers.conns):
@@ -290,6 +308,10 @@ def run_server(
         # Round 2: sum the masked inputs.
         got = peers.gather(MaskedInputMsg, time.monotonic() + timeout)
         sent["masked_input"] = sum(n for _, n in got.values())
+        for client, (m, _) in list(got.items()):
+            if m.masked.shape != (config.dim,):  # would abort the whole round
+                del got[client]
+                peers.drop(client)
         state, request = secagg.server_collect_masked(state, [m for m, _ in got.values()])
         phase("masked", got)
         for client in list(peers.conns):

@@ -97,7 +97,7 @@ def _plain_sum(x, ids, bits):
     return (x[list(ids)].astype(np.uint64).sum(axis=0) % 2**bits).astype(np.uint32)
 
 
-def _run_round(tmp_path, listener, spawn, *, n, t, d, bits, kill_at=None, kill=()):
+def _run_round(tmp_path, listener, spawn, *, n, t, d, bits, kill_at=None, kill=(), degree=None):
     """One round; returns (result or the SecAggAbort, phases seen, exit codes, stderr, inputs)."""
     lst, authkey = listener
     cfg = SecAggConfig(7, d, bits, t)
@@ -113,7 +113,7 @@ def _run_round(tmp_path, listener, spawn, *, n, t, d, bits, kill_at=None, kill=(
                 procs[c].wait(timeout=WAIT_S)
 
     try:
-        out = lb.run_server(lst, cfg, n, timeout=WAIT_S, on_phase=on_phase)
+        out = lb.run_server(lst, cfg, n, degree=degree, timeout=WAIT_S, on_phase=on_phase)
     except SecAggAbort as e:
         out = e
     codes = {i: p.wait(timeout=WAIT_S) for i, p in procs.items()}
@@ -149,17 +149,18 @@ def test_every_client_survives_and_an_intruder_is_refused(tmp_path, listener, sp
 
 @pytest.mark.slow  # 5-6 client processes a case (jax import each): ~3 s idle, ~10 s loaded
 @pytest.mark.parametrize(
-    "n, t, kill_at, kill",
+    "n, t, kill_at, kill, degree",
     [
-        (6, 4, "shares", (1, 4)),  # after sharing keys: their pairwise masks are reconstructed
-        (5, 3, "masked", (0, 3)),  # after the masked input: in the sum, self-masks recovered
+        (6, 4, "shares", (1, 4), None),  # after sharing keys: their pair masks are rebuilt
+        (6, 3, "masked", (0, 3), 4),  # after the masked input (SecAgg+, 4-regular graph)
     ],
 )
-def test_killed_clients_are_recovered(tmp_path, listener, spawn, n, t, kill_at, kill):
+def test_killed_clients_are_recovered(tmp_path, listener, spawn, n, t, kill_at, kill, degree):
     d, bits = 11, 20
     out, phases, codes, errs, x = _run_round(
-        tmp_path, listener, spawn, n=n, t=t, d=d, bits=bits, kill_at=kill_at, kill=kill
-    )
+        tmp_path, listener, spawn, n=n, t=t, d=d, bits=bits, kill_at=kill_at, kill=kill,
+        degree=degree,
+    )  # fmt: skip
     assert not isinstance(out, Exception), (out, errs)
     alive = tuple(i for i in range(n) if i not in kill)
     assert codes == {i: -signal.SIGKILL if i in kill else 0 for i in range(n)}, errs
@@ -242,6 +243,8 @@ def _server_in_thread(lst, n_clients, timeout):
             lb.run_server(lst, SecAggConfig(0, 4, 8, 2), n_clients, timeout=timeout)
         except SecAggAbort as e:
             box["abort"] = str(e)
+        except Exception as e:  # noqa: BLE001 (reported in the assertion)
+            box["error"] = repr(e)
 
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
@@ -264,12 +267,21 @@ def test_a_silent_peer_cannot_stall_the_handshake(request):
 def test_a_peer_stalling_mid_message_cannot_stall_the_server(listener):
     """A peer that announces a 100-byte message and sends 4 bytes of it is dropped."""
     lst, authkey = listener
-    thread, box = _server_in_thread(lst, 1, timeout=1.0)
-    with Client(lst.address, family="AF_INET", authkey=authkey) as conn:
-        os.write(conn.fileno(), struct.pack("!i", 100) + b"\x01abc")  # the frame's first bytes
-        thread.join(timeout=WAIT_S)
-        assert not thread.is_alive(), "the server hangs on a half-sent message"
+    done = threading.Event()
+
+    def stalling_peer():
+        with Client(lst.address, family="AF_INET", authkey=authkey) as conn:
+            os.write(conn.fileno(), struct.pack("!i", 100) + b"\x01abc")  # a frame's first bytes
+            done.wait(timeout=WAIT_S)
+
+    peer = threading.Thread(target=stalling_peer, daemon=True)
+    thread, box = _server_in_thread(lst, 2, timeout=1.0)
+    peer.start()
+    thread.join(timeout=WAIT_S)
+    done.set()
+    assert not thread.is_alive(), "the server hangs on a half-sent message"
     assert box == {"abort": "fewer clients than the threshold advertised keys"}
+    peer.join(timeout=WAIT_S)
 
 
 def test_server_with_no_clients_aborts_at_its_deadline(listener):
@@ -307,10 +319,47 @@ def test_client_rejects_bad_arguments_before_connecting(change, match):
         lb.run_client(**{**_GOOD, **change}, n_clients=3, timeout=1.0)
 
 
-@pytest.mark.parametrize("timeout", [0.0, float("inf"), -1.0])
-def test_server_rejects_unbounded_timeouts(listener, timeout):
-    with pytest.raises(ValueError, match="timeout"):
-        lb.run_server(listener[0], _CFG, 3, timeout=timeout)
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"timeout": 0.0}, "timeout"),
+        ({"timeout": float("inf")}, "timeout"),
+        ({"timeout": -1.0}, "timeout"),
+        ({"n_clients": 1}, "n_clients"),
+        ({"n_clients": 8, "degree": 3}, "degree"),
+        ({"n_clients": 8, "degree": 0}, "degree"),
+        ({"config": SecAggConfig(0, 3, 8, 5), "n_clients": 8, "degree": 2}, "degree"),
+    ],
+)
+def test_server_rejects_bad_arguments_before_accepting(listener, kwargs, match):
+    lst, _ = listener
+    args = {"config": _CFG, "n_clients": 3, "timeout": 1.0, **kwargs}
+    with socket.create_connection(lst.address, timeout=0.3) as peer:  # queued, not accepted
+        with pytest.raises(ValueError, match=match):
+            lb.run_server(lst, **args)
+        with pytest.raises(TimeoutError):  # no authkey challenge came: nothing was accepted
+            peer.recv(1)
+
+
+def test_message_size_cap_fits_every_message():
+    """The cap on one message holds the largest of each kind for a cohort of 20."""
+    n, d, bits = 20, 50, 16
+    cfg = SecAggConfig(0, d, bits, 3)
+    states, adverts = zip(*(secagg.client_advertise(cfg, i) for i in range(n)), strict=True)
+    server, broadcasts = secagg.server_collect_keys(cfg, adverts)
+    shares = [secagg.client_share_keys(cfg, states[i], broadcasts[i]) for i in range(n)]
+    server, inboxes = secagg.server_collect_shares(server, [m for _, m in shares])
+    states = [s for s, _ in shares]
+    masked = [
+        secagg.client_masked_input(cfg, states[i], inboxes[i], np.zeros(d, np.uint32))
+        for i in range(n)
+    ]
+    server, request = secagg.server_collect_masked(server, [m for _, m in masked])
+    answer = secagg.client_unmask(cfg, masked[0][0], request)[1]
+    msgs = [adverts[0], broadcasts[0], shares[0][1], secagg_wire.Inbox(inboxes[0]), request]
+    sizes = [len(secagg_wire.encode(m)) for m in [*msgs, masked[0][1], answer]]
+    assert max(sizes) <= lb._max_message(cfg, n)
+    assert max(sizes) > lb._max_message(cfg, n) // 4  # the cap is not absurdly loose
 
 
 @pytest.mark.parametrize("port", [-1, 65536])
