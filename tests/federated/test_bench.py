@@ -32,6 +32,10 @@ def test_results_file_and_plot_from_a_result(tmp_path):
     text = md.read_text()
     assert "ms per padded slot" in text and res["machine"]["cpu"] in text
     assert text.count("\n| fedavg |") == sum(r["algorithm"] == "fedavg" for r in res["accuracy"])
+    assert text.index("## Summary") < text.index("## Throughput") < text.index("## Scale")
+    rows = res["scale"]["populations"] + res["scale"]["cohorts"]
+    assert text.count("\n| 64,000 |") == sum(r["clients"] == 64_000 for r in rows)
+    assert f"**{res['secure']['ratio']:.1f}x** per round" in text
     mod.plot(res["accuracy"], tmp_path / "p.png")
     assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
 
@@ -82,3 +86,25 @@ def test_summary_states_the_flower_goal_and_the_measured_ratio():
     assert ratio is not None and float(ratio) > 1
     text = "\n".join(mod.summary({"accuracy": []}))
     assert f"**{ratio}x**" in text and "100x" in text and "not met" in text
+
+
+def test_rows_of_an_older_results_file_get_their_timed_rounds_and_date():
+    res = {
+        "date": "d0",
+        "throughput_workload": "digits, FedAvgM server; 5 timed rounds per cohort size",
+        "throughput": [{"expected_cohort": 10}, {"expected_cohort": 25, "date": "d1"}],
+    }
+    _module()._backfill(res)
+    assert res["throughput"] == [
+        {"expected_cohort": 10, "date": "d0", "rounds": 5},
+        {"expected_cohort": 25, "date": "d1", "rounds": 5},
+    ]
+    assert res["throughput_workload"] == "digits, FedAvgM server"
+
+
+def test_secure_cost_times_both_rounds_on_the_same_cohort():
+    sec = _module().secure_cost(clients=40, cohort=5.0, rounds=1)
+    assert sec["expected_cohort"] == 5.0 and sec["clients"] == 40 and sec["rounds"] == 1
+    plain = sec["dpfedavg"]["seconds_per_round"]
+    secure = sec["secure_dpfedavg"]["seconds_per_round"]
+    assert plain > 0 and secure > 0 and sec["ratio"] == secure / plain
