@@ -1,9 +1,11 @@
-"""Federated simulation benchmark: rounds/s and clients/s of the vmapped cohort, and accuracy
-against user-level epsilon on the non-IID digits split.
+"""Federated simulation benchmark: rounds/s and clients/s of the vmapped cohort, accuracy
+against user-level epsilon on the non-IID digits split (DP-FedAvg, adaptive clipping, FedBuff,
+DP-FTRL), the largest population and cohort one run handles, and secure aggregation's cost.
 
-Run:  python benchmarks/federated.py [--quick] [--device-label cpu]
+Run:  python benchmarks/federated.py [--quick] [--label cpu] [--sections ...] [--merge]
 Writes benchmarks/results/federated.json, benchmarks/results/federated_accuracy.png and
-benchmarks/RESULTS_federated.md (not with --quick).
+benchmarks/RESULTS_federated.md (not with --quick). With --merge the sections not asked for
+and the accuracy rows already measured are kept; --redo ALG measures ALG's rows again.
 
 Throughput workload (real local work): augmented digits (random shifts and pixel noise of
 the 1,437 training images) over 1,000 clients with 100 examples each, the digits CNN
