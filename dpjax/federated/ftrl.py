@@ -7,14 +7,16 @@ Private (Deep) Learning without Sampling or Shuffling, Alg. 1 and Sec. 5)
 instead releases noisy *prefix sums* of the clipped client updates through a
 binary tree (:mod:`dpjax.federated.tree`), so each round's model is
 
-    theta_t = theta_0 - lr * S~_t / K,
+    theta_t = theta_0 + lr * S~_t / K,
     S~_t = sum_{s <= t} (sum of the clipped deltas of round s) + tree noise
 
-with ``K`` the public number of client slots per round. The tree restarts
+with ``K`` the public number of client slots per round. A client's delta is
+``local - theta`` (a step downhill, minus a gradient in the paper's terms),
+so the model moves *along* the noisy sum. The tree restarts
 every epoch (``rounds_per_epoch`` rounds) from the current model. With
 momentum ``beta`` (DP-FTRLM), the noisy per-round sums are recovered from the
 prefixes and fed to heavy-ball momentum: ``v_t = beta v_{t-1} + (S~_t -
-S~_{t-1}) / K``, ``theta_t = theta_0 - lr * sum_{s <= t} v_s`` (post-processing).
+S~_{t-1}) / K``, ``theta_t = theta_0 + lr * sum_{s <= t} v_s`` (post-processing).
 
 One round:
 
@@ -23,7 +25,7 @@ cohort (indices [K], mask [K])      the fixed order of `schedule`, or the caller
 refuse repeats (counted)            a client seen in this epoch, or twice in one cohort
 vmap: local_update from theta_{t-1} -> delta, clipped to C (non-finite: zeroed, counted)
 sum of clipped deltas               -> tree leaf t; noisy prefix S~_t (std z C per node)
-theta_t = anchor - lr * S~_t / K    (or momentum); anchor = the model when the tree began
+theta_t = anchor + lr * S~_t / K    (or momentum); anchor = the model when the tree began
 ```
 """
 
@@ -96,7 +98,7 @@ class DPFTRL:
         the noisy sum is divided by K.
       clip_norm: C > 0, the user-level clip norm of each client's delta.
       noise_multiplier: z > 0: every tree node gets ``N(0, (z C)^2)``.
-      learning_rate: lr > 0, the FTRL step (``theta_0 - lr * S~_t / K``).
+      learning_rate: lr > 0, the FTRL step (``theta_0 + lr * S~_t / K``).
       momentum: beta in [0, 1), heavy-ball momentum on the noisy round sums.
       rounds_per_epoch: T >= 1, rounds per tree (the tree restarts after T);
         default ``ceil(N / K)``, so that :meth:`schedule` visits every
@@ -309,10 +311,10 @@ class DPFTRL:
                 last_prefix,
             )
             vsum = jax.tree.map(jnp.add, fresh(state.velocity_sum, zeros), velocity)
-            params = jax.tree.map(lambda a, v: (a - lr * v).astype(a.dtype), anchor, vsum)
+            params = jax.tree.map(lambda a, v: (a + lr * v).astype(a.dtype), anchor, vsum)
         else:
             velocity, vsum = state.velocity, state.velocity_sum
-            params = jax.tree.map(lambda a, s: (a - lr * scale * s).astype(a.dtype), anchor, noisy)
+            params = jax.tree.map(lambda a, s: (a + lr * scale * s).astype(a.dtype), anchor, noisy)
         safe = jnp.where(accepted, jnp.asarray(indices, jnp.int32), 0)
         last_epoch = state.last_epoch.at[safe].max(jnp.where(accepted, metrics.epoch, -1))
         new = FtrlState(

@@ -69,9 +69,9 @@ def _naive_run(alg, data, keys):
         if alg.momentum > 0:
             v = alg.momentum * v + (noisy - prev) / k
             vsum = vsum + v
-            w = anchor - alg.learning_rate * vsum
+            w = anchor + alg.learning_rate * vsum
         else:
-            w = anchor - alg.learning_rate * noisy / k
+            w = anchor + alg.learning_rate * noisy / k
         prev = noisy
         params = {"w": jnp.asarray(w, jnp.float32)}
         out.append(w)
@@ -318,3 +318,25 @@ def test_out_of_range_index_under_jit_is_refused():
 def test_doctests():
     with jax.numpy_dtype_promotion("standard"):
         assert doctest.testmod(ftrl).failed == 0
+
+
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+def test_ftrl_steps_along_the_client_deltas_and_learns(momentum):
+    """Failure found by the benchmark: the model moved against the clients' deltas
+    (``anchor - lr * S``, with deltas that already point downhill), so DP-FTRL climbed the loss
+    and stayed at chance accuracy on digits. With almost no noise it must learn."""
+    n, k = 8, 4
+    data = fx.population(n, m=16, scale=3.0)
+    alg = _alg(n=n, k=k, z=1e-3, c=10.0, lr=0.5, momentum=momentum, t=4)
+    x, y = np.asarray(data.x).reshape(-1, 3), np.asarray(data.y).reshape(-1)
+
+    def loss(w):
+        return float(np.mean((x @ np.asarray(w, np.float64) - y) ** 2))
+
+    state = alg.init(fx.params0())
+    before = loss(state.params["w"])
+    step = jax.jit(alg.round)
+    for r in range(12):
+        state, _ = step(state, data, jax.random.fold_in(jax.random.key(5), r))
+    after = loss(state.params["w"])
+    assert after < 0.5 * before, (before, after)
