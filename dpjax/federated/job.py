@@ -4,10 +4,11 @@ Build (:func:`build`): the digits training set split among ``clients`` by a
 Dirichlet label skew, or (``dataset="census"``) the synthetic census table's
 people grouped by ZIP code (:mod:`dpjax.federated.tabular`), a small NNX
 model as a params pytree, a Poisson cohort sampler, z calibrated to the
-target user-level (epsilon, delta), the algorithm. Run (:func:`run_federated`): rounds under a progress bar (round,
-user-level epsilon, test accuracy), a ``PrivacyBudget`` checked before every
-round, a JSON run record (owner-only, never overwriting a file) and a plot of
-test accuracy against rounds.
+target user-level (epsilon, delta), the algorithm. Run
+(:func:`run_federated`): rounds under a progress bar (round, user-level
+epsilon, test accuracy), a ``PrivacyBudget`` checked before every round, a
+JSON run record (owner-only, never overwriting a file) and a plot of test
+accuracy against rounds.
 
 Noise keys come from the OS entropy unless ``seed`` asks for a reproducible
 run (the record says so). The split of the data among clients is a
