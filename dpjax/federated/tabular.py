@@ -91,7 +91,7 @@ def zip_clients(zips, max_examples: int = MAX_EXAMPLES) -> list[np.ndarray]:
 
     Example:
       >>> [c.tolist() for c in zip_clients(["02134", "10001", "02134", "02134"], 2)]
-      [[0], [2, 3], [1]]
+      [[0, 2], [3], [1]]
     """
     m = _validate.positive_int("max_examples", max_examples)
     zips = np.asarray(zips, dtype=str)
