@@ -1,4 +1,5 @@
-"""``dpjax federated``: user-level DP federated learning on digits split non-IID among clients.
+"""``dpjax federated``: user-level DP federated learning on digits split non-IID among clients,
+or (``--dataset census``) on the synthetic census table with one client per ZIP code.
 
 Each round samples clients by Poisson sampling (expected cohort
 ``--cohort-size``), trains each sampled client locally (``--local-steps``
@@ -27,6 +28,8 @@ from dpjax.digits.config import seed_warning
 from dpjax.federated.config import (
     ALGORITHMS,
     DATASETS,
+    MAX_ROWS,
+    MIN_ROWS,
     SERVER_OPTIMIZERS,
     FederatedConfig,
     validate_config,
@@ -48,9 +51,12 @@ def _summary(r: dict[str, Any]) -> str:
         ]
     if r.get("warning"):
         head.append(f"  warning         {r['warning']}")
+    ds = r["dataset"]
     lines = [
         *head,
-        f"  test accuracy   {r['test_accuracy']:.4f}",
+        f"  test accuracy   {r['test_accuracy']:.4f} (majority-class baseline "
+        f"{ds['baseline_accuracy']:.4f})",
+        f"  data            {r['config']['dataset']}: {ds['clients']} clients, {ds['rows']:,} rows",
         f"  privacy         epsilon = {r['epsilon']:.3f}, delta = {r['delta']:.3g} "
         f"({r['accountant']}, {r['guarantee']})",
         f"  rounds          {r['rounds']} ({_participation(r)})",
@@ -87,13 +93,23 @@ def _participation(r: dict[str, Any]) -> str:
 
 
 def _run(args: argparse.Namespace) -> int:
+    d = FederatedConfig()
+    only = {"digits": ("clients", "alpha"), "census": ("rows",)}
+    for dataset, flags in only.items():
+        for flag in flags:
+            if args.dataset != dataset and getattr(args, flag) is not None:
+                raise ValueError(
+                    f"--{flag} applies to --dataset {dataset} only, got --dataset {args.dataset}"
+                    + (" (its clients are the ZIP codes)" if args.dataset == "census" else "")
+                )
     cfg = FederatedConfig(
         algorithm=args.algorithm,
         dataset=args.dataset,
-        clients=args.clients,
+        rows=d.rows if args.rows is None else args.rows,
+        clients=d.clients if args.clients is None else args.clients,
         cohort_size=args.cohort_size,
         rounds=args.rounds,
-        alpha=args.alpha,
+        alpha=d.alpha if args.alpha is None else args.alpha,
         model=args.model,
         local_steps=args.local_steps,
         local_batch_size=args.local_batch_size,
@@ -149,8 +165,25 @@ def register(subparsers: Any) -> None:
         "ftrl: DP-FTRL with tree aggregation (a fixed public order, no sampling); "
         "fedbuff: buffered asynchronous aggregation (FedBuff)",
     )
-    p.add_argument("--dataset", choices=DATASETS, default=d.dataset)
-    p.add_argument("--clients", type=int, default=d.clients, help="population size N")
+    p.add_argument(
+        "--dataset",
+        choices=DATASETS,
+        default=d.dataset,
+        help="digits: scikit-learn's 8x8 digits; census: the synthetic census table "
+        "(income > 50,000 from age, sex, region), one client per ZIP code",
+    )
+    p.add_argument(
+        "--rows",
+        type=int,
+        default=None,
+        help=f"census: people in the table, in [{MIN_ROWS:,}, {MAX_ROWS:,}] (default {d.rows:,})",
+    )
+    p.add_argument(
+        "--clients",
+        type=int,
+        default=None,
+        help=f"digits: population size N (default {d.clients}); census: the ZIP codes",
+    )
     p.add_argument(
         "--cohort-size",
         type=float,
@@ -161,8 +194,8 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--alpha",
         type=float,
-        default=d.alpha,
-        help="Dirichlet label skew of the split (small: non-IID)",
+        default=None,
+        help=f"digits: Dirichlet label skew of the split (small: non-IID; default {d.alpha})",
     )
     p.add_argument("--model", choices=V.MODELS, default=d.model)
     p.add_argument("--local-steps", type=int, default=d.local_steps)

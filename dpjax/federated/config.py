@@ -16,7 +16,9 @@ ALGORITHMS = ("fedavg", "adaptive", "ftrl", "fedbuff")
 # dpjax.federated.server_optimizer: plain averaging, momentum (FedAvgM), FedAdam.
 SERVER_OPTIMIZERS = ("fedavg", "fedavgm", "fedadam")
 # Bundled data sets the job splits among clients.
-DATASETS = ("digits",)
+DATASETS = ("digits", "census")
+# census: the range of --rows (people in the synthetic table).
+MIN_ROWS, MAX_ROWS = 1_000, 1_000_000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -25,6 +27,7 @@ class FederatedConfig:
 
     algorithm: str = "fedavg"
     dataset: str = "digits"
+    rows: int = 100_000  # census: people in the synthetic table (clients are their ZIP codes)
     clients: int = 500
     cohort_size: float = 50.0  # expected cohort size q * N
     rounds: int = 100
@@ -66,6 +69,12 @@ def validate_config(cfg: FederatedConfig) -> None:
     _validate.one_of("server_optimizer", cfg.server_optimizer, SERVER_OPTIMIZERS)
     _validate.one_of("accountant", cfg.accountant, _validate.ACCOUNTANTS)
     n = _validate.positive_int("clients", cfg.clients)
+    _validate.positive_int("rows", cfg.rows)
+    _validate.in_range("rows", cfg.rows, MIN_ROWS, MAX_ROWS)
+    if cfg.dataset == "census" and cfg.model != "mlp":
+        raise ValueError(
+            f"model must be 'mlp' for dataset 'census' (a table, not images), got {cfg.model!r}"
+        )
     _validate.in_range("cohort_size", cfg.cohort_size, 0.0, n, lo_closed=False)
     _validate.positive_int("rounds", cfg.rounds)
     _validate.positive("alpha", cfg.alpha)

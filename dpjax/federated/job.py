@@ -1,12 +1,14 @@
-"""The ``dpjax federated`` job: DP-FedAvg on scikit-learn's digits split non-IID among clients.
+"""The ``dpjax federated`` job: DP-FedAvg on digits or the synthetic census table.
 
 Build (:func:`build`): the digits training set split among ``clients`` by a
-Dirichlet label skew, a small NNX model as a params pytree, a Poisson cohort
-sampler, z calibrated to the target user-level (epsilon, delta), the
-algorithm. Run (:func:`run_federated`): rounds under a progress bar (round,
-user-level epsilon, test accuracy), a ``PrivacyBudget`` checked before every
-round, a JSON run record (owner-only, never overwriting a file) and a plot of
-test accuracy against rounds.
+Dirichlet label skew, or (``dataset="census"``) the synthetic census table's
+people grouped by ZIP code (:mod:`dpjax.federated.tabular`), a small NNX
+model as a params pytree, a Poisson cohort sampler, z calibrated to the
+target user-level (epsilon, delta), the algorithm. Run
+(:func:`run_federated`): rounds under a progress bar (round, user-level
+epsilon, test accuracy), a ``PrivacyBudget`` checked before every round, a
+JSON run record (owner-only, never overwriting a file) and a plot of test
+accuracy against rounds.
 
 Noise keys come from the OS entropy unless ``seed`` asks for a reproducible
 run (the record says so). The split of the data among clients is a
@@ -81,6 +83,7 @@ class FederatedJob(NamedTuple):
     acct_delta: float
     key: jax.Array  # the run's key (noise, sampling, local training)
     runner: Runner
+    dataset: dict[str, Any]  # name, rows, majority baseline accuracy (the record's "dataset")
 
 
 def _model(cfg: FederatedConfig, key: jax.Array):
@@ -89,7 +92,13 @@ def _model(cfg: FederatedConfig, key: jax.Array):
     from dpjax.digits import models
 
     seed = int(jax.random.randint(key, (), 0, 2**31 - 1))
-    graphdef, params = nnx.split(models.build(cfg.model, rngs=nnx.Rngs(seed)))
+    if cfg.dataset == "census":
+        from dpjax.federated.tabular import NUM_FEATURES
+
+        module = models.MLP(NUM_FEATURES, (32,), 2, rngs=nnx.Rngs(seed))
+    else:
+        module = models.build(cfg.model, rngs=nnx.Rngs(seed))
+    graphdef, params = nnx.split(module)
 
     def logits(p, x):
         return nnx.merge(graphdef, p)(x)
@@ -97,15 +106,52 @@ def _model(cfg: FederatedConfig, key: jax.Array):
     return params, logits
 
 
-def build(cfg: FederatedConfig) -> FederatedJob:
-    """Everything a run needs, checked before any training."""
-    validate_config(cfg)
+class _Task(NamedTuple):
+    data: FederatedData
+    x_test: np.ndarray
+    y_test: np.ndarray
+    info: dict[str, Any]  # the record's "dataset" entry (public facts only)
+
+
+def _digits(cfg: FederatedConfig) -> _Task:
     from dpjax.digits.data import load_digits
 
     split = load_digits()
     part_key = key_from_seed(0 if cfg.seed is None else cfg.seed)
     parts = dirichlet_split(split.y_train, cfg.clients, cfg.alpha, part_key)
     data = federated_data([split.x_train[p] for p in parts], [split.y_train[p] for p in parts])
+    info = {"name": "sklearn digits, Dirichlet label skew", "rows": int(len(split.y_train))}
+    return _Task(data, split.x_test, split.y_test, info)
+
+
+def _census(cfg: FederatedConfig) -> _Task:
+    from dpjax.federated import tabular
+
+    t = tabular.census_task(cfg.rows)
+    data = federated_data(
+        [t.x_train[c] for c in t.clients],
+        [t.y_train[c] for c in t.clients],
+        max_examples=tabular.MAX_EXAMPLES,
+    )
+    info = {
+        "name": f"synthetic census table (dpjax.data.census, public seed "
+        f"{tabular.CENSUS_SEED}), income > {tabular.INCOME_THRESHOLD:,} from age, sex and "
+        "first ZIP digit; clients = ZIP codes",
+        "rows": int(cfg.rows),
+        "train_rows": int(len(t.y_train)),
+        "zip_codes": int(len(np.unique(t.zip_train))),
+    }
+    return _Task(data, t.x_test, t.y_test, info)
+
+
+def build(cfg: FederatedConfig) -> FederatedJob:
+    """Everything a run needs, checked before any training."""
+    validate_config(cfg)
+    task = _census(cfg) if cfg.dataset == "census" else _digits(cfg)
+    data = task.data
+    if cfg.dataset == "census":  # the clients are the ZIP codes: their number is the data's
+        cfg = dataclasses.replace(cfg, clients=data.num_clients)
+        validate_config(cfg)  # cohort_size against the real population
     key = secure_key() if cfg.seed is None else key_from_seed(cfg.seed)
     k_model, key = jax.random.split(key)
     params, logits = _model(cfg, k_model)
@@ -126,10 +172,14 @@ def build(cfg: FederatedConfig) -> FederatedJob:
     else:
         alg, z, runner = _fedavg(cfg, local, sampler)
         acct_delta = accountant_delta(cfg.delta, cfg.rounds, sampler.truncation_prob)
-    x_test, y_test = jnp.asarray(split.x_test), jnp.asarray(split.y_test)
+    x_test, y_test = jnp.asarray(task.x_test), jnp.asarray(task.y_test)
+    # The majority-class baseline on the test set: what a model must beat.
+    counts = np.bincount(np.asarray(task.y_test))
+    baseline = float(counts.max() / counts.sum())
     acc_fn = jax.jit(lambda p: jnp.mean(jnp.argmax(logits(p, x_test), -1) == y_test))
+    info = {**task.info, "baseline_accuracy": baseline}
     return FederatedJob(
-        cfg, alg, data, params, lambda p: float(acc_fn(p)), z, acct_delta, key, runner
+        cfg, alg, data, params, lambda p: float(acc_fn(p)), z, acct_delta, key, runner, info
     )
 
 
@@ -378,7 +428,8 @@ def run_federated(cfg: FederatedConfig) -> dict[str, Any]:
             plot_accuracy(
                 history,
                 plot,
-                f"{name}, {cfg.clients} clients, user-level eps = {spent.epsilon:.2f}",
+                f"{name}, {cfg.dataset}, {job.data.num_clients} clients, "
+                f"user-level eps = {spent.epsilon:.2f}",
             )
         record = _record(job, state, spent, history, stopped, loop_s, t_start, path, plot)
         write_record(path, record)
@@ -399,7 +450,7 @@ def _record(job, state, spent, history, stopped, loop_s, t_start, path, plot) ->
     return {
         "config": dataclasses.asdict(cfg),
         "dataset": {
-            "name": "sklearn digits, Dirichlet label skew",
+            **job.dataset,
             "clients": int(job.data.num_clients),
             "max_examples": int(job.data.max_examples),
             "mean_examples": float(sizes.mean()),
