@@ -192,6 +192,20 @@ class RoundMetrics(NamedTuple):
     clip_norm: jax.Array  # f32[]: C used in this round
 
 
+def round_metrics(results: ClientResult, mask: jax.Array, clip_norm: jax.Array) -> RoundMetrics:
+    """The round's diagnostics from the stacked client results of the cohort ``mask``."""
+    k = jnp.sum(mask, dtype=jnp.int32)
+    kf = jnp.maximum(k, 1).astype(jnp.float32)
+    clipped = jnp.sum(mask & ~results.unclipped, dtype=jnp.int32).astype(jnp.float32)
+    return RoundMetrics(
+        cohort_size=k,
+        n_nonfinite=jnp.sum(mask & results.nonfinite, dtype=jnp.int32),
+        mean_norm=jnp.sum(jnp.where(mask, results.norm, 0.0)) / kf,
+        frac_clipped=clipped / kf,
+        clip_norm=clip_norm,
+    )
+
+
 def client_keys(key: jax.Array, indices: jax.Array) -> jax.Array:
     """One key per client from the round's client key: ``fold_in(key, client_index)``.
 
@@ -397,14 +411,4 @@ class DPFedAvg:
         mask = cohort.mask
         summed = aggregate(results.update, mask)
         new = self.server_update(state, summed, centred_count(results.unclipped, mask), k_server)
-        k = jnp.sum(mask, dtype=jnp.int32)
-        kf = jnp.maximum(k, 1).astype(jnp.float32)
-        metrics = RoundMetrics(
-            cohort_size=k,
-            n_nonfinite=jnp.sum(mask & results.nonfinite, dtype=jnp.int32),
-            mean_norm=jnp.sum(jnp.where(mask, results.norm, 0.0)) / kf,
-            frac_clipped=jnp.sum(mask & ~results.unclipped, dtype=jnp.int32).astype(jnp.float32)
-            / kf,
-            clip_norm=state.clip_norm,
-        )
-        return new, metrics
+        return new, round_metrics(results, mask, state.clip_norm)

@@ -38,7 +38,13 @@ from dpjax.accounting.skellam import skellam_epsilon
 from dpjax.crypto import secagg, secagg_dp
 from dpjax.crypto import secagg_quantize as sq
 from dpjax.federated.data import FederatedData
-from dpjax.federated.fedavg import DPFedAvg, FedAvgState, RoundMetrics, client_keys
+from dpjax.federated.fedavg import (
+    DPFedAvg,
+    FedAvgState,
+    RoundMetrics,
+    client_keys,
+    round_metrics,
+)
 from dpjax.mechanisms.skellam import skellam_noise
 
 PyTree = Any
@@ -289,17 +295,7 @@ class SecureDPFedAvg:
         )
         flat = jax.vmap(lambda u: ravel_pytree(u)[0])(results.update)
         mask = cohort.mask
-        k = jnp.sum(mask, dtype=jnp.int32)
-        kf = jnp.maximum(k, 1).astype(jnp.float32)
-        metrics = RoundMetrics(
-            cohort_size=k,
-            n_nonfinite=jnp.sum(mask & results.nonfinite, dtype=jnp.int32),
-            mean_norm=jnp.sum(jnp.where(mask, results.norm, 0.0)) / kf,
-            frac_clipped=jnp.sum(mask & ~results.unclipped, dtype=jnp.int32).astype(jnp.float32)
-            / kf,
-            clip_norm=state.clip_norm,
-        )
-        return flat, mask, metrics, k_server
+        return flat, mask, round_metrics(results, mask, state.clip_norm), k_server
 
     def _server_part(self, state: FedAvgState, total: jax.Array, key: jax.Array) -> FedAvgState:
         summed = ravel_pytree(state.params)[1](total)
