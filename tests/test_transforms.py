@@ -6,6 +6,7 @@ import pytest
 from scipy import stats
 
 import dpjax
+import dpjax.privacy
 from tests.models import mlp_loss, mlp_params
 
 
