@@ -50,9 +50,6 @@ __all__ = [
 RELATIONS = ("add_remove", "replace_one")
 CLIPPINGS = ("flat", "per_layer", "automatic")
 METHODS = _validate.CLIP_METHODS
-# method="auto" uses ghost clipping when at least this fraction of the
-# parameters (by count) avoids per-example gradients.
-AUTO_GHOST_FRACTION = 0.5
 
 
 @dataclasses.dataclass(frozen=True)
@@ -399,12 +396,15 @@ def _discover(
 ) -> GhostPlan:
     from dpjax import flax_ghost  # Flax is imported only when ghost clipping is used.
 
-    return flax_ghost.discover(loss_fn, params, batch, **config.trace_options)
+    return flax_ghost.discover(
+        loss_fn, params, batch, by_cost=config.method == "auto", **config.trace_options
+    )
 
 
 def _uses_ghost(config: ClipConfig, plan: GhostPlan) -> bool:
+    """``method="auto"``: ghost when some layer is covered and the plan's estimate is lower."""
     if config.method == "auto":
-        return plan.ghost_fraction >= AUTO_GHOST_FRACTION
+        return any(plan.active) and plan.ghost_cost < plan.vmap_cost
     return config.method == "ghost"
 
 
