@@ -352,7 +352,7 @@ def _site_dims(s: Site) -> tuple[int, int, int]:
 
 
 def _form(method: str) -> str:
-    """The key of ``GhostPlan.estimates`` for a method string (``"ghost:conv-gram"`` -> ``"gram"``)."""
+    """The ``GhostPlan.estimates`` key of a method (``"ghost:conv-gram"`` -> ``"gram"``)."""
     if method.startswith("vmap"):
         return "vmap"
     return method.rsplit("-", 1)[-1] if method.count("-") else method.split(":")[1]
@@ -531,9 +531,7 @@ def discover(
     for i, why in reasons.items():
         methods[i] = why
     fallback = tuple(i for i, m in enumerate(methods) if m.startswith("vmap"))
-    return GhostPlan(
-        sites, tuple(active), fallback, tuple(methods), sizes, tuple(estimates)
-    )
+    return GhostPlan(sites, tuple(active), fallback, tuple(methods), sizes, tuple(estimates))
 
 
 def describe(plan: GhostPlan, params: PyTree) -> dict[str, str]:

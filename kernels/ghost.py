@@ -29,11 +29,10 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-
-from typing import NamedTuple
 
 from .dtypes import accumulation_dtype as _acc
 from .dtypes import wide_einsum as _ein
