@@ -363,7 +363,7 @@ def main() -> None:
         dict(device=args.device, model=model, method=method, batch=batch)
         for model in args.models.split(",")
         for batch in CONFIGS[args.device][model]["batches"]
-        for method in ("nonprivate", "vmap", "ghost")
+        for method in ("nonprivate", "vmap", "ghost", "auto")
     ]
     runs: list[list[dict]] = [[] for _ in specs]
     for _ in range(args.rounds):  # interleaved rounds: load drifts hit every method alike

@@ -73,6 +73,7 @@ PyTree = Any
 __all__ = [
     "GhostPlan",
     "GhostPass",
+    "MethodPlan",
     "Site",
     "discover",
     "describe",
@@ -534,14 +535,40 @@ def discover(
     return GhostPlan(sites, tuple(active), fallback, tuple(methods), sizes, tuple(estimates))
 
 
-def describe(plan: GhostPlan, params: PyTree) -> dict[str, str]:
-    """``{parameter path: method}``, e.g. ``{"head/kernel": "ghost:dense-outer"}``."""
+class MethodPlan(dict):
+    """``{parameter path: method}``, with the cost estimates the choice was made from.
+
+    Attributes:
+      estimates: ``{parameter path: {form: estimate}}``, every form the
+        parameter could take (``"vmap"`` included) and its estimated cost in
+        FLOP units (:class:`.ghost.Cost`: FLOPs plus ``FLOPS_PER_BYTE`` per
+        byte of per-example intermediates).
+      ghost_cost: the estimate of the ghost plan (each parameter's form).
+      vmap_cost: the estimate of per-example gradients for every parameter.
+    """
+
+    estimates: dict[str, dict[str, float]]
+    ghost_cost: float
+    vmap_cost: float
+
+
+def describe(plan: GhostPlan, params: PyTree, *, all_vmap: bool = False) -> MethodPlan:
+    """``{parameter path: method}``, e.g. ``{"head/kernel": "ghost:dense-outer"}``.
+
+    With ``all_vmap`` every parameter reads ``"vmap"`` (the batch takes the
+    plain ``vmap`` path); the estimates are those of the plan either way.
+    """
     paths = [
         "/".join(_key_name(k) for k in p)
         for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]
     ]
     paths = [p.removesuffix("/value") for p in paths]
-    return dict(zip(paths, plan.methods, strict=True))
+    methods = ["vmap"] * len(paths) if all_vmap else plan.methods
+    out = MethodPlan(zip(paths, methods, strict=True))
+    out.estimates = dict(zip(paths, (dict(e) for e in plan.estimates), strict=True))
+    out.ghost_cost = plan.ghost_cost
+    out.vmap_cost = plan.vmap_cost
+    return out
 
 
 def _key_name(k: Any) -> str:

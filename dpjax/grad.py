@@ -263,6 +263,12 @@ class ClippedGradFn:
     def plan(self, params: PyTree, *batch: Any) -> dict[str, str]:
         """``{parameter path: method}`` this function uses for these shapes.
 
+        The result is a ``dpjax.flax_ghost.MethodPlan`` (a ``dict``) whose
+        ``estimates`` give each parameter's estimated cost in every form
+        (``"vmap"``, ``"outer"``, ``"gram"``, ``"direct"``, ...) and whose
+        ``ghost_cost`` / ``vmap_cost`` are the totals ``method="auto"``
+        compares (``docs/performance.md``).
+
         Methods: ``"vmap"`` (per-example gradient), ``"ghost:dense-outer"``
         (``||a||^2 ||b||^2``), ``"ghost:dense-gram"`` / ``"ghost:conv-gram"``
         (Gram form), ``"ghost:dense-direct"`` / ``"ghost:conv-direct"``
@@ -483,9 +489,8 @@ def _plan(
     _batch_size(batch)
     _check_params(params)
     plan = _discover(config, loss_fn, params, batch)
-    if config.method == "vmap" or not _uses_ghost(config, plan):
-        return {k: "vmap" for k in flax_ghost.describe(plan, params)}
-    return flax_ghost.describe(plan, params)
+    all_vmap = config.method == "vmap" or not _uses_ghost(config, plan)
+    return flax_ghost.describe(plan, params, all_vmap=all_vmap)
 
 
 def clipped_grad(
@@ -521,9 +526,11 @@ def clipped_grad(
       method: ``"vmap"`` (per-example gradients by ``vmap(grad)``),
         ``"ghost"`` (norms from layer inputs and output gradients of known
         Flax layers, clipped sums by book-keeping, ``vmap`` only for other
-        parameters; see ``dpjax.flax_ghost``) or ``"auto"`` (ghost when at least
-        half the parameters are covered by its kernels). All give the same
-        result to float rounding.
+        parameters; see ``dpjax.flax_ghost``) or ``"auto"`` (per layer the
+        form with the smallest estimated FLOPs and bytes, and the ``vmap``
+        path when the ghost plan's estimate is not lower; see
+        ``docs/performance.md`` and ``plan()``). All give the same result to
+        float rounding.
       compute_dtype: e.g. ``jnp.bfloat16``: floating parameters and inputs are
         cast to it inside the per-example computation (activations and
         per-example gradients in that dtype); norms and sums accumulate in
