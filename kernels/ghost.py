@@ -10,7 +10,12 @@ only ``A`` and ``B``:
   Sec. 4), costing ``T^2`` per example instead of ``d_in d_out``; with ``T = 1``
   it is ``||a_i||^2 ||b_i||^2`` (Goodfellow 2015, Efficient Per-Example
   Gradient Computations). Which form is cheaper depends on the shapes, so
-  :func:`dense_sq_norms` picks by ``2 T^2`` vs ``d_in d_out``.
+  :func:`dense_sq_norms` picks by ``2 T^2`` vs ``d_in d_out`` (memory), and
+  ``method="auto"`` by the estimated FLOPs and bytes of :func:`kernel_costs`.
+* The direct form: the per-example gradient ``A_i^T B_i`` itself
+  (:func:`per_example_kernel_grads`), materialized once; the norm and the
+  clipped sum ``sum_i c_i G_i`` both read it (``n d_in d_out`` for the sum
+  instead of ``n T d_in d_out``).
 * ``sum_i c_i A_i^T B_i = A^T diag(c) B``: one contraction over examples and
   positions (Book-Keeping; Bu, Wang, Zha, Karypis 2023, Differentially Private
   Optimization on Large Model at Small Cost, Alg. 1), no second backward pass.
