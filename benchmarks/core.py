@@ -2,10 +2,12 @@
 
 Each case runs in its own subprocess (honest peak RSS); steady-state seconds
 per step are the median of repeated steps after compilation, and compilation
-is reported separately. Results: ``benchmarks/results/core.json`` and
-``benchmarks/RESULTS_core.md``.
+is reported separately. With ``--rounds R`` every case runs R times,
+interleaved (a drift in the load of a shared machine hits every case alike),
+and the median over rounds is reported. Results:
+``benchmarks/results/core.json`` and ``benchmarks/RESULTS_core.md``.
 
-    python benchmarks/core.py [--batch 256] [--steps 30]
+    python benchmarks/core.py [--batch 256] [--steps 30] [--rounds 3] [--cases a,b]
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-CASES = ("nonprivate", "dpjax_vmap", "dpjax_ghost", "dpjax_microbatch")
+CASES = ("nonprivate", "dpjax_vmap", "dpjax_ghost", "dpjax_auto", "dpjax_microbatch")
 
 
 def run_case(case: str, batch: int, steps: int) -> dict:
@@ -54,7 +56,7 @@ def run_case(case: str, batch: int, steps: int) -> dict:
             return loss
     else:
         micro = 64 if case == "dpjax_microbatch" else None
-        method = "ghost" if case == "dpjax_ghost" else "vmap"
+        method = {"dpjax_ghost": "ghost", "dpjax_auto": "auto"}.get(case, "vmap")
         grad_fn = dpjax.nnx.clipped_grad(
             lambda m, a, b: xent(m, a, b)[0], 1.0, microbatch_size=micro, method=method
         )
@@ -97,33 +99,48 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved runs per case (median)")
+    ap.add_argument("--cases", default=",".join(CASES), help="comma-separated subset of CASES")
     ap.add_argument("--case", choices=CASES, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.case:
         print(json.dumps(run_case(args.case, args.batch, args.steps)))
         return
+    import numpy as np
     from machine import describe
 
+    cases = [c for c in args.cases.split(",") if c]
+    if not cases or cases[0] != "nonprivate" or not set(cases) <= set(CASES):
+        raise SystemExit(f"--cases must start with nonprivate and name cases of {CASES}")
+    runs: dict[str, list[dict]] = {c: [] for c in cases}
+    for _ in range(args.rounds):
+        for case in cases:
+            out = subprocess.run(
+                [
+                    sys.executable,
+                    __file__,
+                    "--case",
+                    case,
+                    "--batch",
+                    str(args.batch),
+                    "--steps",
+                    str(args.steps),
+                ],
+                check=True,
+                capture_output=True,
+                text=True,
+                env=os.environ.copy(),
+            )
+            runs[case].append(json.loads(out.stdout.strip().splitlines()[-1]))
+            print(runs[case][-1], flush=True)
     results = []
-    for case in CASES:
-        out = subprocess.run(
-            [
-                sys.executable,
-                __file__,
-                "--case",
-                case,
-                "--batch",
-                str(args.batch),
-                "--steps",
-                str(args.steps),
-            ],
-            check=True,
-            capture_output=True,
-            text=True,
-            env=os.environ.copy(),
-        )
-        results.append(json.loads(out.stdout.strip().splitlines()[-1]))
-        print(results[-1], flush=True)
+    for case in cases:
+        r = dict(runs[case][0])
+        for k in ("step_s", "compile_s", "peak_rss_mb"):
+            r[k] = float(np.median([x[k] for x in runs[case]]))
+        r["step_s_rounds"] = [x["step_s"] for x in runs[case]]
+        r["examples_per_s"] = args.batch / r["step_s"]
+        results.append(r)
     base = results[0]
     for r in results:
         r["step_ratio_vs_nonprivate"] = r["step_s"] / base["step_s"]
@@ -138,8 +155,9 @@ def main() -> None:
         "",
         f"Machine: {machine['cpu']}, {machine['cores']} cores, {machine['platform']}; "
         f"jax {machine['jax']} ({machine['backend']}), flax {machine['flax']}, "
-        f"optax {machine['optax']}. Batch {args.batch}, median of {args.steps} steps after "
-        "compilation; each case in its own process.",
+        f"optax {machine['optax']}. Batch {args.batch}; per run the median of {args.steps} "
+        f"steps after compilation, each case in its own process; median over {args.rounds} "
+        "interleaved rounds.",
         "",
         "| case | step (ms) | ratio to non-private | compile (s) | examples/s "
         "| peak RSS (MB) | RSS ratio |",

@@ -350,6 +350,11 @@ def main() -> None:
     ap.add_argument("--models", default="gpt,mlp")
     ap.add_argument("--rounds", type=int, help="subprocess runs per case (median); 3 CPU, 1 GPU")
     ap.add_argument("--no-fit", action="store_true", help="GPU: skip the largest-batch search")
+    ap.add_argument(
+        "--methods",
+        default="nonprivate,vmap,ghost,auto",
+        help="comma-separated subset of nonprivate,vmap,ghost,auto (nonprivate is the baseline)",
+    )
     ap.add_argument("--case", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.case:
@@ -363,7 +368,7 @@ def main() -> None:
         dict(device=args.device, model=model, method=method, batch=batch)
         for model in args.models.split(",")
         for batch in CONFIGS[args.device][model]["batches"]
-        for method in ("nonprivate", "vmap", "ghost")
+        for method in args.methods.split(",")
     ]
     runs: list[list[dict]] = [[] for _ in specs]
     for _ in range(args.rounds):  # interleaved rounds: load drifts hit every method alike

@@ -73,6 +73,7 @@ PyTree = Any
 __all__ = [
     "GhostPlan",
     "GhostPass",
+    "MethodPlan",
     "Site",
     "discover",
     "describe",
@@ -107,6 +108,19 @@ class GhostPlan:
     fallback: tuple[int, ...]  # leaf indices differentiated per example (vmap)
     methods: tuple[str, ...]  # per leaf: the method in words
     sizes: tuple[int, ...]  # per leaf: number of parameters
+    # per leaf: {form: estimated cost} (kernels.ghost.Cost.total, FLOP units) of
+    # each form it could take, "vmap" included; see kernels.ghost.kernel_costs.
+    estimates: tuple[dict[str, float], ...] = ()
+
+    @property
+    def ghost_cost(self) -> float:
+        """Estimated cost of this plan: each leaf's chosen form (``vmap`` for fallbacks)."""
+        return sum(e[_form(m)] for e, m in zip(self.estimates, self.methods, strict=True))
+
+    @property
+    def vmap_cost(self) -> float:
+        """Estimated cost of taking every leaf's per-example gradient by ``vmap``."""
+        return sum(e["vmap"] for e in self.estimates)
 
     @property
     def ghost_fraction(self) -> float:
@@ -327,22 +341,70 @@ def _example(example, keep_batch_dim, compute_dtype):
     return cast_floating(example, compute_dtype)
 
 
-def _site_method(s: Site, role: str) -> str:
+def _site_dims(s: Site) -> tuple[int, int, int]:
+    """``(T, d_in, d_out)`` of a dense or conv site's kernel in the dense (patch) layout."""
+    if s.kind == "dense":
+        return math.prod(s.in_shape[:-1]), s.in_shape[-1], s.out_shape[-1]
+    return (
+        math.prod(s.out_shape[:-1]),
+        s.in_shape[-1] * math.prod(s.config[0]),
+        s.out_shape[-1],
+    )
+
+
+def _form(method: str) -> str:
+    """The ``GhostPlan.estimates`` key of a method (``"ghost:conv-gram"`` -> ``"gram"``)."""
+    if method.startswith("vmap"):
+        return "vmap"
+    return method.rsplit("-", 1)[-1] if method.count("-") else method.split(":")[1]
+
+
+def _site_estimates(s: Site, role: str, n: int, size: int) -> dict[str, float]:
+    """``{form: Cost.total}`` of one parameter of a site, its ``vmap`` cost included."""
+    itemsize = jnp.dtype(s.out_dtype).itemsize
+    t_all = math.prod(s.out_shape[:-1])
+    d = s.out_shape[-1]
+    if role == "bias":
+        out = {"bias": gk.bias_cost(n, t_all, d), "vmap": gk.vmap_cost(n, size, 2.0 * t_all * d)}
+    elif s.kind == "embed":
+        out = {
+            "embedding": gk.embedding_cost(n, t_all, d, itemsize),
+            "vmap": gk.vmap_cost(n, size, 2.0 * t_all * d),
+        }
+    elif s.kind == "norm":
+        out = {
+            "scale": gk.norm_scale_cost(n, t_all, d),
+            "vmap": gk.vmap_cost(n, size, 4.0 * t_all * d),
+        }
+    else:
+        t, d_in, d_out = _site_dims(s)
+        flops = 2.0 * t * d_in * d_out * (gk.CONV_VMAP_SLOWDOWN if s.kind == "conv" else 1.0)
+        out = dict(gk.kernel_costs(n, t, d_in, d_out, itemsize))
+        out["vmap"] = gk.vmap_cost(n, size, flops)
+    return {k: float(c.total) for k, c in out.items()}
+
+
+def _site_method(s: Site, role: str, estimates: dict[str, float] | None = None) -> str:
+    """The ghost method of one parameter of a site.
+
+    For a kernel: ``outer`` when ``T = 1``, else ``gram`` or ``direct``, by
+    the cheaper ``estimates`` when given (``method="auto"``), else by memory
+    (:func:`.ghost.use_ghost_form`, ``method="ghost"``).
+    """
     if role == "bias":
         return "ghost:bias"
     if s.kind == "embed":
         return "ghost:embedding"
     if s.kind == "norm":
         return "ghost:norm-scale"
-    if s.kind == "dense":
-        t = math.prod(s.in_shape[:-1])
-        d_in, d_out = s.in_shape[-1], s.out_shape[-1]
-    else:
-        t = math.prod(s.out_shape[:-1])
-        d_in, d_out = s.in_shape[-1] * math.prod(s.config[0]), s.out_shape[-1]
+    t, d_in, d_out = _site_dims(s)
     if t == 1:
         return f"ghost:{s.kind}-outer"
-    return f"ghost:{s.kind}-" + ("gram" if gk.use_ghost_form(t, d_in, d_out) else "direct")
+    if estimates is not None:
+        gram = estimates["gram"] < estimates["direct"]
+    else:
+        gram = gk.use_ghost_form(t, d_in, d_out)
+    return f"ghost:{s.kind}-" + ("gram" if gram else "direct")
 
 
 def _scope(k: int) -> str:
@@ -417,8 +479,14 @@ def discover(
     has_aux: bool = False,
     keep_batch_dim: bool = True,
     compute_dtype: Any = None,
+    by_cost: bool = False,
 ) -> GhostPlan:
     """Traces the loss once (shapes only) and decides each parameter's method.
+
+    With ``by_cost`` (``method="auto"``) a kernel's Gram or direct form is
+    the one with the smaller estimated cost (:func:`.ghost.kernel_costs`),
+    else the one with the smaller memory (:func:`.ghost.use_ghost_form`).
+    Either way ``GhostPlan.estimates`` holds every form's estimate.
 
     The trace is kept as a jaxpr in which every operation of an intercepted
     layer call carries that call's name scope. A parameter of a known layer
@@ -448,28 +516,59 @@ def discover(
     closed = jax.make_jaxpr(f)(list(cast), *shapes)
     sites = tuple(tapes[-1].sites)
     reasons = _fallback_reasons(sites, closed.jaxpr, closed.jaxpr.invars[: len(leaves)])
+    sizes = tuple(int(math.prod(jnp.shape(x))) for x in leaves)
+    n = int(jax.tree.leaves(shapes)[0].shape[0]) if jax.tree.leaves(shapes) else 1
+    estimates = [{"vmap": float(gk.vmap_cost(n, z).total)} for z in sizes]
     methods = ["vmap"] * len(leaves)
     active = []
     for s in sites:
         ghost = [(role, i) for role, i in s.roles if i not in reasons]
+        for role, i in s.roles:
+            if s.config is not None:
+                estimates[i] = _site_estimates(s, role, n, sizes[i])
         for role, i in ghost:
-            methods[i] = _site_method(s, role)
+            methods[i] = _site_method(s, role, estimates[i] if by_cost else None)
         active.append(bool(ghost))
     for i, why in reasons.items():
         methods[i] = why
     fallback = tuple(i for i, m in enumerate(methods) if m.startswith("vmap"))
-    sizes = tuple(int(math.prod(jnp.shape(x))) for x in leaves)
-    return GhostPlan(sites, tuple(active), fallback, tuple(methods), sizes)
+    return GhostPlan(sites, tuple(active), fallback, tuple(methods), sizes, tuple(estimates))
 
 
-def describe(plan: GhostPlan, params: PyTree) -> dict[str, str]:
-    """``{parameter path: method}``, e.g. ``{"head/kernel": "ghost:dense-outer"}``."""
+class MethodPlan(dict):
+    """``{parameter path: method}``, with the cost estimates the choice was made from.
+
+    Attributes:
+      estimates: ``{parameter path: {form: estimate}}``, every form the
+        parameter could take (``"vmap"`` included) and its estimated cost in
+        FLOP units (:class:`.ghost.Cost`: FLOPs plus ``FLOPS_PER_BYTE`` per
+        byte of per-example intermediates).
+      ghost_cost: the estimate of the ghost plan (each parameter's form).
+      vmap_cost: the estimate of per-example gradients for every parameter.
+    """
+
+    estimates: dict[str, dict[str, float]]
+    ghost_cost: float
+    vmap_cost: float
+
+
+def describe(plan: GhostPlan, params: PyTree, *, all_vmap: bool = False) -> MethodPlan:
+    """``{parameter path: method}``, e.g. ``{"head/kernel": "ghost:dense-outer"}``.
+
+    With ``all_vmap`` every parameter reads ``"vmap"`` (the batch takes the
+    plain ``vmap`` path); the estimates are those of the plan either way.
+    """
     paths = [
         "/".join(_key_name(k) for k in p)
         for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]
     ]
     paths = [p.removesuffix("/value") for p in paths]
-    return dict(zip(paths, plan.methods, strict=True))
+    methods = ["vmap"] * len(paths) if all_vmap else plan.methods
+    out = MethodPlan(zip(paths, methods, strict=True))
+    out.estimates = dict(zip(paths, (dict(e) for e in plan.estimates), strict=True))
+    out.ghost_cost = plan.ghost_cost
+    out.vmap_cost = plan.vmap_cost
+    return out
 
 
 def _key_name(k: Any) -> str:
@@ -500,6 +599,9 @@ class GhostPass(NamedTuple):
     fallback_grads: list[jax.Array]  # per-example gradients of plan.fallback leaves
     layers: list[tuple[jax.Array, jax.Array]]  # per active site: (A, B), see _site_arrays
     shapes: tuple[tuple[int, ...], ...]  # per parameter leaf: its shape
+    # per active site: the per-example kernel gradients (n, d_in, d_out), float32+,
+    # where the kernel takes the direct form (norm and sum both read them), else None
+    kernels: list[jax.Array | None]
 
 
 def backward(
@@ -551,8 +653,24 @@ def backward(
     # clipped sums must read the same rounded values (see kernels.dtypes.materialize).
     acts, g_fb, bs = materialize((acts, g_fb, bs))
     layers = [_site_arrays(s, a, b) for s, a, b in zip(active_sites, acts, bs, strict=True)]
+    # The direct form materializes each example's kernel gradient once; the norm
+    # and the clipped sum both read that one (materialized) array.
+    kernels = materialize(
+        [
+            gk.per_example_kernel_grads(a, b) if _direct_kernel(plan, s) is not None else None
+            for s, (a, b) in zip(active_sites, layers, strict=True)
+        ]
+    )
     shapes = tuple(tuple(jnp.shape(x)) for x in leaves)
-    return GhostPass(losses, aux, list(g_fb), layers, shapes)
+    return GhostPass(losses, aux, list(g_fb), layers, shapes, list(kernels))
+
+
+def _direct_kernel(plan: GhostPlan, s: Site) -> int | None:
+    """The leaf index of ``s``'s kernel when it takes the direct form, else ``None``."""
+    for role, i in s.roles:
+        if role == "kernel" and plan.methods[i].endswith("-direct"):
+            return i
+    return None
 
 
 def _site_sq_norms(s: Site, role: str, a: jax.Array, b: jax.Array, shape) -> jax.Array:
@@ -589,9 +707,13 @@ def sq_norms(plan: GhostPlan, gp: GhostPass) -> list[jax.Array]:
     for i, g in zip(plan.fallback, gp.fallback_grads, strict=True):
         out[i] = ck.leaf_sq_norms(g)
     fb = set(plan.fallback)
-    for s, (a, b) in zip(plan.active_sites, gp.layers, strict=True):
+    for s, (a, b), g in zip(plan.active_sites, gp.layers, gp.kernels, strict=True):
         for role, i in s.roles:
-            if i not in fb:
+            if i in fb:
+                continue
+            if role == "kernel" and g is not None:
+                out[i] = ck.leaf_sq_norms(g)
+            else:
                 out[i] = _site_sq_norms(s, role, a, b, gp.shapes[i])
     return out
 
@@ -608,11 +730,16 @@ def weighted_sums(
     for i, g in zip(plan.fallback, gp.fallback_grads, strict=True):
         out[i] = ck.weighted_sum(ck.zero_rows(g, finite), weights[i])
     fb = set(plan.fallback)
-    for s, (a, b) in zip(plan.active_sites, gp.layers, strict=True):
+    for s, (a, b), g in zip(plan.active_sites, gp.layers, gp.kernels, strict=True):
         b = ck.zero_rows(b, finite)
         if s.kind != "embed":
             a = ck.zero_rows(a, finite)
         for role, i in s.roles:
-            if i not in fb:
+            if i in fb:
+                continue
+            if role == "kernel" and g is not None:
+                sg = ck.weighted_sum(ck.zero_rows(g, finite), weights[i])
+                out[i] = jnp.reshape(sg, gp.shapes[i])
+            else:
                 out[i] = _site_weighted_grad(s, role, a, b, weights[i], gp.shapes[i])
     return out

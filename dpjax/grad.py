@@ -50,9 +50,6 @@ __all__ = [
 RELATIONS = ("add_remove", "replace_one")
 CLIPPINGS = ("flat", "per_layer", "automatic")
 METHODS = _validate.CLIP_METHODS
-# method="auto" uses ghost clipping when at least this fraction of the
-# parameters (by count) avoids per-example gradients.
-AUTO_GHOST_FRACTION = 0.5
 
 
 @dataclasses.dataclass(frozen=True)
@@ -266,6 +263,12 @@ class ClippedGradFn:
     def plan(self, params: PyTree, *batch: Any) -> dict[str, str]:
         """``{parameter path: method}`` this function uses for these shapes.
 
+        The result is a ``dpjax.flax_ghost.MethodPlan`` (a ``dict``) whose
+        ``estimates`` give each parameter's estimated cost in every form
+        (``"vmap"``, ``"outer"``, ``"gram"``, ``"direct"``, ...) and whose
+        ``ghost_cost`` / ``vmap_cost`` are the totals ``method="auto"``
+        compares (``docs/performance.md``).
+
         Methods: ``"vmap"`` (per-example gradient), ``"ghost:dense-outer"``
         (``||a||^2 ||b||^2``), ``"ghost:dense-gram"`` / ``"ghost:conv-gram"``
         (Gram form), ``"ghost:dense-direct"`` / ``"ghost:conv-direct"``
@@ -399,12 +402,15 @@ def _discover(
 ) -> GhostPlan:
     from dpjax import flax_ghost  # Flax is imported only when ghost clipping is used.
 
-    return flax_ghost.discover(loss_fn, params, batch, **config.trace_options)
+    return flax_ghost.discover(
+        loss_fn, params, batch, by_cost=config.method == "auto", **config.trace_options
+    )
 
 
 def _uses_ghost(config: ClipConfig, plan: GhostPlan) -> bool:
+    """``method="auto"``: ghost when some layer is covered and the plan's estimate is lower."""
     if config.method == "auto":
-        return plan.ghost_fraction >= AUTO_GHOST_FRACTION
+        return any(plan.active) and plan.ghost_cost < plan.vmap_cost
     return config.method == "ghost"
 
 
@@ -483,9 +489,8 @@ def _plan(
     _batch_size(batch)
     _check_params(params)
     plan = _discover(config, loss_fn, params, batch)
-    if config.method == "vmap" or not _uses_ghost(config, plan):
-        return {k: "vmap" for k in flax_ghost.describe(plan, params)}
-    return flax_ghost.describe(plan, params)
+    all_vmap = config.method == "vmap" or not _uses_ghost(config, plan)
+    return flax_ghost.describe(plan, params, all_vmap=all_vmap)
 
 
 def clipped_grad(
@@ -521,9 +526,11 @@ def clipped_grad(
       method: ``"vmap"`` (per-example gradients by ``vmap(grad)``),
         ``"ghost"`` (norms from layer inputs and output gradients of known
         Flax layers, clipped sums by book-keeping, ``vmap`` only for other
-        parameters; see ``dpjax.flax_ghost``) or ``"auto"`` (ghost when at least
-        half the parameters are covered by its kernels). All give the same
-        result to float rounding.
+        parameters; see ``dpjax.flax_ghost``) or ``"auto"`` (per layer the
+        form with the smallest estimated FLOPs and bytes, and the ``vmap``
+        path when the ghost plan's estimate is not lower; see
+        ``docs/performance.md`` and ``plan()``). All give the same result to
+        float rounding.
       compute_dtype: e.g. ``jnp.bfloat16``: floating parameters and inputs are
         cast to it inside the per-example computation (activations and
         per-example gradients in that dtype); norms and sums accumulate in

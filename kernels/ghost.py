@@ -10,7 +10,12 @@ only ``A`` and ``B``:
   Sec. 4), costing ``T^2`` per example instead of ``d_in d_out``; with ``T = 1``
   it is ``||a_i||^2 ||b_i||^2`` (Goodfellow 2015, Efficient Per-Example
   Gradient Computations). Which form is cheaper depends on the shapes, so
-  :func:`dense_sq_norms` picks by ``2 T^2`` vs ``d_in d_out``.
+  :func:`dense_sq_norms` picks by ``2 T^2`` vs ``d_in d_out`` (memory), and
+  ``method="auto"`` by the estimated FLOPs and bytes of :func:`kernel_costs`.
+* The direct form: the per-example gradient ``A_i^T B_i`` itself
+  (:func:`per_example_kernel_grads`), materialized once; the norm and the
+  clipped sum ``sum_i c_i G_i`` both read it (``n d_in d_out`` for the sum
+  instead of ``n T d_in d_out``).
 * ``sum_i c_i A_i^T B_i = A^T diag(c) B``: one contraction over examples and
   positions (Book-Keeping; Bu, Wang, Zha, Karypis 2023, Differentially Private
   Optimization on Large Model at Small Cost, Alg. 1), no second backward pass.
@@ -26,7 +31,10 @@ All functions take arrays with a leading example axis ``n``.
 
 from __future__ import annotations
 
+import itertools
+import math
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -35,7 +43,16 @@ from .dtypes import accumulation_dtype as _acc
 from .dtypes import wide_einsum as _ein
 
 __all__ = [
+    "FLOPS_PER_BYTE",
+    "CONV_VMAP_SLOWDOWN",
+    "Cost",
+    "kernel_costs",
+    "bias_cost",
+    "embedding_cost",
+    "norm_scale_cost",
+    "vmap_cost",
     "use_ghost_form",
+    "per_example_kernel_grads",
     "dense_sq_norms",
     "dense_weighted_grad",
     "bias_sq_norms",
@@ -54,6 +71,82 @@ def _as_3d(x: jax.Array) -> jax.Array:
     return jnp.reshape(x, (x.shape[0], -1, x.shape[-1]))
 
 
+# ---- cost model (method="auto"): estimated FLOPs and bytes of each form ----
+
+# Machine balance used to put bytes and FLOPs on one scale: a byte moved to or
+# from memory costs as much time as this many floating-point operations. The
+# 2-core CPU the benchmarks ran on does about 100-200 GFLOP/s in a convolution
+# and moves about 10 GB/s per core (docs/performance.md).
+FLOPS_PER_BYTE = 16
+# The per-example gradient of a conv kernel by vmap(grad) lowers to a
+# batch-grouped convolution, measured 2.3x slower on XLA:CPU than the same
+# contraction as strided slices and one batched matmul (digits CNN conv2,
+# batch 256: 8.3 ms vs 3.6 ms); its FLOPs are counted this many times.
+CONV_VMAP_SLOWDOWN = 2.3
+
+
+class Cost(NamedTuple):
+    """Estimated work of one form for one parameter, over the whole batch."""
+
+    flops: float  # floating-point operations (multiply-add = 2)
+    bytes: float  # bytes of per-example intermediates written and read
+
+    @property
+    def total(self) -> float:
+        """``flops + FLOPS_PER_BYTE * bytes``: the time estimate, in FLOP units."""
+        return self.flops + FLOPS_PER_BYTE * self.bytes
+
+
+def kernel_costs(n: int, t: int, d_in: int, d_out: int, itemsize: int = 4) -> dict[str, Cost]:
+    """Cost of the norm and the clipped sum of a ``d_in x d_out`` kernel, per form.
+
+    ``t``: positions per example (1 for a dense layer without sequence axis;
+    output positions for a convolution, whose ``d_in`` is ``prod(k) * c_in``).
+    Forms: ``"outer"`` (``t == 1``: ``||a||^2 ||b||^2``, then ``A^T diag(c) B``),
+    ``"gram"`` (two ``t x t`` Gram matrices per example, then ``A^T diag(c) B``)
+    and ``"direct"`` (the per-example gradient ``A_i^T B_i`` once, in float32;
+    norm and sum both read it). ``itemsize``: bytes per activation element.
+    """
+    io = itemsize * n * t * (d_in + d_out)  # reading A and B once
+    outer_sum = 2.0 * n * t * d_in * d_out
+    costs = {}
+    if t == 1:
+        costs["outer"] = Cost(2.0 * n * (d_in + d_out) + outer_sum, 2 * io)
+    else:
+        gram = 2.0 * n * t * t * (d_in + d_out) + 2.0 * n * t * t
+        costs["gram"] = Cost(gram + outer_sum, 2 * io + 2 * 4 * n * t * t)
+    costs["direct"] = Cost(
+        2.0 * n * t * d_in * d_out + 4.0 * n * d_in * d_out, io + 3 * 4 * n * d_in * d_out
+    )
+    return costs
+
+
+def bias_cost(n: int, t: int, d: int) -> Cost:
+    """Norm and sum of a bias from the output gradients: two passes over ``B``."""
+    return Cost(4.0 * n * t * d, 0.0)
+
+
+def embedding_cost(n: int, t: int, d: int, itemsize: int = 4) -> Cost:
+    """Norm (a ``t x t`` Gram of ``B`` masked by equal ids) and scatter-add sum."""
+    return Cost(2.0 * n * t * t * d + 2.0 * n * t * d, 2 * 4 * n * t * t + itemsize * n * t * d)
+
+
+def norm_scale_cost(n: int, t: int, d: int) -> Cost:
+    """Per-example scale gradient ``sum_t x_hat_t b_t`` (recomputing ``x_hat``)."""
+    return Cost(6.0 * n * t * d, 3 * 4 * n * d + 4 * n * t * d)
+
+
+def vmap_cost(n: int, size: int, flops_per_example: float = 0.0) -> Cost:
+    """A per-example gradient of ``size`` parameters materialized by ``vmap(grad)``.
+
+    ``flops_per_example``: the FLOPs of forming that gradient for one example
+    (``2 t d_in d_out`` for a kernel, times :data:`CONV_VMAP_SLOWDOWN` for a
+    convolution; ``0`` where unknown: it is spent by both paths alike). The
+    gradient is written once and read by the norm and by the sum.
+    """
+    return Cost(n * flops_per_example + 4.0 * n * size, 3 * 4 * n * size)
+
+
 def use_ghost_form(t: int, d_in: int, d_out: int) -> bool:
     """Whether the Gram (ghost) form is cheaper than materializing: ``2 T^2 < d_in d_out``.
 
@@ -62,6 +155,11 @@ def use_ghost_form(t: int, d_in: int, d_out: int) -> bool:
     2022, Sec. 4.2 compare the same two costs).
     """
     return 2 * t * t < d_in * d_out
+
+
+def per_example_kernel_grads(a: jax.Array, b: jax.Array) -> jax.Array:
+    """Per-example ``A_i^T B_i``, shape ``(n, d_in, d_out)``, float32+ (the direct form)."""
+    return _ein("ntd,nte->nde", _as_3d(a), _as_3d(b))
 
 
 def dense_sq_norms(a: jax.Array, b: jax.Array, form: str = "auto") -> jax.Array:
@@ -86,7 +184,7 @@ def dense_sq_norms(a: jax.Array, b: jax.Array, form: str = "auto") -> jax.Array:
         return _ein("nts,nts->n", _ein("ntd,nsd->nts", a, a), _ein("nte,nse->nts", b, b))
     if form != "direct":
         raise ValueError(f"form must be one of ('auto', 'ghost', 'direct'), got {form!r}")
-    g = _ein("ntd,nte->nde", a, b)
+    g = per_example_kernel_grads(a, b)
     return _ein("nde,nde->n", g, g)
 
 
@@ -120,42 +218,60 @@ def conv_patches(
     padding: str | Sequence[tuple[int, int]],
     kernel_dilation: Sequence[int],
 ) -> jax.Array:
-    """Unfolds channels-last inputs ``(n, *spatial, c_in)`` into ``(n, P, c_in * prod(k))``.
+    """Unfolds channels-last inputs ``(n, *spatial, c_in)`` into ``(n, P, prod(k) * c_in)``.
 
-    ``P`` is the number of output positions. A convolution is then the dense
-    product of these patches with :func:`conv_kernel_to_patch_layout` of its
-    kernel, so the dense kernels apply unchanged.
+    ``P`` is the number of output positions; features are in the flax kernel
+    order ``(*k, c_in)``. A convolution is then the dense product of these
+    patches with :func:`conv_kernel_to_patch_layout` of its kernel, so the
+    dense kernels apply unchanged. The patches are ``prod(k)`` strided
+    slices of the padded input (data movement only): XLA's
+    ``conv_general_dilated_patches`` is a convolution with an identity kernel,
+    ``prod(k) * c_in`` times the FLOPs of the layer's own input channels, and
+    took 6.8 ms where the slices take 1.0 ms (digits CNN, batch 256, CPU).
     """
     nd = len(kernel_size)
-    spatial = "DHW"[-nd:] if nd <= 3 else None
-    if spatial is None:
-        raise ValueError(f"conv_patches supports 1-3 spatial dims, got {nd}")
-    lhs = "N" + spatial + "C"
-    p = jax.lax.conv_general_dilated_patches(
-        x,
-        tuple(kernel_size),
-        tuple(strides),
-        padding if isinstance(padding, str) else tuple(tuple(q) for q in padding),
-        rhs_dilation=tuple(kernel_dilation),
-        dimension_numbers=(lhs, "OI" + spatial, lhs),
+    if not 1 <= nd <= 3 or x.ndim != nd + 2:
+        raise ValueError(
+            f"conv_patches supports 1-3 spatial dims on (n, *spatial, c), got {nd} "
+            f"kernel dims and an input of shape {x.shape}"
+        )
+    spatial = x.shape[1:-1]
+    dilated = [(k - 1) * d + 1 for k, d in zip(kernel_size, kernel_dilation, strict=True)]
+    if isinstance(padding, str):
+        pads = jax.lax.padtype_to_pads(spatial, dilated, tuple(strides), padding)
+    else:
+        pads = [tuple(q) for q in padding]
+    xp = jax.lax.pad(
+        x, jnp.zeros((), x.dtype), [(0, 0, 0)] + [(lo, hi, 0) for lo, hi in pads] + [(0, 0, 0)]
     )
-    return jnp.reshape(p, (p.shape[0], -1, p.shape[-1]))
+    out = [
+        (size + lo + hi - dk) // s + 1
+        for size, (lo, hi), dk, s in zip(spatial, pads, dilated, strides, strict=True)
+    ]
+    cols = []
+    for offset in itertools.product(*(range(k) for k in kernel_size)):
+        start = [o * d for o, d in zip(offset, kernel_dilation, strict=True)]
+        limit = [b + (m - 1) * s + 1 for b, m, s in zip(start, out, strides, strict=True)]
+        cols.append(
+            jax.lax.slice(
+                xp,
+                (0, *start, 0),
+                (x.shape[0], *limit, x.shape[-1]),
+                (1, *strides, 1),
+            )
+        )
+    p = jnp.stack(cols, axis=-2)  # (n, *out, prod(k), c_in)
+    return jnp.reshape(p, (x.shape[0], math.prod(out), -1))
 
 
 def conv_kernel_to_patch_layout(kernel: jax.Array) -> jax.Array:
-    """A flax kernel ``(*k, c_in, c_out)`` as ``(c_in * prod(k), c_out)`` in patch order."""
-    nd = kernel.ndim - 2
-    perm = (nd,) + tuple(range(nd)) + (nd + 1,)
-    return jnp.reshape(jnp.transpose(kernel, perm), (-1, kernel.shape[-1]))
+    """A flax kernel ``(*k, c_in, c_out)`` as ``(prod(k) * c_in, c_out)`` in patch order."""
+    return jnp.reshape(kernel, (-1, kernel.shape[-1]))
 
 
 def conv_patch_grad_to_kernel(g: jax.Array, kernel_shape: Sequence[int]) -> jax.Array:
     """Inverse of :func:`conv_kernel_to_patch_layout` for a gradient."""
-    *k, c_in, c_out = kernel_shape
-    nd = len(k)
-    g = jnp.reshape(g, (c_in, *k, c_out))
-    perm = tuple(range(1, nd + 1)) + (0, nd + 1)
-    return jnp.transpose(g, perm)
+    return jnp.reshape(g, tuple(kernel_shape))
 
 
 def _norm_ids(ids: jax.Array, vocab: int) -> jax.Array:

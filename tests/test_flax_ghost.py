@@ -64,7 +64,7 @@ NAMES += ["linen_custom"]
 def test_ghost_and_vmap_match_naive_loop_under_jit(key, name):
     loss, params, x, y = case(name, key)
     ref = naive_clipped_sum(jax.jit(loss), params, x, y, 0.5)
-    for method in ("ghost", "vmap"):
+    for method in ("ghost", "vmap", "auto"):
         fn = dpjax.clipped_grad(loss, 0.5, method=method)
         g, stats = jax.jit(fn)(params, x, y)
         assert_tree_close(g, ref, **TOL)
@@ -165,16 +165,74 @@ def test_nnx_adapter_ghost_matches_vmap_and_stats(key):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), **TOL)
 
 
-def test_auto_picks_ghost_only_when_it_covers_most_parameters(key):
-    loss, params, x, y = case("encoder", key)
-    ghost_plan = dpjax.clipped_grad(loss, 1.0, method="ghost").plan(params, x, y)
-    auto = dpjax.clipped_grad(loss, 1.0, method="auto")
-    assert auto.method == "auto" and auto.plan(params, x, y) == ghost_plan
-    # A loss using its parameters directly: no layer is known, auto is plain vmap.
+def naive_norms(loss, params, x, y):
+    """Per-example gradient norms by a Python loop over examples (float64)."""
+    out = []
+    for i in range(x.shape[0]):
+        g = jax.grad(loss)(params, x[i : i + 1], y[i : i + 1])
+        out.append(np.sqrt(sum(np.sum(np.asarray(v, np.float64) ** 2) for v in jax.tree.leaves(g))))
+    return np.array(out)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_per_example_norms_of_every_method_match_naive_loop(key, name):
+    """The norms each clip factor is computed from: every form, exact against the loop."""
+    from dpjax.grad import ClipConfig, _clipped_sum, _ghost_plan
+
+    loss, params, x, y = case(name, key)
+    ref = naive_norms(jax.jit(loss), params, x, y)
+    for method in ("vmap", "ghost", "auto"):
+        config = ClipConfig(1.0, method=method)
+        plan = _ghost_plan(config, loss, params, (x, y))
+        out = jax.jit(
+            lambda p, xb, yb, c=config, pl=plan: _clipped_sum(c, loss, p, (xb, yb), jnp.ones(N), pl)
+        )(params, x, y)
+        np.testing.assert_allclose(np.asarray(out.per_example.norms), ref, rtol=1e-5)
+
+
+def test_auto_chooses_each_form_by_estimated_cost(key):
+    loss, params, x, y = case("cnn", key)
+    plan = dpjax.clipped_grad(loss, 1.0, method="auto").plan(params, x, y)
+    for path in ("conv1/kernel", "conv2/kernel"):
+        est = plan.estimates[path]
+        assert set(est) == {"gram", "direct", "vmap"}
+        assert plan[path] == "ghost:conv-" + min(("gram", "direct"), key=est.get)
+    assert plan["head/kernel"] == "ghost:dense-outer"
+    assert set(plan.estimates["head/kernel"]) == {"outer", "direct", "vmap"}
+    assert plan.ghost_cost < plan.vmap_cost
+    # The chosen forms' estimates add up to ghost_cost; vmap's to vmap_cost.
+    forms = {"ghost:bias": "bias", "ghost:dense-outer": "outer"}
+    total = sum(plan.estimates[p][forms.get(m, m.rsplit("-", 1)[-1])] for p, m in plan.items())
+    np.testing.assert_allclose(total, plan.ghost_cost, rtol=1e-12)
+    np.testing.assert_allclose(
+        sum(e["vmap"] for e in plan.estimates.values()), plan.vmap_cost, rtol=1e-12
+    )
+
+
+def test_auto_takes_gram_for_short_sequences_of_wide_layers(key):
+    # T = 4 positions, 256 x 256 kernel: two 4 x 4 Gram matrices beat a 65k gradient.
+    model = nnx.Linear(256, 256, rngs=nnx.Rngs(0))
+    loss, params = tm.nnx_loss(nnx.Sequential(model, lambda h: jnp.mean(h, axis=1)))
+    x = jax.random.normal(key, (N, 4, 256))
+    y = jnp.zeros(N, jnp.int32)
+    fn = dpjax.clipped_grad(loss, 1.0, method="auto")
+    plan = fn.plan(params, x, y)
+    assert plan["layers/0/kernel"] == "ghost:dense-gram", plan
+    est = plan.estimates["layers/0/kernel"]
+    assert est["gram"] < est["direct"] and est["gram"] < est["vmap"]
+    ref = naive_clipped_sum(jax.jit(loss), params, x, y, 0.5)
+    assert_tree_close(
+        jax.jit(dpjax.clipped_grad(loss, 0.5, method="auto"))(params, x, y)[0], ref, **TOL
+    )
+
+
+def test_auto_is_vmap_when_no_layer_is_known(key):
+    _, _, _, y = case("encoder", key)
     w = {"a": jnp.ones((6, 3)), "b": jnp.zeros(3)}
     direct = lambda p, xb, yb: tm.xent_logits(xb @ p["a"] + p["b"][None], yb)
     plan = dpjax.clipped_grad(direct, 1.0, method="auto").plan(w, jnp.ones((4, 6)), y[:4])
     assert plan == {"a": "vmap", "b": "vmap"}
+    assert plan.ghost_cost == plan.vmap_cost > 0
 
 
 def test_bad_method_raises():

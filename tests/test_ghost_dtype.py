@@ -80,6 +80,7 @@ CASES = [
 ]
 CASES += [("mlp", "auto", "bf16"), ("sequence", "auto", "f16")]
 CASES += [pytest.param("cnn", m, "bf16", marks=pytest.mark.slow) for m in ("vmap", "ghost")]
+CASES += [pytest.param("cnn", "auto", "f16", marks=pytest.mark.slow)]
 
 
 @pytest.mark.parametrize("name, method, dtype_id", CASES)
@@ -92,6 +93,24 @@ def test_each_contribution_is_within_the_clip_norm(key, name, method, dtype_id):
     with jax.numpy_dtype_promotion("standard" if name == "sequence" else "strict"):
         got = contributions(fn, params, x, y)
     assert np.all(got > 0.5 * c), got / c  # clipped, not zeroed
+    assert got.max() <= c * (1 + SLACK), f"max contribution / C - 1 = {got.max() / c - 1:.3g}"
+
+
+@pytest.mark.parametrize("dtype_id", ["bf16", "f16"])
+def test_direct_form_on_sequences_stays_within_the_clip_norm(key, monkeypatch, dtype_id):
+    """The direct form (one per-example kernel gradient, read by norm and sum), with positions."""
+    from dpjax.kernels import ghost as gk
+
+    monkeypatch.setattr(gk, "use_ghost_form", lambda t, d_in, d_out: False)
+    loss, params, x, y = case("sequence", key)
+    c = 1e-3
+    fn = dpjax.clipped_grad(
+        loss, c, method="ghost", compute_dtype=DTYPES[DTYPE_IDS.index(dtype_id)]
+    )
+    with jax.numpy_dtype_promotion("standard"):  # flax's norm statistics, as above
+        assert fn.plan(params, x, y)["proj/kernel"] == "ghost:dense-direct"
+        got = contributions(fn, params, x, y)
+    assert np.all(got > 0.5 * c), got / c
     assert got.max() <= c * (1 + SLACK), f"max contribution / C - 1 = {got.max() / c - 1:.3g}"
 
 

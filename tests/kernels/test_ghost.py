@@ -39,6 +39,28 @@ def test_dense_norms_both_forms_and_bookkeeping(key, t, d_in, d_out):
     np.testing.assert_allclose(gk.bias_weighted_grad(b, c), jnp.einsum("nd,n->d", gb, c), **TOL)
 
 
+def test_cost_model_forms_and_choices():
+    # Each form's estimate is FLOPs plus FLOPS_PER_BYTE times bytes.
+    c = gk.Cost(flops=10.0, bytes=2.0)
+    assert c.total == 10.0 + gk.FLOPS_PER_BYTE * 2.0
+    assert set(gk.kernel_costs(8, 1, 4, 3)) == {"outer", "direct"}
+    assert set(gk.kernel_costs(8, 5, 4, 3)) == {"gram", "direct"}
+    # The digits CNN's second conv (T = 64, 3x3x16 -> 32) at batch 256: direct.
+    conv2 = {k: v.total for k, v in gk.kernel_costs(256, 64, 144, 32).items()}
+    assert conv2["direct"] < conv2["gram"]
+    conv_vmap = gk.vmap_cost(256, 4608, 2.0 * 64 * 144 * 32 * gk.CONV_VMAP_SLOWDOWN).total
+    assert conv2["direct"] < conv_vmap
+    # A short sequence through a wide layer: Gram matrices are far cheaper.
+    wide = {k: v.total for k, v in gk.kernel_costs(32, 4, 1024, 1024).items()}
+    assert wide["gram"] < wide["direct"]
+    # No sequence axis: the outer form never materializes d_in x d_out per example.
+    mlp = {k: v.total for k, v in gk.kernel_costs(128, 1, 1024, 1024).items()}
+    assert mlp["outer"] < min(mlp["direct"], gk.vmap_cost(128, 1024 * 1024).total)
+    # Every estimate grows linearly in the batch.
+    for k, v in gk.kernel_costs(2, 6, 5, 7).items():
+        assert gk.kernel_costs(4, 6, 5, 7)[k].total == 2 * v.total
+
+
 def test_form_choice_follows_shapes():
     assert gk.use_ghost_form(t=16, d_in=64, d_out=64)  # 512 < 4096
     assert not gk.use_ghost_form(t=256, d_in=64, d_out=64)  # 131072 > 4096
@@ -51,6 +73,8 @@ def test_form_choice_follows_shapes():
         ((7,), (2,), (1,), "SAME", (2,)),
         ((6, 5), (3, 2), (1, 2), "VALID", (1, 1)),
         ((5, 5), (3, 3), (2, 2), "SAME", (1, 2)),
+        ((4, 5, 3), (2, 2, 2), (1, 2, 1), "SAME", (1, 1, 1)),
+        ((8,), (3,), (1,), ((-1, 2),), (1,)),  # negative (cropping) explicit padding
     ],
 )
 def test_conv_via_patches_matches_autodiff(key, spatial, ks, strides, pad, dil):
@@ -76,6 +100,9 @@ def test_conv_via_patches_matches_autodiff(key, spatial, ks, strides, pad, dil):
     # ... so the dense kernels give the conv kernel's norms and sums.
     for form in ("ghost", "direct"):
         np.testing.assert_allclose(gk.dense_sq_norms(patches, b2, form), sq(g), rtol=1e-5)
+    # The direct form's per-example kernel gradients are autodiff's, in the kernel layout.
+    pe = gk.per_example_kernel_grads(patches, b2)
+    np.testing.assert_allclose(jnp.reshape(pe, g.shape), g, rtol=1e-5, atol=1e-5)
     c = jnp.linspace(0.1, 1.0, 4)
     summed = gk.conv_patch_grad_to_kernel(gk.dense_weighted_grad(patches, b2, c), kernel.shape)
     np.testing.assert_allclose(summed, jnp.einsum("n...,n->...", g, c), rtol=1e-5, atol=1e-5)
