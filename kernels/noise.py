@@ -10,7 +10,7 @@ Gaussian noise comes from one of two samplers (``sampler=``):
 * ``"erfinv"``: ``jax.random.normal`` (one word per normal through the
   inverse error function). In float32 it keeps 23 bits of the word, so its
   output never leaves ``[-5.42, 5.22]`` standard deviations: the Gaussian
-  mass it cannot produce is ``1.5e-7`` per coordinate, and for a model of
+  mass it cannot produce is ``1.2e-7`` per coordinate, and for a model of
   36.8M parameters some coordinate of every step would have been there.
 
 Why the tail matters for privacy: the accountant analyses the Gaussian
@@ -19,14 +19,14 @@ conditioned on ``|Z| <= T``: on the outputs both neighbouring data sets
 can produce, the privacy loss is the Gaussian's, but an output that only
 one of them can produce (a coordinate beyond the cut of the other, shifted
 by the sensitivity) identifies it. That adds at most the probability of
-such outputs to delta, per step: at most ``sum_i P(T - |D_i|/s <= |Z| <= T)``
-over the coordinates i, with D the difference of the two clipped sums and
-s the noise std, which is at most ``2 phi(T) ||D||_1 / s <=
-2 phi(T) sqrt(d)/sigma`` (phi the normal density, d coordinates, sigma the
-noise multiplier). For ``"erfinv"`` (T = 5.22) and d = 36.8M that is
-``6.2e-3 / sigma`` per step, not negligible against a delta of 1e-5; for
-``"box_muller"`` (the radius of a pair cut at R = 9.49, bound
-``R exp(-R^2/2) sqrt(2 d)/sigma``) it is ``4e-15 / sigma``. See
+such outputs to delta, per step: ``sum_i P(T - |D_i|/s <= |Z| <= T)`` over
+the coordinates i, with D the difference of the two clipped sums and s the
+noise std; for shifts small against T that is about ``2 phi(T) ||D||_1 / s
+<= 2 phi(T) sqrt(d) / sigma`` (phi the normal density, d coordinates, sigma
+the noise multiplier). For ``"erfinv"`` (T = 5.22) and d = 36.8M that is
+``5.9e-3 / sigma`` per step, not negligible against a delta of 1e-5; for
+``"box_muller"`` (the radius of a pair cut at R = 9.49, about
+``R exp(-R^2/2) sqrt(2 d) / sigma``) it is ``2.2e-15 / sigma``. See
 ``docs/performance.md`` ("Noise") and ``benchmarks/RESULTS_noise.md``.
 
 Both samplers draw float32 (or wider) and cast to the leaf's dtype, so the

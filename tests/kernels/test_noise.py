@@ -10,10 +10,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from dpjax.kernels import noise as noise_k
 from jax.extend.random import define_prng_impl
 from scipy import stats
 
-from dpjax.kernels import noise as noise_k
+import dpjax
 
 IMPLS = ("threefry2x32", "rbg", "unsafe_rbg", "philox4x32")
 
@@ -118,3 +119,21 @@ def test_unknown_sampler_is_refused():
         noise_k.gaussian_like(jax.random.key(0), {"w": jnp.zeros(3)}, 1.0, "ziggurat")
     with pytest.raises(ValueError, match="sampler must be one of"):
         noise_k.standard_normal(jax.random.key(0), (3,), jnp.float32, "uniform")
+
+
+@pytest.mark.parametrize("sampler", noise_k.SAMPLERS)
+def test_add_noise_draws_with_the_chosen_sampler(sampler):
+    g = {"w": jnp.zeros((64,))}
+    key = jax.random.key(2)
+    tx = dpjax.add_noise(dpjax.Sensitivity(1.0), 2.0, 1.0, key, noise_sampler=sampler)
+    out, _ = tx.update(g, tx.init(g))
+    _, sub = jax.random.split(key)
+    want = noise_k.gaussian_like(sub, g, 2.0, sampler)
+    np.testing.assert_array_equal(np.asarray(out["w"]), np.asarray(want["w"]))
+    if sampler == noise_k.DEFAULT_SAMPLER:
+        default = dpjax.add_noise(dpjax.Sensitivity(1.0), 2.0, 1.0, key)
+        np.testing.assert_array_equal(
+            np.asarray(default.update(g, default.init(g))[0]["w"]), np.asarray(out["w"])
+        )
+    with pytest.raises(ValueError, match="noise_sampler must be one of"):
+        dpjax.add_noise(dpjax.Sensitivity(1.0), 2.0, 1.0, key, noise_sampler="ziggurat")
