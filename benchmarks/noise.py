@@ -186,10 +186,10 @@ def main(argv: list[str] | None = None) -> int:
         )
         print(f"{size}: copy {t_copy * 1e3:.1f} ms flat, {t_copy_tree * 1e3:.1f} ms tree "
               f"({len(shapes)} leaves, {n_tree / 1e6:.1f}M)", flush=True)  # fmt: skip
-        rows.append(dict(size=size, n=n, layout="flat", impl="-", variant="copy (x + 0, donated)",
+        rows.append(dict(size=size, n=n, layout="flat", impl="-", variant="copy (x + c, donated)",
                          s=t_copy, ratio=1.0))  # fmt: skip
         rows.append(dict(size=size, n=n_tree, layout="tree", impl="-", leaves=len(shapes),
-                         variant="copy (x + 0, donated)", s=t_copy_tree, ratio=1.0))  # fmt: skip
+                         variant="copy (x + c, donated)", s=t_copy_tree, ratio=1.0))  # fmt: skip
         cases = []
         for impl in impls:
             parts = [(impl, True)]
