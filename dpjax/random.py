@@ -11,7 +11,8 @@ Trade-offs, stated plainly:
   generator designed for statistical quality and reproducibility, not a
   certified cryptographically secure PRNG; seeding it from the OS makes the
   key unpredictable, it does not make the generator a CSPRNG. Threefry keys
-  carry 64 bits of entropy (``impl="threefry2x32"``); ``rbg`` keys 128.
+  carry 64 bits of entropy (``impl="threefry2x32"``, and ``"philox4x32"``);
+  ``rbg`` and ``unsafe_rbg`` keys 128.
 * Noise is drawn in floating point, which leaks through its low-order bits
   in principle (Mironov 2012, On Significance of the Least Significant Bits
   for Differential Privacy); data releases should use ``dpjax.mechanisms``.
@@ -29,7 +30,7 @@ import numpy as np
 
 __all__ = ["key_from_seed", "secure_key"]
 
-_KEY_WORDS = {"threefry2x32": 2, "rbg": 4, "unsafe_rbg": 4}
+_KEY_WORDS = {"threefry2x32": 2, "rbg": 4, "unsafe_rbg": 4, "philox4x32": 2}
 SEED_BITS = 32  # jax.random.key(int) keeps only the low 32 bits when x64 is off
 
 
@@ -68,8 +69,11 @@ def secure_key(impl: str = "threefry2x32") -> jax.Array:
     """A typed PRNG key whose data comes from the OS entropy source.
 
     Args:
-      impl: the JAX PRNG implementation: ``"threefry2x32"`` (64-bit key) or
-        ``"rbg"`` (128-bit key).
+      impl: the JAX PRNG implementation: ``"threefry2x32"`` (64-bit key,
+        the default), ``"rbg"`` or ``"unsafe_rbg"`` (128-bit keys; meant for
+        accelerators, slower on XLA:CPU) or ``"philox4x32"`` (64-bit key).
+        Which is fastest per backend: ``benchmarks/RESULTS_noise.md``; each
+        passes the same KS and tail tests (``tests/kernels/test_noise.py``).
 
     Returns:
       A typed key (``jax.random.key``-like) of that implementation.

@@ -45,8 +45,10 @@ def test_secure_key_uses_os_entropy(monkeypatch):
     monkeypatch.setattr(secrets, "token_bytes", spy)
     k = secure_key()
     r = secure_key("rbg")
-    assert calls == [8, 16]
+    p = secure_key("philox4x32")
+    assert calls == [8, 16, 8]
     assert jax.random.key_data(k).shape == (2,) and jax.random.key_data(r).shape == (4,)
+    assert str(jax.random.key_impl(p)) == "philox4x32" and jax.random.key_data(p).shape == (2,)
     with pytest.raises(ValueError, match="impl must be one of"):
         secure_key("md5")
 
