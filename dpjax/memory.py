@@ -4,9 +4,12 @@
 per device: the parameters, the optimizer state, the gradient buffers (the
 clipped sum and the noisy update), the per-example gradients of the
 parameters clipped with ``vmap`` (all of them for ``method="vmap"``, the
-fallbacks of ``method="ghost"``), and the activations and temporaries: the
-peak of the live intermediate values of the traced step
-(``jax.make_jaxpr``, a liveness walk over its equations; no XLA compile).
+fallbacks of ``method="ghost"``), and the temporaries (activations,
+per-example gradients, gradient sums, noise, optimizer update): the peak of
+the live intermediate values of the traced step ``grad_fn`` + ``optimizer``
+(``jax.make_jaxpr``, a liveness walk over its equations in which an
+elementwise result may take the buffer of an input that dies; no XLA
+compile).
 It uses shapes only; the numbers depend on no data value.
 
 The estimate is meant as an upper-ish bound: it ignores XLA's fusion (which
@@ -47,14 +50,19 @@ class MemoryEstimate(NamedTuple):
     params: int
     optimizer_state: int
     batch: int  # this device's rows of the batch
-    gradients: int  # clipped sum + noisy update, sharded like the parameters
-    per_example_gradients: int  # vmap-clipped leaves x examples per device (or microbatch)
-    activations: int  # peak live intermediates of the traced step (includes the line above)
+    gradients: int  # clipped sum + noisy update, sharded like the parameters (in temporaries)
+    per_example_gradients: int  # vmap-clipped leaves x examples per device (in temporaries)
+    temporaries: int  # peak live intermediates of the traced step (activations, updates)
     limit: int | None  # the device's memory (memory_stats()["bytes_limit"]) if known
 
     @property
     def total(self) -> int:
-        return self.params + self.optimizer_state + self.batch + self.gradients + self.activations
+        """Inputs (parameters, optimizer state, batch) plus the peak of the temporaries.
+
+        The new parameters and optimizer state are assumed to reuse the old
+        ones' buffers (``jax.jit(step, donate_argnums=...)``).
+        """
+        return self.params + self.optimizer_state + self.batch + self.temporaries
 
     @property
     def fits(self) -> bool | None:
@@ -80,7 +88,7 @@ class MemoryEstimate(NamedTuple):
 
 
 def device_memory_limit(device: Any = None) -> int | None:
-    """``memory_stats()["bytes_limit"]`` of ``device`` (default the first), None if unknown (CPU)."""
+    """``memory_stats()["bytes_limit"]`` of ``device`` (default: the first), else None (CPU)."""
     device = jax.devices()[0] if device is None else device
     try:
         stats = device.memory_stats()
@@ -249,14 +257,21 @@ def estimate_memory(
         vmapped = [a for a, m in zip(leaves, methods, strict=True) if m == "vmap"]
     per_example = chunk * sum(_nbytes(a) for a in vmapped)
 
-    jaxpr = jax.make_jaxpr(lambda p, *b: grad_fn(p, *b))(params_s, *chunk_batch)
-    activations = max(_peak_live(jaxpr.jaxpr), per_example)
+    def step(p, s, *b):
+        g, _ = grad_fn(p, *b)
+        if optimizer is None:
+            return g
+        u, s = optimizer.update(g, s, p)
+        return jax.tree.map(lambda a, d: a + d.astype(a.dtype), p, u), s
+
+    jaxpr = jax.make_jaxpr(step)(params_s, opt_s, *chunk_batch)
+    temporaries = max(_peak_live(jaxpr.jaxpr), per_example + 2 * p_bytes)
     return MemoryEstimate(
         params=p_bytes,
         optimizer_state=_tree_bytes(opt_s, o_sh),
         batch=sum(_nbytes(a) for a in jax.tree.leaves(batch)) // shards,
         gradients=2 * p_bytes,
         per_example_gradients=per_example,
-        activations=activations,
+        temporaries=temporaries,
         limit=device_memory_limit(),
     )

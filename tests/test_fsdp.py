@@ -53,8 +53,7 @@ def _worker() -> dict:
     import jax
     import jax.numpy as jnp
     from flax import nnx
-    from jax.sharding import Mesh, NamedSharding
-    from jax.sharding import PartitionSpec as P
+    from jax.sharding import Mesh
 
     import dpjax
     from dpjax import models
