@@ -124,6 +124,9 @@ class ShardedPoissonSampler:
         smallest size whose truncation probability summed over the shards is
         at most ``truncation_target``.
       truncation_target: the per-step truncation probability aimed for, in (0, 1).
+      multiple_of: the default ``shard_batch_size`` is rounded up to a
+        multiple of this (>= 1), e.g. ``jax.local_device_count()`` so that
+        each host's rows split evenly over its devices.
 
     Privacy:
       The set of examples sampled is the Poisson sample of the global data
@@ -147,11 +150,13 @@ class ShardedPoissonSampler:
     num_shards: int = 1
     shard_batch_size: int | None = None
     truncation_target: float = 1e-10
+    multiple_of: int = 1
 
     def __post_init__(self):
         n = _validate.positive_int("num_examples", self.num_examples)
         q = _validate.probability("sampling_rate", self.sampling_rate)
         s = _validate.positive_int("num_shards", self.num_shards)
+        k = _validate.positive_int("multiple_of", self.multiple_of)
         _validate.open_unit("truncation_target", self.truncation_target)
         if s > n:
             raise ValueError(f"num_shards must be in [1, num_examples={n}], got {s}")
@@ -160,10 +165,11 @@ class ShardedPoissonSampler:
             b = int(stats.binom.isf(self.truncation_target / s, largest, q))
             while self._tail(b) > self.truncation_target:
                 b += 1
-            object.__setattr__(self, "shard_batch_size", max(1, min(b, largest)))
+            b = max(1, min(b, largest))
+            object.__setattr__(self, "shard_batch_size", -(-b // k) * k)
         else:
             b = _validate.positive_int("shard_batch_size", self.shard_batch_size)
-            if b > largest:
+            if b > largest + k - 1:
                 raise ValueError(
                     f"shard_batch_size must be in [1, {largest}] (the largest shard), got {b}"
                 )

@@ -122,7 +122,19 @@ def shard_state(
       scalar and stays replicated, so ``dpjax.privacy_spent`` reads the same
       on every device and host.
     """
-    return jax.device_put(tree, fsdp_specs(tree, mesh, axis, min_size=min_size))
+    shardings = fsdp_specs(tree, mesh, axis, min_size=min_size)
+    if jax.process_count() == 1:
+        return jax.device_put(tree, shardings)
+    # Multi-host: every process holds the whole value and supplies its own shards.
+    return jax.tree.map(_put_global, tree, shardings)
+
+
+def _put_global(leaf: Any, sharding: NamedSharding) -> jax.Array:
+    if jax.dtypes.issubdtype(getattr(leaf, "dtype", None), jax.dtypes.prng_key):
+        data = _put_global(jax.random.key_data(leaf), sharding)
+        return jax.random.wrap_key_data(data, impl=jax.random.key_impl(leaf))
+    value = np.asarray(leaf)
+    return jax.make_array_from_callback(value.shape, sharding, lambda index: value[index])
 
 
 def batch_sharding(mesh: Mesh, axes: str | Sequence[str] | None = None) -> NamedSharding:
