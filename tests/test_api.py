@@ -18,6 +18,7 @@ EXPECTED = {
     "DPNoiseState",
     "PoissonSampler",
     "PrivacySpent",
+    "ShardedPoissonSampler",
     "Sensitivity",
     "ShuffledSampler",
     "__version__",
