@@ -96,9 +96,7 @@ class CausalSelfAttention(nnx.Module):
     def __init__(self, config: GPTConfig, *, rngs: nnx.Rngs):
         d, dt = config.d_model, config.dtype
         self.n_heads = config.n_heads
-        self.q, self.k, self.v, self.o = (
-            nnx.Linear(d, d, dtype=dt, rngs=rngs) for _ in range(4)
-        )
+        self.q, self.k, self.v, self.o = (nnx.Linear(d, d, dtype=dt, rngs=rngs) for _ in range(4))
 
     def __call__(self, x: jax.Array) -> jax.Array:
         b, t, d = x.shape

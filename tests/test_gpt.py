@@ -30,7 +30,9 @@ def naive_clipped_sum(loss_fn, model, wrt, toks, l2_clip):
 
     total = jax.tree.map(lambda p: np.zeros(p.shape, np.float64), params)
     for i in range(toks.shape[0]):
-        g = jax.tree.map(lambda a: np.asarray(a, np.float64), jax.grad(loss)(params, toks[i : i + 1]))
+        g = jax.tree.map(
+            lambda a: np.asarray(a, np.float64), jax.grad(loss)(params, toks[i : i + 1])
+        )
         norm = float(np.sqrt(sum(np.sum(a * a) for a in jax.tree.leaves(g))))
         f = min(1.0, l2_clip / norm)
         total = jax.tree.map(lambda t, a, f=f: t + f * a, total, g)
@@ -191,7 +193,8 @@ def test_encode_decode_roundtrip(text):
 
 
 @pytest.mark.parametrize(
-    "ids,match", [([256], "\\[0, 255\\]"), ([-1], "\\[0, 255\\]"), ([[1]], "1-D"), ([1.0], "integer")]
+    "ids,match",
+    [([256], "\\[0, 255\\]"), ([-1], "\\[0, 255\\]"), ([[1]], "1-D"), ([1.0], "integer")],
 )
 def test_decode_rejects_bad_ids(ids, match):
     with pytest.raises(ValueError, match=match):
