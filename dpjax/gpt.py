@@ -20,8 +20,8 @@ embeddings, the LayerNorms, the attention softmax and the logits stay
 float32 (the usual mixed-precision recipe: the cheap, rounding-sensitive
 parts in full precision).
 ``GPTConfig.remat`` rematerializes each block in the backward pass
-(``nnx.remat``): less activation memory for one more forward pass per
-block. Ghost clipping does not capture layers inside ``nnx.remat`` (their
+(``jax.checkpoint``): less activation memory for one more forward pass per
+block. Ghost clipping does not capture layers inside the checkpoint (their
 parameters take the per-example ``vmap`` path, as ``plan()`` shows), so
 remat pays off with ``method="vmap"`` or when few parameters are
 differentiated (LoRA adapters).
@@ -56,7 +56,7 @@ class GPTConfig:
       n_heads: attention heads, >= 1.
       n_layers: decoder blocks, >= 1.
       d_ff: hidden width of each MLP, >= 1.
-      remat: rematerialize each block in the backward pass (``nnx.remat``).
+      remat: rematerialize each block in the backward pass (``jax.checkpoint``).
       dtype: the floating dtype of the activations (parameters stay float32).
 
     >>> GPTConfig(d_model=64, n_heads=4).d_model // GPTConfig(d_model=64, n_heads=4).n_heads
@@ -146,6 +146,21 @@ def _block_call(block: Block, x: jax.Array) -> jax.Array:
     return block(x)
 
 
+def _remat_block_call(block: Block, x: jax.Array) -> jax.Array:
+    """``block(x)`` under ``jax.checkpoint``: its activations are recomputed in the backward pass.
+
+    A pure function of the block's state (blocks change no state), so it
+    works whether the parameters are traced or closed-over constants (frozen
+    base weights under LoRA).
+    """
+    graphdef, state = nnx.split(block)
+
+    def run(state, x):
+        return nnx.merge(graphdef, state)(x)
+
+    return jax.checkpoint(run)(state, x)
+
+
 class GPT(nnx.Module):
     """A byte-level decoder-only transformer; ``model(tokens) -> logits``.
 
@@ -192,7 +207,7 @@ class GPT(nnx.Module):
                 f"tokens must have 1 <= time <= context = {self.config.context}, got time {t}"
             )
         x = self.embed(tokens) + self.pos(jnp.arange(t)[None])
-        call = nnx.remat(_block_call) if self.config.remat else _block_call
+        call = _remat_block_call if self.config.remat else _block_call
         for block in self.blocks:
             x = call(block, x)
         return self.head(self.ln_f(x)).astype(jnp.float32)
