@@ -235,12 +235,15 @@ def main(argv=None) -> None:
     p.add_argument("--quick", action="store_true", help="a small model, few steps (CI smoke)")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "RESULTS_lora.md")
     p.add_argument("--no-fit", action="store_true", help="skip the largest-batch estimate")
+    p.add_argument("--rounds", type=int, default=None, help="timed rounds (default per size)")
     args = p.parse_args(argv)
 
     import jax.numpy as jnp
 
     size = "quick" if args.quick else "full"
-    cfg = SIZES[size]
+    cfg = dict(SIZES[size])
+    if args.rounds is not None:
+        cfg["steps"] = args.rounds
     results = []
     for dtype in (jnp.float32, jnp.bfloat16):
         rows = run_cases(cfg, dtype, cfg["steps"])
