@@ -31,9 +31,7 @@ def naive_clipped_sum(loss_fn, model, wrt, toks, l2_clip):
     total = jax.tree.map(lambda p: np.zeros(p.shape, np.float64), params)
     grad = jax.jit(jax.grad(loss))  # one example at a time
     for i in range(toks.shape[0]):
-        g = jax.tree.map(
-            lambda a: np.asarray(a, np.float64), grad(params, toks[i : i + 1])
-        )
+        g = jax.tree.map(lambda a: np.asarray(a, np.float64), grad(params, toks[i : i + 1]))
         norm = float(np.sqrt(sum(np.sum(a * a) for a in jax.tree.leaves(g))))
         f = min(1.0, l2_clip / norm)
         total = jax.tree.map(lambda t, a, f=f: t + f * a, total, g)
