@@ -17,8 +17,8 @@ Two ways to find the rank:
   every candidate is scored. A decoder's log-likelihood of ``prefix + d1..dL``
   is the sum of its next-byte log-probabilities, so one forward pass over
   ``prefix + d1..d(L-1)`` gives the log-likelihood of all ten candidates
-  that start with ``d1..d(L-1)`` (the last position's distribution): |R| / 10 sequences, in fixed-size
-  batches of one compiled function.
+  that start with ``d1..d(L-1)`` (the last position's distribution):
+  |R| / 10 sequences, in fixed-size batches of one compiled function.
 - **extrapolated** (:func:`extrapolated_exposure`, large R such as a card
   number): score a uniform sample of candidates, fit a skew-normal
   distribution to their log-perplexities and read the secret's tail

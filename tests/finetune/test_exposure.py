@@ -18,7 +18,7 @@ class ToyScorer:
         self.w = rng.normal(size=(256, 256)) * 2.0
         self.u = rng.normal(size=(length, 256))
         if boost is not None:  # make one text much more likely (a memorized secret)
-            for t, (a, b) in enumerate(zip(boost[:-1], boost[1:], strict=True)):
+            for a, b in zip(boost[:-1], boost[1:], strict=True):
                 self.w[a, b] += strength
 
     def logits(self, tokens):
@@ -100,8 +100,10 @@ def test_extrapolated_agrees_with_exact_on_a_small_space(boost):
     c = Canary(prefix, secret, "id", 1)
     exact = ex.exact_exposure(toy, c, 4)
     est = ex.sampled_exposure(toy, c, np.random.default_rng(3), num_samples=1000)
-    print(f"boost={boost}: exact {exact['exposure']:.2f} bits (rank {exact['rank']}), "
-          f"extrapolated {est['exposure']:.2f}, empirical {est['empirical_exposure']:.2f}")  # fmt: skip
+    print(
+        f"boost={boost}: exact {exact['exposure']:.2f} bits (rank {exact['rank']}), "
+        f"extrapolated {est['exposure']:.2f}, empirical {est['empirical_exposure']:.2f}"
+    )
     assert est["space_size"] == 10**4
     assert abs(est["exposure"] - exact["exposure"]) < 1.5
     if boost == 6.0:
