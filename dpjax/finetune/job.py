@@ -27,6 +27,7 @@ only. Noise keys come from the OS entropy unless ``seed`` is set.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 import sys
@@ -56,6 +57,7 @@ __all__ = [
     "finetune",
     "finetune_once",
     "gpt_config",
+    "leaf_digest",
     "load_base",
     "measure",
     "pretrain",
@@ -96,6 +98,22 @@ def _bar(total: int, desc: str, enabled: bool):
         dynamic_ncols=True,
         mininterval=0.5,
     )
+
+
+def leaf_digest(state: Any) -> str:
+    """SHA-256 of a state's leaves in order (dtype, shape, bytes), independent of their paths.
+
+    ``add_lora`` moves each adapted ``nnx.Linear`` under ``.base``: the base
+    parameters keep their order, so the digest of the fine-tuned model's
+    non-adapter parameters equals the base model's exactly when every one is
+    bit-identical.
+    """
+    h = hashlib.sha256()
+    for leaf in jax.tree.leaves(state):
+        a = np.asarray(leaf)
+        h.update(f"{a.dtype}{a.shape}".encode())
+        h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()
 
 
 # --- the data ---------------------------------------------------------------------------------
@@ -413,12 +431,13 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
             base = pretrain(cfg, k_base)
             if cfg.save_pretrained:
                 save_base(cfg.save_pretrained, base, cfg)
-        base_digest = rec.digest(nnx.to_pure_dict(base.state))
+        base_digest = leaf_digest(base.state)
         runs = []
         for eps, k in zip(cfg.epsilons, jax.random.split(k_runs, len(cfg.epsilons)), strict=True):
             model, run = finetune_once(cfg, base, private, float(eps), k)
-            after = nnx.to_pure_dict(nnx.state(model, nnx.Not(LORA)))
-            run["base_params_unchanged"] = rec.digest(after) == base_digest
+            run["base_params_unchanged"] = (
+                leaf_digest(nnx.state(model, nnx.Not(LORA))) == base_digest
+            )
             run.update(measure(cfg, model, private))
             runs.append(run)
         record = rec.make_record(
