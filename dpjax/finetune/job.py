@@ -135,7 +135,7 @@ def record_loss(model: Any, tokens: jax.Array, lengths: jax.Array) -> jax.Array:
     logits = model(tokens[:, :-1])
     ce = optax.softmax_cross_entropy_with_integer_labels(logits, tokens[:, 1:])
     valid = jnp.arange(tokens.shape[1] - 1)[None] < (lengths[:, None] - 1)
-    return jnp.sum(jnp.where(valid, ce, 0.0), axis=1) / jnp.maximum(lengths - 1, 1)
+    return jnp.sum(jnp.where(valid, ce, 0.0), axis=1) / jnp.maximum(lengths - 1, 1).astype(ce.dtype)
 
 
 def score_fn(graphdef: Any) -> Any:
@@ -172,7 +172,8 @@ def pretrain(cfg: FinetuneConfig, key: jax.Array) -> Base:
             return jnp.mean(record_loss(m, batch, lengths))
 
         value, grads = nnx.value_and_grad(loss)(m)
-        opt.update(m, grads)
+        with jax.numpy_dtype_promotion("standard"):  # optax mixes int32 counts and floats
+            opt.update(m, grads)
         return nnx.state((m, opt)), value
 
     state = nnx.state((model, optimizer))
@@ -313,8 +314,9 @@ def finetune_once(
                 return jnp.sum(jnp.where(mask, record_loss(m, toks, lens), 0.0)) / expected
 
             value, grads = nnx.value_and_grad(loss, argnums=nnx.DiffState(0, LORA))(m)
-            opt.update(m, grads)
-            return value * expected / jnp.maximum(jnp.sum(mask), 1)
+            with jax.numpy_dtype_promotion("standard"):  # optax mixes int32 counts and floats
+                opt.update(m, grads)
+            return value * expected / jnp.maximum(jnp.sum(mask), 1).astype(value.dtype)
 
     graphdef, _ = nnx.split((model, optimizer))
 
@@ -359,7 +361,7 @@ def measure(cfg: FinetuneConfig, model: Any, private: canary_mod.PrivateCorpus) 
     @jax.jit
     def nll(state, toks, lens):
         per = record_loss(nnx.merge(graphdef, state), toks, lens)
-        return jnp.sum(per * (lens - 1)), jnp.sum(lens - 1)
+        return jnp.sum(per * (lens - 1).astype(per.dtype)), jnp.sum(lens - 1)
 
     total, count = nll(state, jnp.asarray(tokens), jnp.asarray(lengths))
     jit_score = score_fn(graphdef)

@@ -25,7 +25,15 @@ from dpjax.checkpoint import private_umask
 from dpjax.digits.record import digest, write_record
 from dpjax.finetune.config import FinetuneConfig, seed_warning
 
-__all__ = ["digest", "make_record", "plot_exposure", "reserve", "unreserve", "write"]
+__all__ = [
+    "digest",
+    "exposure_figure",
+    "make_record",
+    "plot_exposure",
+    "reserve",
+    "unreserve",
+    "write",
+]
 
 
 def _create(path: Path) -> bool:
@@ -70,11 +78,12 @@ def _eps_label(run: dict[str, Any]) -> str:
     return "no DP" if not run["dp"] else f"{run['target_epsilon']:g}"
 
 
-def plot_exposure(runs: list[dict[str, Any]], path: Path) -> None:
-    """Exposure of each canary (and the references' mean) against epsilon, to ``path`` (PNG)."""
-    import matplotlib
+def exposure_figure(runs: list[dict[str, Any]]) -> Any:
+    """A matplotlib figure: exposure of each canary (and the references' mean) against epsilon.
 
-    matplotlib.use("Agg")
+    ``runs`` are the run dicts of the record (each with ``canaries`` and
+    ``references``), in any order; the no-DP run is drawn last.
+    """
     import matplotlib.pyplot as plt
 
     order = sorted(range(len(runs)), key=lambda i: (not runs[i]["dp"], runs[i]["epsilon"]
@@ -98,6 +107,17 @@ def plot_exposure(runs: list[dict[str, Any]], path: Path) -> None:
     ax.set_title("Canary exposure against epsilon")
     ax.legend(fontsize=7)
     fig.tight_layout()
+    return fig
+
+
+def plot_exposure(runs: list[dict[str, Any]], path: Path) -> None:
+    """:func:`exposure_figure` written to ``path`` (PNG, Agg backend, owner-only)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig = exposure_figure(runs)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with private_umask():
         fig.savefig(tmp, format="png", dpi=110)
