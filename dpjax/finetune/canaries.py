@@ -131,7 +131,7 @@ def _record(rng: np.random.Generator) -> str:
 def private_corpus(
     seed: int,
     *,
-    num_records: int = 2000,
+    num_records: int = 1000,
     num_held_out: int = 200,
     canaries: tuple[tuple[str, int], ...] = (("id", 1), ("id", 4), ("id", 16), ("card", 16)),
     num_references: int = 4,

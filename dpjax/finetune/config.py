@@ -23,13 +23,13 @@ class FinetuneConfig:
     """
 
     # The GPT (dpjax.gpt.GPTConfig): small enough for a laptop CPU.
-    context: int = 96
+    context: int = 64
     d_model: int = 64
     n_heads: int = 4
     n_layers: int = 2
     d_ff: int = 256
     # Non-private pretraining on the public standard-library text.
-    pretrain_steps: int = 300
+    pretrain_steps: int = 200
     pretrain_batch_size: int = 32
     pretrain_learning_rate: float = 3e-3
     public_bytes: int = 400_000
@@ -37,7 +37,7 @@ class FinetuneConfig:
     save_pretrained: str | None = None  # save the pretrained base model here (.npz)
     # The private corpus (dpjax.finetune.canaries).
     corpus_seed: int = 0
-    num_records: int = 2000
+    num_records: int = 1000
     num_held_out: int = 200
     canaries: tuple[tuple[str, int], ...] = (("id", 1), ("id", 4), ("id", 16), ("card", 16))
     num_references: int = 4

@@ -349,6 +349,8 @@ def finetune_once(
     else:
         run.update(epsilon="inf", delta=None)
     run["train_seconds"] = time.perf_counter() - t0
+    frozen = leaf_digest(nnx.state(model, nnx.Not(LORA)))
+    run["base_params_unchanged"] = frozen == leaf_digest(base.state)
     return model, run
 
 
@@ -428,18 +430,17 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     key = secure_key() if cfg.seed is None else key_from_seed(cfg.seed)
     k_base, k_runs = jax.random.split(key)
     paths = rec.reserve(cfg)
+    saved = None
     try:
         if base is None:
             base = pretrain(cfg, k_base)
             if cfg.save_pretrained:
                 save_base(cfg.save_pretrained, base, cfg)
+                saved = Path(cfg.save_pretrained)
         base_digest = leaf_digest(base.state)
         runs = []
         for eps, k in zip(cfg.epsilons, jax.random.split(k_runs, len(cfg.epsilons)), strict=True):
             model, run = finetune_once(cfg, base, private, float(eps), k)
-            run["base_params_unchanged"] = (
-                leaf_digest(nnx.state(model, nnx.Not(LORA))) == base_digest
-            )
             run.update(measure(cfg, model, private))
             runs.append(run)
         record = rec.make_record(
@@ -448,5 +449,7 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
         rec.write(paths, record, runs)
     except BaseException:
         rec.unreserve(paths)
+        if saved is not None:
+            saved.unlink(missing_ok=True)
         raise
     return record

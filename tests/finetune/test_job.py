@@ -189,21 +189,21 @@ def test_non_private_fine_tuning_exposes_canaries_and_dp_does_not(runs):
             f"held-out {run['held_out_bits_per_byte']:.3f} bits/byte"
         )
     log2r = math.log2(1000)
-    assert _gamma_tail(3.5, 8) < 3e-4
+    assert _gamma_tail(4.0, 8) < 2e-4
     no_dp_mean, no_dp_max, _ = rows[math.inf]
-    assert no_dp_mean >= 3.5 and no_dp_max >= 0.9 * log2r
+    assert no_dp_mean >= 4.0 and no_dp_max >= 0.9 * log2r
     dp_mean, _, _ = rows[8.0]
-    assert dp_mean < 3.5
+    assert dp_mean < 4.0
     assert no_dp_mean > dp_mean + 2.0
 
 
 @pytest.mark.slow
-def test_record_and_plot_from_a_cli_run(tmp_path, base):
-    """A full ``dpjax finetune`` run from a saved base (tiny, two epsilons): record and plot."""
+def test_record_and_plot_from_a_cli_run(tmp_path):
+    """A full ``dpjax finetune`` run (tiny, two epsilons): record, plot, saved base model."""
     path = tmp_path / "base.npz"
-    job.save_base(path, base, TINY)
     out = tmp_path / "run.json"
-    argv = ["finetune", "--pretrained", str(path), "--epsilons", "8,inf", "--context", "48",
+    argv = ["finetune", "--save-pretrained", str(path), "--pretrain-steps", "2",
+            "--epsilons", "8,inf", "--context", "64",
             "--d-model", "32", "--n-heads", "2", "--n-layers", "1", "--d-ff", "64",
             "--num-records", "60", "--canaries", "id:2,card:2", "--num-references", "1",
             "--id-digits", "2", "--epochs", "1", "--batch-size", "16", "--lora-rank", "2",
@@ -218,3 +218,5 @@ def test_record_and_plot_from_a_cli_run(tmp_path, base):
     assert [c["method"] for c in r["runs"][0]["canaries"]] == ["exact", "extrapolated"]
     assert all(run["base_params_unchanged"] for run in r["runs"])
     assert "secret" not in json.dumps(r["runs"])  # the record never holds the secrets
+    cfg = dataclasses.replace(TINY, context=64)
+    assert job.leaf_digest(job.load_base(path, cfg).state) == r["base_model"]["params_sha256"]
