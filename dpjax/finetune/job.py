@@ -138,14 +138,27 @@ def record_loss(model: Any, tokens: jax.Array, lengths: jax.Array) -> jax.Array:
     return jnp.sum(jnp.where(valid, ce, 0.0), axis=1) / jnp.maximum(lengths - 1, 1).astype(ce.dtype)
 
 
-def score_fn(graphdef: Any) -> Any:
-    """A jitted ``(state, tokens) -> (target log-probs, last log-softmax)`` for ``exposure``."""
+def score_fn(graphdef: Any, state: Any, width: int) -> Any:
+    """``exposure.ScoreFn`` of the model ``(graphdef, state)``: one compiled shape for all.
+
+    Token batches ``(B, T)`` with ``T <= width`` are padded on the right to
+    ``width`` (the model is causal: the padding changes no earlier position)
+    and the last position is an argument, so canaries with prefixes of
+    different lengths share one compiled program per batch size.
+    """
 
     @jax.jit
-    def score(state, tokens):
+    def run(state, tokens, last):
         lp = jax.nn.log_softmax(nnx.merge(graphdef, state)(tokens), axis=-1)
         targets = jnp.take_along_axis(lp[:, :-1], tokens[:, 1:, None], axis=-1)[..., 0]
-        return targets, lp[:, -1]
+        return targets, jax.lax.dynamic_index_in_dim(lp, last, axis=1, keepdims=False)
+
+    def score(tokens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        t = tokens.shape[1]
+        padded = np.zeros((tokens.shape[0], width), np.int32)
+        padded[:, :t] = tokens
+        targets, last = run(state, jnp.asarray(padded), jnp.int32(t - 1))
+        return np.asarray(targets)[:, : t - 1], np.asarray(last)
 
     return score
 
@@ -366,13 +379,9 @@ def measure(cfg: FinetuneConfig, model: Any, private: canary_mod.PrivateCorpus) 
         return jnp.sum(per * (lens - 1).astype(per.dtype)), jnp.sum(lens - 1)
 
     total, count = nll(state, jnp.asarray(tokens), jnp.asarray(lengths))
-    jit_score = score_fn(graphdef)
-
-    def score(t):
-        a, b = jit_score(state, jnp.asarray(t))
-        return np.asarray(a), np.asarray(b)
-
-    rng = np.random.default_rng(cfg.corpus_seed)  # the same candidates for every run
+    score = score_fn(graphdef, state, cfg.context)
+    # The same candidates for every run; a stream of its own (not the secrets' stream).
+    rng = np.random.default_rng([cfg.corpus_seed, 1])
 
     def one(c: canary_mod.Canary) -> dict[str, Any]:
         if c.kind == "id":

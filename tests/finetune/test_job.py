@@ -220,3 +220,16 @@ def test_record_and_plot_from_a_cli_run(tmp_path):
     assert "secret" not in json.dumps(r["runs"])  # the record never holds the secrets
     cfg = dataclasses.replace(TINY, context=64)
     assert job.leaf_digest(job.load_base(path, cfg).state) == r["base_model"]["params_sha256"]
+
+
+def test_score_fn_padding_changes_nothing():
+    """Right-padding to one width (one compiled program) gives the unpadded log-probabilities."""
+    model = job.GPT(job.gpt_config(TINY), rngs=nnx.Rngs(params=0))
+    graphdef, state = nnx.split(model)
+    score = job.score_fn(graphdef, state, TINY.context)
+    tokens = np.random.default_rng(0).integers(0, 256, size=(3, 17)).astype(np.int32)
+    targets, last = score(tokens)
+    lp = np.asarray(jax.nn.log_softmax(model(tokens), axis=-1))
+    want = np.take_along_axis(lp[:, :-1], tokens[:, 1:, None], axis=-1)[..., 0]
+    np.testing.assert_allclose(targets, want, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(last, lp[:, -1], rtol=1e-5, atol=1e-5)
