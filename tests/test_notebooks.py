@@ -29,6 +29,7 @@ EXPECTED = [
     "04_auditing.ipynb",
     "05_data_privacy.ipynb",
     "06_federated_encrypted.ipynb",
+    "07_finetune_canaries.ipynb",
 ]
 
 

@@ -30,6 +30,7 @@ __all__ = ["build_parser", "console", "main"]
 # Modules with a ``register(subparsers)``, in help order.
 _SUBCOMMANDS: tuple[str, ...] = (
     "dpjax.cli.train",
+    "dpjax.cli.finetune",
     "dpjax.cli.federated",
     "dpjax.cli.accounting",
     "dpjax.cli.query",
