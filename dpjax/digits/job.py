@@ -358,7 +358,6 @@ def _epoch_epsilons(job: Job, start: int, steps_per_epoch: int) -> dict[int, flo
     return dict(zip(marks, eps, strict=True))
 
 
-
 @dataclasses.dataclass(frozen=True)
 class LoopResult:
     step: int  # steps done (the privacy state's count)
