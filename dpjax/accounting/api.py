@@ -65,7 +65,10 @@ def epsilon_curve(
     every shorter run, the tails it cuts shrink with the run), so there is
     one compilation instead of one per step count, and the last point is
     the value ``epsilon`` returns for that step count. Each point is the
-    minimum of that PLD bound and the RDP bound, both upper bounds.
+    minimum of that PLD bound and the RDP bound, both upper bounds. Points
+    well before the last are a little looser than ``epsilon`` of their own
+    step count (the grid's bias is budgeted for the last point's epsilon:
+    measured +0.7 % at a tenth of a 1000-step run).
 
     Args:
       noise_multiplier: sigma > 0.

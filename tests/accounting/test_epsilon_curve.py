@@ -21,7 +21,9 @@ def test_pld_curve_is_an_upper_bound_and_tight(q, sigma, steps, delta):
         slow = acc.epsilon(event, delta, accountant="pld")  # its own plan for t steps
         assert fast >= ref * (1 - 5e-3)  # never below the reference (beyond grid noise)
         assert fast >= slow * (1 - 1e-3)
-        assert fast <= slow * (1 + 5e-3)  # and not much looser than the exact path
+        # Not much looser than the exact path: the grid is sized for the last point's epsilon,
+        # so an early point carries the same absolute bias (measured: +0.7 % at a tenth).
+        assert fast <= slow * (1 + 1e-2)
         assert fast <= acc.epsilon(event, delta, accountant="rdp")
     assert curve[-1] == acc.epsilon(acc.dp_sgd_event(sigma, q, steps[-1]), delta, accountant="pld")
 
