@@ -11,7 +11,11 @@ Every recipe runs with the same validation hold-out, so all of them train on
 the same 85 % of the training split; the accuracy of the shipped defaults on
 the whole training split is `dpjax train`'s own (README table).
 
-    PYTHONPATH=. python benchmarks/utility.py [--seeds 5] [--recipes defaults,ema,...]
+    PYTHONPATH=. python benchmarks/utility.py [--seeds 5] [--recipes "old defaults,pld,..."]
+
+Results accumulate: results/utility.json is keyed by recipe and epsilon, and
+a run replaces only the cells it measures, so a later run can add a recipe
+(e.g. another lever) without rerunning the others. ``--list`` names the recipes.
 """
 
 from __future__ import annotations
@@ -32,13 +36,30 @@ import machine  # noqa: E402
 EPSILONS = (0.5, 1.0, 2.0, 4.0, 8.0)
 VALIDATION = 0.15
 
-# Each recipe is a set of TrainConfig overrides of the shipped defaults.
+# The defaults of `dpjax train` before issue 18, as explicit overrides (so they reproduce
+# whatever the shipped defaults become).
+OLD_DEFAULTS = {"accountant": "rdp", "batch_size": 128, "epochs": 30, "learning_rate": 1e-2}
+
+
+def _old(**levers) -> dict:
+    return {**OLD_DEFAULTS, **levers}
+
+
+# Each recipe is a set of TrainConfig overrides. Larger batches keep the number of
+# steps fixed (epochs scaled with the batch size) and Adam's learning rate unchanged.
 RECIPES: dict[str, dict] = {
-    "defaults": {},
-    "ema": {"ema_decay": 0.99},
-    "cosine": {"lr_schedule": "cosine"},
-    "ema+cosine": {"ema_decay": 0.99, "lr_schedule": "cosine"},
-    "no noise": {"noise_multiplier": 0.0},
+    "old defaults": _old(),
+    "ema": _old(ema_decay=0.99),
+    "cosine": _old(lr_schedule="cosine"),
+    "ema+cosine": _old(ema_decay=0.99, lr_schedule="cosine"),
+    "pld": _old(accountant="pld"),
+    "batch 256": _old(batch_size=256, epochs=60),
+    "batch 512": _old(batch_size=512, epochs=120),
+    "batch 1024": _old(batch_size=1024, epochs=240),
+    "augmult 4": _old(augmult=4),
+    "augmult 8": _old(augmult=8),
+    "new defaults": {},
+    "no noise": _old(noise_multiplier=0.0),
 }
 
 
@@ -90,7 +111,7 @@ def plot(results: dict, path: Path) -> None:
         eps = sorted(float(e) for e in by_eps)
         m = [by_eps[str(e)]["summary"]["test_accuracy"]["mean"] for e in eps]
         sd = [by_eps[str(e)]["summary"]["test_accuracy"]["sd"] for e in eps]
-        style = "--" if name == "no noise" else "-o"
+        style = "--" if name == "no noise" else ("-s" if "defaults" in name else "-o")
         ax.errorbar(eps, m, yerr=sd, fmt=style, capsize=3, label=name, markersize=4)
     ax.set_xscale("log", base=2)
     ax.set_xlabel("target epsilon (delta = 1e-5)")
@@ -103,24 +124,25 @@ def plot(results: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def write_markdown(results: dict, meta: dict, path: Path) -> None:
-    names = list(results)
+def write_markdown(results: dict, meta: dict, path: Path, reading: str = "") -> None:
+    names = [n for n in RECIPES if n in results] + [n for n in results if n not in RECIPES]
     eps = sorted({float(e) for r in results.values() for e in r})
     lines = [
         "# Accuracy at a privacy budget (`benchmarks/utility.py`)",
         "",
-        f"Machine: {meta['machine']}. {meta['seeds']} seeds per cell, delta 1e-5, RDP "
-        f"accountant, the `dpjax train` CNN, {int(VALIDATION * 100)} % of the training split "
-        "held out for validation (so every recipe trains on the same 85 %). "
-        f"Run: {meta['date']}, {meta['minutes']:.1f} min.",
+        f"Machine: {meta['machine']} (shared with other jobs: run times are indicative). "
+        "Delta 1e-5, the `dpjax train` CNN, "
+        f"{int(VALIDATION * 100)} % of the training split held out for validation (so every "
+        "recipe trains on the same 85 %); seeds 0, 1, ... per cell.",
         "",
-        "Test accuracy, mean ± sample sd over seeds (validation accuracy in brackets):",
+        "Test accuracy, mean ± sample sd over seeds (validation accuracy in brackets); "
+        "seconds per run (build, calibration, training, per-epoch evaluation):",
         "",
-        "| recipe | " + " | ".join(f"eps {e:g}" for e in eps) + " | s / run |",
-        "|---|" + "---|" * (len(eps) + 1),
+        "| recipe | seeds | " + " | ".join(f"eps {e:g}" for e in eps) + " | s / run |",
+        "|---|---|" + "---|" * (len(eps) + 1),
     ]
     for name in names:
-        cells, secs = [], []
+        cells, secs, seeds = [], [], set()
         for e in eps:
             s = results[name].get(str(e))
             if s is None:
@@ -129,16 +151,31 @@ def write_markdown(results: dict, meta: dict, path: Path) -> None:
             t, v = s["summary"]["test_accuracy"], s["summary"]["val_accuracy"]
             cells.append(f"{100 * t['mean']:.1f} ± {100 * t['sd']:.1f} [{100 * v['mean']:.1f}]")
             secs.append(s["summary"]["seconds"]["mean"])
-        lines.append(f"| {name} | " + " | ".join(cells) + f" | {statistics.fmean(secs):.1f} |")
+            seeds.add(len(s["runs"]))
+        n_seeds = "/".join(str(k) for k in sorted(seeds))
+        lines.append(
+            f"| {name} | {n_seeds} | " + " | ".join(cells) + f" | {statistics.fmean(secs):.1f} |"
+        )
     lines += [
         "",
-        "Recipes (overrides of `TrainConfig()`): "
-        + "; ".join(f"`{n}` = {RECIPES[n] or 'the shipped defaults'}" for n in names),
+        "Recipes (`TrainConfig` overrides): "
+        + "; ".join(f"`{n}` = {RECIPES.get(n, '?') or 'the shipped defaults'}" for n in names),
         "",
         "![accuracy against epsilon](results/utility.png)",
         "",
     ]
-    path.write_text("\n".join(lines))
+    path.write_text("\n".join(lines) + reading)
+
+
+def _load(path: Path) -> tuple[dict, dict]:
+    """(results, per-recipe meta) of earlier runs, or empty ones."""
+    if not path.exists():
+        return {}, {}
+    blob = json.loads(path.read_text())
+    return blob.get("results", {}), blob.get("recipe_meta", {})
+
+
+READING_MARK = "## Reading"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -147,7 +184,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--recipes", default=",".join(RECIPES))
     p.add_argument("--epsilons", default=",".join(str(e) for e in EPSILONS))
     p.add_argument("--out", default=str(HERE))
+    p.add_argument("--list", action="store_true", help="print the recipes and exit")
+    p.add_argument("--report-only", action="store_true", help="rewrite the table and plot only")
     args = p.parse_args(argv)
+    if args.list:
+        for n, o in RECIPES.items():
+            print(f"{n}: {o}")
+        return 0
     names = [n.strip() for n in args.recipes.split(",") if n.strip()]
     unknown = [n for n in names if n not in RECIPES]
     if unknown:
@@ -155,37 +198,48 @@ def main(argv: list[str] | None = None) -> int:
     epsilons = [float(e) for e in args.epsilons.split(",")]
     out = Path(args.out)
     (out / "results").mkdir(parents=True, exist_ok=True)
-    from tqdm.auto import tqdm
+    store = out / "results" / "utility.json"
+    results, recipe_meta = _load(store)
+    describe = "{cpu}, {cores} cores, jax {jax} ({backend})".format(**machine.describe())
 
-    t0 = time.perf_counter()
-    results: dict = {}
-    cells = [(n, e) for n in names for e in (epsilons if n != "no noise" else epsilons[-1:])]
-    bar = tqdm(total=len(cells) * args.seeds, desc="utility", file=sys.stdout)
-    for name, e in cells:
-        rows = []
-        for seed in range(args.seeds):
-            rows.append(run_one(RECIPES[name], e, seed))
-            bar.update()
-            bar.set_postfix(recipe=name, eps=e, acc=f"{rows[-1]['test_accuracy']:.3f}")
-        if name == "no noise":  # no epsilon: draw the same line at every epsilon
-            for e2 in epsilons:
-                results.setdefault(name, {})[str(e2)] = {"runs": rows, "summary": summarize(rows)}
-        else:
-            results.setdefault(name, {})[str(e)] = {"runs": rows, "summary": summarize(rows)}
-        (out / "results" / "utility.json").write_text(json.dumps(results, indent=1))
-    bar.close()
-    meta = {
-        "machine": "{cpu}, {cores} cores, jax {jax} ({backend})".format(**machine.describe()),
-        "seeds": args.seeds,
-        "date": time.strftime("%Y-%m-%d"),
-        "minutes": (time.perf_counter() - t0) / 60,
-    }
-    (out / "results" / "utility.json").write_text(
-        json.dumps({"meta": meta, "results": results}, indent=1)
-    )
+    def save() -> None:
+        blob = {"meta": {"machine": describe}, "recipe_meta": recipe_meta, "results": results}
+        store.write_text(json.dumps(blob, indent=1))
+
+    if not args.report_only:
+        from tqdm.auto import tqdm
+
+        cells = [(n, e) for n in names for e in (epsilons if n != "no noise" else epsilons[-1:])]
+        bar = tqdm(total=len(cells) * args.seeds, desc="utility", file=sys.stdout)
+        for name, e in cells:
+            t0 = time.perf_counter()
+            rows = []
+            for seed in range(args.seeds):
+                rows.append(run_one(RECIPES[name], e, seed))
+                bar.update()
+                bar.set_postfix(recipe=name, eps=e, acc=f"{rows[-1]['test_accuracy']:.3f}")
+            results, recipe_meta = _load(store)  # another invocation may have added cells
+            cell = {"runs": rows, "summary": summarize(rows)}
+            targets = epsilons if name == "no noise" else [e]  # no noise: the same everywhere
+            for e2 in targets:
+                results.setdefault(name, {})[str(e2)] = cell
+            recipe_meta[name] = {
+                "machine": describe,
+                "date": time.strftime("%Y-%m-%d %H:%M"),
+                "overrides": RECIPES[name],
+                "minutes_last_cell": (time.perf_counter() - t0) / 60,
+            }
+            save()
+        bar.close()
+    results, recipe_meta = _load(store)
     plot(results, out / "results" / "utility.png")
-    write_markdown(results, meta, out / "RESULTS_utility.md")
-    print(f"wrote {out / 'RESULTS_utility.md'}")
+    md = out / "RESULTS_utility.md"
+    reading = ""
+    if md.exists() and READING_MARK in md.read_text():  # the hand-written reading stays
+        text = md.read_text()
+        reading = text[text.index(READING_MARK) :]
+    write_markdown(results, {"machine": describe}, md, reading)
+    print(f"wrote {md}")
     return 0
 
 

@@ -7,6 +7,7 @@ here are host conveniences returning Python floats.
 
 from dpjax.accounting.api import delta as delta
 from dpjax.accounting.api import epsilon as epsilon
+from dpjax.accounting.api import epsilon_curve as epsilon_curve
 from dpjax.accounting.calibrate import calibrate_noise_multiplier as calibrate_noise_multiplier
 from dpjax.accounting.calibrate import calibrate_sampling_rate as calibrate_sampling_rate
 from dpjax.accounting.calibrate import calibrate_steps as calibrate_steps
@@ -31,6 +32,7 @@ __all__ = [
     "SelfComposed",
     "dp_sgd_event",
     "epsilon",
+    "epsilon_curve",
     "delta",
     "calibrate_noise_multiplier",
     "calibrate_steps",

@@ -80,6 +80,7 @@ def _run(args: argparse.Namespace) -> int:
         method=args.method,
         ema_decay=args.ema_decay,
         lr_schedule=args.lr_schedule,
+        augmult=args.augmult,
         validation_fraction=args.validation_fraction,
         progress=not args.no_progress,
         output=args.output,
@@ -141,6 +142,13 @@ def register(subparsers: Any) -> None:
         choices=V.CLIP_METHODS,
         default=d.method,
         help="per-example gradient norms: vmap, ghost clipping or auto",
+    )
+    p.add_argument(
+        "--augmult",
+        type=int,
+        default=d.augmult,
+        help="augmentation multiplicity: average each example's gradient over K random "
+        "1-pixel shifts before clipping (same sensitivity; dpjax.augment)",
     )
     p.add_argument(
         "--ema-decay",

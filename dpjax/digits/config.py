@@ -31,6 +31,7 @@ class TrainConfig:
     # iterate; post-processing, no privacy cost) and the learning-rate schedule.
     ema_decay: float | None = None
     lr_schedule: str = "constant"  # one of _validate.LR_SCHEDULES
+    augmult: int = 1  # augmentation multiplicity (dpjax.augment): random shifts per example
     # Held out of the training split (stratified, fixed) to choose settings on; never the test.
     validation_fraction: float = 0.0
     progress: bool = True
@@ -71,6 +72,12 @@ def validate_config(cfg: TrainConfig) -> None:
         _validate.in_range("ema_decay", cfg.ema_decay, 0.0, 1.0, hi_closed=False)
     _validate.in_range("validation_fraction", cfg.validation_fraction, 0.0, 0.5, hi_closed=False)
     _validate.positive_int("epochs", cfg.epochs)
+    _validate.in_range("augmult", _validate.positive_int("augmult", cfg.augmult), 1, 64)
+    if cfg.augmult > 1 and cfg.method == "ghost":
+        raise ValueError(
+            "augmult > 1 needs method 'vmap' or 'auto': ghost clipping takes the loss of "
+            "one input per example"
+        )
     _validate.positive_int("batch_size", cfg.batch_size)
     _validate.positive("l2_clip", cfg.l2_clip)
     _validate.positive("learning_rate", cfg.learning_rate)

@@ -32,7 +32,7 @@ from dpjax.digits import data, models
 from dpjax.digits.config import TrainConfig, validate_config
 from dpjax.digits.record import make_record, reserve_record, write_record
 from dpjax.errors import BudgetExceededError, CheckpointError, CheckpointMismatchError
-from dpjax.privacy import PrivacyBudget, accountant_delta
+from dpjax.privacy import PrivacyBudget, accountant_delta, noise_params
 from dpjax.random import key_from_seed, secure_key
 
 __all__ = [
@@ -123,6 +123,11 @@ def build(cfg: TrainConfig) -> Job:
     def loss_fn(m, x, y):
         return optax.softmax_cross_entropy_with_integer_labels(m(x), y)[0]
 
+    if cfg.augmult > 1:  # one gradient per example, averaged over k shifts: same sensitivity
+        from dpjax.augment import augment_keys, augmentation_multiplicity, random_shift
+
+        loss_fn = augmentation_multiplicity(loss_fn, random_shift, cfg.augmult)
+
     grad_fn = dpjax.nnx.clipped_grad(
         loss_fn, cfg.l2_clip, microbatch_size=cfg.microbatch_size, method=cfg.method
     )
@@ -157,9 +162,10 @@ def build(cfg: TrainConfig) -> Job:
     def step_fn(state, k, x_train, y_train):
         model, optimizer = nnx.merge(graphdef, state)
         batch = sampler.sample(k)
-        stats = inner_step(
-            model, optimizer, x_train[batch.indices], y_train[batch.indices], mask=batch.mask
-        )
+        args = (x_train[batch.indices], y_train[batch.indices])
+        if cfg.augmult > 1:  # augmentation keys: not secret, derived from the step's key
+            args += (augment_keys(jax.random.fold_in(k, 0xA06), batch.indices.shape[0]),)
+        stats = inner_step(model, optimizer, *args, mask=batch.mask)
         leaves = jax.tree.leaves(nnx.state(model, nnx.Param))
         finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
         return nnx.state((model, optimizer)), stats, finite
@@ -211,6 +217,8 @@ def build(cfg: TrainConfig) -> Job:
         k: getattr(cfg, k)
         for k in ("model", "optimizer", "learning_rate", "microbatch_size", "epochs", "seed")
     }
+    if cfg.augmult > 1:  # (absent when 1: checkpoints of earlier versions still match)
+        run["augmult"] = cfg.augmult
     return Job(
         cfg=cfg,
         data=d,
@@ -323,6 +331,33 @@ def restore(job: Job, ckpt: Any, target: int) -> tuple[int, list[dict[str, Any]]
 # --- loop -------------------------------------------------------------------------------------
 
 
+def _epoch_epsilons(job: Job, start: int, steps_per_epoch: int) -> dict[int, float]:
+    """``{step: epsilon}`` at the epoch boundaries after ``start``, in one pass (upper bounds).
+
+    With the PLD accountant, ``accounting.epsilon_curve`` evaluates every
+    boundary with the grid plan of the whole run (one compilation; the last
+    point is what ``privacy_spent`` reports at the end), from the noise
+    parameters as the optimizer state holds them, as ``privacy_spent`` reads
+    them. Empty (the caller asks ``privacy_spent`` per epoch) for RDP, which
+    is cheap anyway, and for states ``epsilon_curve`` does not describe.
+    """
+    if job.cfg.accountant != "pld":
+        return {}
+    try:
+        p = noise_params(job.optimizer.opt_state)
+    except (TypeError, ValueError):
+        return {}
+    if p.replace_one or not (0.0 < p.sampling_rate <= 1.0) or not p.noise_multiplier > 0:
+        return {}  # privacy_spent says why (or returns inf)
+    marks = [
+        t for t in range(start + 1, job.steps + 1) if t % steps_per_epoch == 0 or t == job.steps
+    ]
+    eps = accounting.epsilon_curve(
+        p.noise_multiplier, p.sampling_rate, marks, job.acct_delta, accountant="pld"
+    )
+    return dict(zip(marks, eps, strict=True))
+
+
 @dataclasses.dataclass(frozen=True)
 class LoopResult:
     step: int  # steps done (the privacy state's count)
@@ -371,6 +406,7 @@ def loop(
     )
     last_saved = start if ckpt is not None and cfg.resume else None
     t = start
+    curve = None  # epsilon at the epoch boundaries, computed at the first one
     try:
         for t in bar:
             if budget is not None:
@@ -391,9 +427,13 @@ def loop(
                 )
             if (t + 1) % steps_per_epoch == 0 or t + 1 == steps:
                 acc = job.accuracy()
-                eps = dpjax.privacy_spent(
-                    job.optimizer.opt_state, job.acct_delta, accountant=cfg.accountant
-                ).epsilon
+                if curve is None:
+                    curve = _epoch_epsilons(job, start, steps_per_epoch)
+                eps = curve.get(t + 1)
+                if eps is None:
+                    eps = dpjax.privacy_spent(
+                        job.optimizer.opt_state, job.acct_delta, accountant=cfg.accountant
+                    ).epsilon
                 entry = {
                     "step": t + 1,
                     "loss": float(stats.loss),

@@ -45,6 +45,9 @@ def test_dpjax_train_bad_input_is_a_clear_error(argv, match, capsys):
         (["--budget-epsilon", "-1"], "budget_epsilon must be > 0"),
         (["--ema-decay", "1"], r"ema_decay must be in \[0.0, 1.0\), got 1.0"),
         (["--validation-fraction", "0.5"], r"validation_fraction must be in \[0.0, 0.5\)"),
+        (["--augmult", "0"], "augmult must be >= 1"),
+        (["--augmult", "65"], r"augmult must be in \[1, 64\]"),
+        (["--augmult", "2", "--method", "ghost"], "augmult > 1 needs method"),
     ],
 )
 def test_train_new_flags_bad_input(argv, match, capsys):

@@ -75,6 +75,27 @@ def test_ema_and_validation_split_are_evaluated_as_recorded(tmp_path):
     assert rec["test_accuracy"] == pytest.approx(acc, abs=1e-6)
 
 
+@pytest.mark.slow  # ~15 s on a free core: one PLD plan compiles, one short augmented training
+def test_pld_epoch_epsilons_come_from_one_curve_and_end_at_privacy_spent(tmp_path):
+    """Per-epoch PLD epsilons: accounting.epsilon_curve at the epoch boundaries, rising to
+    what privacy_spent (and so the record) reports; augmult trains through the same loop."""
+    cfg = TrainConfig(**{**SMALL, "epochs": 2}, accountant="pld", epsilon=4.0, augmult=2)
+    built = job.build(cfg)
+    history = []
+    job.loop(built, start=0, history=history)
+    from dpjax.privacy import noise_params
+
+    p = noise_params(built.optimizer.opt_state)
+    marks = [h["step"] for h in history]
+    assert marks == [11, 22, 23] == [*marks[:-1], built.steps] and built.run["augmult"] == 2
+    curve = dpjax.accounting.epsilon_curve(
+        p.noise_multiplier, p.sampling_rate, marks, built.acct_delta, accountant="pld"
+    )
+    assert [h["epsilon"] for h in history] == curve
+    spent = dpjax.privacy_spent(built.optimizer.opt_state, built.acct_delta, accountant="pld")
+    assert curve[-1] == spent.epsilon <= 4.0
+
+
 def _as_state(model, pure):
     state = nnx.state(model, nnx.Param)
     nnx.replace_by_pure_dict(state, pure)
