@@ -36,7 +36,7 @@ import numpy as np
 
 from dpjax import _validate, accounting
 from dpjax.accounting import events as ev
-from dpjax.privacy import PrivacySpent, _float_up, _delta_left, truncation_delta
+from dpjax.privacy import PrivacySpent, _delta_left, _float_up, truncation_delta
 
 __all__ = [
     "participations",

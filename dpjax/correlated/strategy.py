@@ -252,7 +252,8 @@ def _descend(c0: np.ndarray, a: np.ndarray, iterations: int, lr: float) -> Bande
         (c, _), _ = jax.lax.scan(body, (c, opt.init(c)), None, length=iterations)
         return c
 
-    c = np.asarray(run(jnp.asarray(c0, jnp.float32)), np.float64)
+    with jax.numpy_dtype_promotion("standard"):  # optax's Adam mixes floats and int counts
+        c = np.asarray(run(jnp.asarray(c0, jnp.float32)), np.float64)
     if not (np.all(np.isfinite(c)) and c[0] > 0):
         return BandedStrategy(np.asarray(c0, np.float64))
     return banded_strategy(c)
