@@ -45,7 +45,9 @@ class BandedNoiseState(NamedTuple):
 
     def privacy_steps(self) -> int:
         """Noisy steps taken (``dpjax.privacy`` reads it)."""
-        return int(np.asarray(jax.device_get(self.count)))
+        from dpjax.correlated.accounting import _host
+
+        return int(_host(self.count))
 
     def privacy_epsilon(self, steps: int, delta: float, accountant: str) -> float:
         """Epsilon after ``steps`` steps at total ``delta`` (upper bound; see accounting)."""
