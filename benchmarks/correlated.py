@@ -38,7 +38,7 @@ VALIDATION = 0.15
 RESULTS = HERE / "results" / "correlated.jsonl"
 
 
-def run_one(noise: str, bands: int, epsilon: float, seed: int) -> dict:
+def run_one(noise: str, bands: int, epsilon: float, seed: int, overrides: dict) -> dict:
     from dpjax.digits import job as J
     from dpjax.digits.config import TrainConfig
 
@@ -50,6 +50,7 @@ def run_one(noise: str, bands: int, epsilon: float, seed: int) -> dict:
         validation_fraction=VALIDATION,
         noise=noise,
         bands=bands,
+        **overrides,
     )
     t0 = time.perf_counter()
     job = J.build(cfg)
@@ -203,27 +204,34 @@ def main() -> None:
     ap.add_argument("--bands", default="2,4,8")
     ap.add_argument("--epsilons", default="8,1")
     ap.add_argument("--report", action="store_true", help="only the table and plot")
+    ap.add_argument("--optimizer", default="adam", choices=("adam", "sgd"))
+    ap.add_argument("--lr", type=float, default=None, help="default: dpjax train's")
     args = ap.parse_args()
+    overrides = {"optimizer": args.optimizer}
+    if args.lr is not None:
+        overrides["learning_rate"] = args.lr
+    results = RESULTS if args.optimizer == "adam" else RESULTS.with_name("correlated_sgd.jsonl")
     bands_list = [int(b) for b in args.bands.split(",")]
     if not args.report:
         RESULTS.parent.mkdir(exist_ok=True)
         done = set()
-        if RESULTS.exists():
-            for line in RESULTS.read_text().splitlines():
+        if results.exists():
+            for line in results.read_text().splitlines():
                 r = json.loads(line)
                 done.add((r["noise"], r["bands"], r["epsilon_target"], r["seed"]))
-        for e in [float(x) for x in args.epsilons.split(",")]:
-            for seed in range(args.seeds):
+        for seed in range(args.seeds):  # seed-major: an interrupted run stays balanced
+            for e in [float(x) for x in args.epsilons.split(",")]:
                 for noise, b in [("independent", 1)] + [("banded", b) for b in bands_list]:
                     if (noise, b, e, seed) in done:
                         continue
-                    r = run_one(noise, b, e, seed)
+                    r = run_one(noise, b, e, seed, overrides)
                     print(json.dumps(r), flush=True)
-                    with RESULTS.open("a") as f:
+                    with results.open("a") as f:
                         f.write(json.dumps(r) + "\n")
-    rows = [json.loads(line) for line in RESULTS.read_text().splitlines()]
-    plot(rows, HERE / "results" / "correlated.png")
-    (HERE / "RESULTS_correlated.md").write_text(report(rows, bands_list))
+    tag = "" if args.optimizer == "adam" else "_sgd"
+    rows = [json.loads(line) for line in results.read_text().splitlines()]
+    plot(rows, HERE / "results" / f"correlated{tag}.png")
+    (HERE / "results" / f"correlated{tag}.md").write_text(report(rows, bands_list))
 
 
 if __name__ == "__main__":

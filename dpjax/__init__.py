@@ -49,6 +49,7 @@ _NAMES = {
     "accounting": "dpjax.accounting",
     "anonymize": "dpjax.anonymize",
     "audit": "dpjax.audit",
+    "correlated": "dpjax.correlated",
     "linen": "dpjax.linen",
     "mechanisms": "dpjax.mechanisms",
     "models": "dpjax.models",

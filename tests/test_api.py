@@ -35,6 +35,7 @@ EXPECTED = {
     "models",
     "anonymize",
     "audit",
+    "correlated",
     "mechanisms",
     "BudgetExceededError",
     "PrivacyBudget",
