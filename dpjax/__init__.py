@@ -112,6 +112,7 @@ __all__ = [
     "accounting",
     "anonymize",
     "audit",
+    "correlated",
     "mechanisms",
     "BudgetExceededError",
     "PrivacyBudget",
