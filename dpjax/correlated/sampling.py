@@ -35,7 +35,9 @@ class CyclicPoissonSampler:
       sampling_rate: p in (0, 1], the per-step inclusion probability within
         the step's partition; the expected batch size is ``p * N / b``
         (so ``p = b * B / N`` gives batches of expected size B).
-      key: a typed PRNG key for the partition assignment.
+      key: a typed PRNG key for the partition assignment; it must be independent of
+        the keys given to ``sample`` (never one of them: ``fold_in(k, i)`` equals
+        ``split(k, n)[i]``), or an example's partition and its inclusion correlate.
       max_batch_size: the padded size; by default the smallest whose per-step
         truncation probability is at most ``truncation_target``.
       truncation_target: in (0, 1).

@@ -88,6 +88,11 @@ class Job:
         }
 
 
+# fold_in(k, i) equals split(k, n)[i] for i < n: the partition key of --noise banded is folded
+# in with a constant above any split of the root key, so it is none of the job's other keys.
+_PARTITION_KEY = 0x5EED5
+
+
 def build(cfg: TrainConfig) -> Job:
     """Loads the data, calibrates the noise, draws the keys and builds model and optimizer.
 
@@ -115,7 +120,8 @@ def build(cfg: TrainConfig) -> Job:
         banded = plan_banded(
             num_examples=n, batch_size=cfg.batch_size, epochs=cfg.epochs, bands=cfg.bands,
             epsilon=cfg.epsilon, delta=cfg.delta, accountant=cfg.accountant,
-            partition_key=jax.random.fold_in(k_sample, 1), noise_multiplier=cfg.noise_multiplier,
+            partition_key=jax.random.fold_in(key, _PARTITION_KEY),
+            noise_multiplier=cfg.noise_multiplier,
             momentum=None if cfg.optimizer == "adam" else 0.9,
         )  # fmt: skip
         sampler, steps, q, sigma, acct_delta = banded[:5]

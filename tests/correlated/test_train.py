@@ -4,6 +4,7 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 import pytest
 
@@ -68,3 +69,17 @@ def test_too_many_bands_for_the_batch_raises_before_work():
     cfg = TrainConfig(epochs=1, seed=0, progress=False, noise="banded", bands=12)
     with pytest.raises(ValueError, match=r"bands must be in \[1, 11\]"):
         J.build(cfg)
+
+
+def test_partition_key_is_no_other_key_of_the_job():
+    # The partition assignment must be independent of every step's sampling draws (and of
+    # the noise): a partition key equal to a step's sampling key correlates the example's
+    # partition with its Poisson inclusion at that step, which the theorem does not allow.
+    cfg = TrainConfig(epochs=2, seed=0, progress=False, noise="banded", bands=3)
+    job = J.build(cfg)
+    part = np.asarray(jax.random.key_data(job.sampler.key)).tolist()
+    steps = jax.random.split(job.sample_key, job.steps)
+    others = [np.asarray(jax.random.key_data(k)).tolist() for k in steps]
+    root = jax.random.key(cfg.seed)  # key_from_seed
+    others += [np.asarray(jax.random.key_data(k)).tolist() for k in jax.random.split(root, 3)]
+    assert part not in others
