@@ -226,9 +226,9 @@ def write_results(bands_list: list[int]) -> None:
         "  (`--noise independent`). Not measured: the benchmark transformer, more epochs",
         "  (where banded MF gains most in the papers), BLT strategies, 5 seeds for SGD and",
         "  for Adam's b = 4, 8 (stopped at 2 and 1 seeds for time; b = 2 led on validation).",
-        "- Runs before commit 'partition key was step 1's sampling key' (Adam seeds 0-1,",
-        "  SGD seed 0-1) drew the partition assignment from step 1's sampling key; the fix",
-        "  changes that step's batch distribution only, not the accounting's inputs.",
+        "- Runs made before the commit 'partition key was step 1's sampling key' (Adam seed 0,",
+        "  seed 1 at epsilon 8, and every SGD run) drew the partition assignment from step 1's",
+        "  sampling key; the fix changes that one step's batch distribution only.",
         "",
     ]
     m = machine.describe()
