@@ -193,6 +193,15 @@ def _accounts_itself(state: Any) -> bool:
     )
 
 
+def _self_accounting(opt_state: Any) -> Any:
+    # The state itself, or the one state inside it (e.g. dpjax.correlated's
+    # BandedNoiseState in an optax chain), that gives its own epsilon; None if none.
+    if _accounts_itself(opt_state):
+        return opt_state
+    found = [s for s in jax.tree.leaves(opt_state, is_leaf=_accounts_itself) if _accounts_itself(s)]
+    return found[0] if len(found) == 1 else None
+
+
 def epsilon_after(p: NoiseParams, steps: int, delta: float, accountant: str, who: str) -> float:
     """Epsilon of ``steps`` sampled Gaussian steps with the parameters ``p`` (upper bound).
 
@@ -242,9 +251,9 @@ def privacy_spent(opt_state: Any, delta: float, *, accountant: str = "rdp") -> P
     """
     _validate.open_unit("delta", delta)
     _validate.one_of("accountant", accountant, _validate.ACCOUNTANTS)
-    if _accounts_itself(opt_state):
-        steps = opt_state.privacy_steps()
-        eps = opt_state.privacy_epsilon(steps, float(delta), accountant)
+    if (own := _self_accounting(opt_state)) is not None:
+        steps = own.privacy_steps()
+        eps = own.privacy_epsilon(steps, float(delta), accountant)
         return PrivacySpent(eps, float(delta), steps)
     p = noise_params(opt_state)
     t = truncation_delta(p.steps, p.truncation_prob)
@@ -301,8 +310,8 @@ class PrivacyBudget:
     def epsilon_after(self, opt_state: Any, steps: int) -> float:
         """Epsilon the run would have spent after ``steps`` steps (inf: not allowed)."""
         steps = _validate.non_negative_int("steps", steps)
-        if _accounts_itself(opt_state):
-            return opt_state.privacy_epsilon(steps, self.delta, self.accountant)
+        if (own := _self_accounting(opt_state)) is not None:
+            return own.privacy_epsilon(steps, self.delta, self.accountant)
         p = noise_params(opt_state)
         acct_delta = _delta_left(self.delta, steps, p.truncation_prob)
         if steps > 0 and acct_delta <= 0.0:
@@ -332,11 +341,8 @@ class PrivacyBudget:
 
         Call it before every step; it evaluates the accountant at ``count + 1``.
         """
-        count = (
-            opt_state.privacy_steps()
-            if _accounts_itself(opt_state)
-            else noise_params(opt_state).steps
-        )
+        own = _self_accounting(opt_state)
+        count = own.privacy_steps() if own is not None else noise_params(opt_state).steps
         eps = self.epsilon_after(opt_state, count + 1)
         if not eps <= self.epsilon:
             raise BudgetExceededError(

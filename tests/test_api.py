@@ -36,6 +36,7 @@ EXPECTED = {
     "models",
     "anonymize",
     "audit",
+    "correlated",
     "mechanisms",
     "BudgetExceededError",
     "PrivacyBudget",

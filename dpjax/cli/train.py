@@ -81,6 +81,8 @@ def _run(args: argparse.Namespace) -> int:
         ema_decay=args.ema_decay,
         lr_schedule=args.lr_schedule,
         augmult=args.augmult,
+        noise=args.noise,
+        bands=args.bands,
         validation_fraction=args.validation_fraction,
         progress=not args.no_progress,
         output=args.output,
@@ -158,6 +160,16 @@ def register(subparsers: Any) -> None:
         "post-processing of the private iterates)",
     )
     p.add_argument("--lr-schedule", choices=V.LR_SCHEDULES, default=d.lr_schedule)
+    p.add_argument(
+        "--noise",
+        choices=("independent", "banded"),
+        default=d.noise,
+        help="independent (DP-SGD) or banded: noise correlated across steps by banded matrix "
+        "factorization, cyclic Poisson sampling over --bands partitions (docs/correlated_noise.md)",
+    )
+    p.add_argument(
+        "--bands", type=int, default=d.bands, help="bands of the --noise banded strategy"
+    )
     p.add_argument(
         "--validation-fraction",
         type=float,

@@ -34,6 +34,10 @@ class TrainConfig:
     augmult: int = 1  # augmentation multiplicity (dpjax.augment): random shifts per example
     # Held out of the training split (stratified, fixed) to choose settings on; never the test.
     validation_fraction: float = 0.0
+    # Correlated noise (issue 18 item 5, dpjax.correlated): "banded" = banded matrix
+    # factorization with `bands` bands and cyclic Poisson sampling over `bands` partitions.
+    noise: str = "independent"
+    bands: int = 4  # used only with noise="banded"
     progress: bool = True
     output: str | None = None
     budget_epsilon: float | None = None  # stop before the step that would exceed it
@@ -70,6 +74,8 @@ def validate_config(cfg: TrainConfig) -> None:
     _validate.one_of("lr_schedule", cfg.lr_schedule, _validate.LR_SCHEDULES)
     if cfg.ema_decay is not None:
         _validate.in_range("ema_decay", cfg.ema_decay, 0.0, 1.0, hi_closed=False)
+    _validate.one_of("noise", cfg.noise, ("independent", "banded"))
+    _validate.positive_int("bands", cfg.bands)
     _validate.in_range("validation_fraction", cfg.validation_fraction, 0.0, 0.5, hi_closed=False)
     _validate.positive_int("epochs", cfg.epochs)
     _validate.in_range("augmult", _validate.positive_int("augmult", cfg.augmult), 1, 64)

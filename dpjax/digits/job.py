@@ -32,6 +32,7 @@ from dpjax.digits import data, models
 from dpjax.digits.config import TrainConfig, validate_config
 from dpjax.digits.record import make_record, reserve_record, write_record
 from dpjax.errors import BudgetExceededError, CheckpointError, CheckpointMismatchError
+from dpjax.optimizers import _standard_promotion
 from dpjax.privacy import PrivacyBudget, accountant_delta, noise_params
 from dpjax.random import key_from_seed, secure_key
 
@@ -87,6 +88,11 @@ class Job:
         }
 
 
+# fold_in(k, i) equals split(k, n)[i] for i < n: the partition key of --noise banded is folded
+# in with a constant above any split of the root key, so it is none of the job's other keys.
+_PARTITION_KEY = 0x5EED5
+
+
 def build(cfg: TrainConfig) -> Job:
     """Loads the data, calibrates the noise, draws the keys and builds model and optimizer.
 
@@ -104,20 +110,33 @@ def build(cfg: TrainConfig) -> Job:
             f"batch_size must be in [1, {n}] (training examples), got {cfg.batch_size}"
         )
     q = cfg.batch_size / n
-    sampler = dpjax.PoissonSampler(num_examples=n, sampling_rate=q)
-    steps = math.ceil(cfg.epochs / q)
-    # The accountant's delta plus the truncation delta (as the optimizer state
-    # rounds it, up) must not exceed the target: the one split rule of dpjax.privacy.
-    acct_delta = accountant_delta(cfg.delta, steps, sampler.truncation_prob)
-    if cfg.noise_multiplier is None:
-        sigma = accounting.calibrate_noise_multiplier(
-            cfg.epsilon, acct_delta, q, steps, accountant=cfg.accountant
-        )
-    else:
-        sigma = float(cfg.noise_multiplier)
-
     key = secure_key() if cfg.seed is None else key_from_seed(cfg.seed)
     k_model, k_noise, k_sample = jax.random.split(key, 3)
+    banded = None
+    if cfg.noise == "banded":  # dpjax.correlated: its own sampler, calibration and transform
+        from dpjax.correlated.accounting import find_banded_state
+        from dpjax.correlated.training import plan_banded
+
+        banded = plan_banded(
+            num_examples=n, batch_size=cfg.batch_size, epochs=cfg.epochs, bands=cfg.bands,
+            epsilon=cfg.epsilon, delta=cfg.delta, accountant=cfg.accountant,
+            partition_key=jax.random.fold_in(key, _PARTITION_KEY),
+            noise_multiplier=cfg.noise_multiplier,
+            momentum=None if cfg.optimizer == "adam" else 0.9,
+        )  # fmt: skip
+        sampler, steps, q, sigma, acct_delta = banded[:5]
+    else:
+        sampler = dpjax.PoissonSampler(num_examples=n, sampling_rate=q)
+        steps = math.ceil(cfg.epochs / q)
+        # The accountant's delta plus the truncation delta (as the optimizer state
+        # rounds it, up) must not exceed the target: the one split rule of dpjax.privacy.
+        acct_delta = accountant_delta(cfg.delta, steps, sampler.truncation_prob)
+        if cfg.noise_multiplier is None:
+            sigma = accounting.calibrate_noise_multiplier(
+                cfg.epsilon, acct_delta, q, steps, accountant=cfg.accountant
+            )
+        else:
+            sigma = float(cfg.noise_multiplier)
     model = models.build(cfg.model, rngs=nnx.Rngs(params=k_model))
 
     def loss_fn(m, x, y):
@@ -146,6 +165,9 @@ def build(cfg: TrainConfig) -> Job:
         key=k_noise,
         **opt_kw,
     )
+    if banded is not None:  # the same optimizer after banded instead of independent noise
+        inner = optax.adam(lr) if cfg.optimizer == "adam" else optax.sgd(lr, momentum=0.9)
+        tx = optax.chain(banded.transform(grad_fn, k_noise), _standard_promotion(inner))
     if cfg.ema_decay is not None:  # post-processing of the private iterates: no privacy cost
         tx = optax.chain(tx, ema_params(cfg.ema_decay))
     optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
@@ -159,9 +181,9 @@ def build(cfg: TrainConfig) -> Job:
     graphdef, _ = nnx.split((model, optimizer))
 
     @jax.jit
-    def step_fn(state, k, x_train, y_train):
+    def step_fn(state, k, t, x_train, y_train):
         model, optimizer = nnx.merge(graphdef, state)
-        batch = sampler.sample(k)
+        batch = sampler.sample(k) if banded is None else sampler.sample(k, t)
         args = (x_train[batch.indices], y_train[batch.indices])
         if cfg.augmult > 1:  # augmentation keys: not secret, derived from the step's key
             args += (augment_keys(jax.random.fold_in(k, 0xA06), batch.indices.shape[0]),)
@@ -171,7 +193,9 @@ def build(cfg: TrainConfig) -> Job:
         return nnx.state((model, optimizer)), stats, finite
 
     def step(k):
-        state, stats, finite = step_fn(nnx.state((model, optimizer)), k, x_train, y_train)
+        # banded: step t samples partition t mod bands; t is the noise state's count.
+        t = 0 if banded is None else find_banded_state(optimizer.opt_state).privacy_steps()
+        state, stats, finite = step_fn(nnx.state((model, optimizer)), k, t, x_train, y_train)
         nnx.update((model, optimizer), state)
         return stats, finite
 
@@ -213,6 +237,8 @@ def build(cfg: TrainConfig) -> Job:
         "num_examples": n,
         "accountant_delta": acct_delta,
     }
+    if banded is not None:
+        privacy.update(noise="banded", bands=cfg.bands, coeffs=banded.strategy.coeffs.tolist())
     run = {
         k: getattr(cfg, k)
         for k in ("model", "optimizer", "learning_rate", "microbatch_size", "epochs", "seed")
@@ -339,10 +365,10 @@ def _epoch_epsilons(job: Job, start: int, steps_per_epoch: int) -> dict[int, flo
     point is what ``privacy_spent`` reports at the end), from the noise
     parameters as the optimizer state holds them, as ``privacy_spent`` reads
     them. Empty (the caller asks ``privacy_spent`` per epoch) for RDP, which
-    is cheap anyway, and for states ``epsilon_curve`` does not describe.
+    is cheap anyway, for banded noise, and for states ``epsilon_curve`` does not describe.
     """
-    if job.cfg.accountant != "pld":
-        return {}
+    if job.cfg.accountant != "pld" or job.cfg.noise != "independent":
+        return {}  # banded noise accounts for itself (dpjax.correlated)
     try:
         p = noise_params(job.optimizer.opt_state)
     except (TypeError, ValueError):
