@@ -81,6 +81,7 @@ def _run(args: argparse.Namespace) -> int:
         ema_decay=args.ema_decay,
         lr_schedule=args.lr_schedule,
         validation_fraction=args.validation_fraction,
+        public_pretraining=args.public_pretraining,
         progress=not args.no_progress,
         output=args.output,
         budget_epsilon=args.budget_epsilon,
@@ -155,6 +156,13 @@ def register(subparsers: Any) -> None:
         type=float,
         default=d.validation_fraction,
         help="hold out this part of the training split and report accuracy on it",
+    )
+    p.add_argument(
+        "--public-pretraining",
+        action=argparse.BooleanOptionalAction,
+        default=d.public_pretraining,
+        help="start from a CNN pretrained on public synthetic digits (no privacy cost); "
+        "--no-public-pretraining trains from a random initialisation",
     )
     p.add_argument(
         "--budget-epsilon",

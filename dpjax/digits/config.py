@@ -33,6 +33,9 @@ class TrainConfig:
     lr_schedule: str = "constant"  # one of _validate.LR_SCHEDULES
     # Held out of the training split (stratified, fixed) to choose settings on; never the test.
     validation_fraction: float = 0.0
+    # Start from parameters pretrained on public synthetic digits (dpjax.digits.pretrain;
+    # no privacy cost: they depend on no private record) instead of a random init.
+    public_pretraining: bool = False
     progress: bool = True
     output: str | None = None
     budget_epsilon: float | None = None  # stop before the step that would exceed it
@@ -69,6 +72,10 @@ def validate_config(cfg: TrainConfig) -> None:
     _validate.one_of("lr_schedule", cfg.lr_schedule, _validate.LR_SCHEDULES)
     if cfg.ema_decay is not None:
         _validate.in_range("ema_decay", cfg.ema_decay, 0.0, 1.0, hi_closed=False)
+    if not isinstance(cfg.public_pretraining, bool):
+        raise TypeError(
+            f"public_pretraining must be True or False, got {cfg.public_pretraining!r}"
+        )
     _validate.in_range("validation_fraction", cfg.validation_fraction, 0.0, 0.5, hi_closed=False)
     _validate.positive_int("epochs", cfg.epochs)
     _validate.positive_int("batch_size", cfg.batch_size)

@@ -119,6 +119,12 @@ def build(cfg: TrainConfig) -> Job:
     key = secure_key() if cfg.seed is None else key_from_seed(cfg.seed)
     k_model, k_noise, k_sample = jax.random.split(key, 3)
     model = models.build(cfg.model, rngs=nnx.Rngs(params=k_model))
+    if cfg.public_pretraining:  # public parameters: no privacy cost (dpjax.digits.pretrain)
+        from dpjax.digits import pretrain
+
+        pretrain.apply_pretrained(
+            model, pretrain.pretrained_params(cfg.model, progress=cfg.progress)
+        )
 
     def loss_fn(m, x, y):
         return optax.softmax_cross_entropy_with_integer_labels(m(x), y)[0]
