@@ -265,9 +265,9 @@ def make_synth_digits(num: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
       Public data: a function of the seed only; see the module docstring.
     """
     _validate.positive_int("num", num)
-    _validate.in_range("seed", seed, 0, 2**32, hi_closed=False)
     if isinstance(seed, bool) or not isinstance(seed, int | np.integer):
         raise TypeError(f"seed must be an int in [0, 2**32), got {seed!r}")
+    _validate.in_range("seed", seed, 0, 2**32, hi_closed=False)
     rng = np.random.default_rng([VERSION, int(seed)])
     labels = np.arange(num, dtype=np.int32) % 10
     rng.shuffle(labels)

@@ -130,12 +130,16 @@ def pretrain(model_name: str, *, progress: bool = False, **settings: Any) -> dic
 
     order_rng = np.random.default_rng(s["seed"] + 1)
     bar = tqdm(total=total, desc="public pretraining", disable=not progress, file=sys.stdout)
-    for _ in range(s["epochs"]):
-        perm = order_rng.permutation(s["num"])
-        for b in range(steps_per_epoch):
-            idx = perm[b * s["batch_size"] : (b + 1) * s["batch_size"]]
-            params, opt_state = step(params, opt_state, jnp.asarray(x[idx]), jnp.asarray(y[idx]))
-            bar.update()
+    # optax.adam's bias correction mixes Python floats and int32 counts: standard
+    # promotion here, whatever the caller's setting (a strict one is for tests).
+    with jax.numpy_dtype_promotion("standard"):
+        for _ in range(s["epochs"]):
+            perm = order_rng.permutation(s["num"])
+            for b in range(steps_per_epoch):
+                idx = perm[b * s["batch_size"] : (b + 1) * s["batch_size"]]
+                xb, yb = jnp.asarray(x[idx]), jnp.asarray(y[idx])
+                params, opt_state = step(params, opt_state, xb, yb)
+                bar.update()
     bar.close()
     nnx.update(model, params)
     return nnx.to_pure_dict(nnx.state(model))
@@ -171,7 +175,7 @@ def _unflatten(flat: dict[str, np.ndarray]) -> dict[str, Any]:
 
 
 def cache_path(model_name: str) -> Path:
-    """The cache file of ``model_name``'s pretrained parameters (keyed by generator and settings)."""
+    """The cache file of ``model_name``'s pretrained parameters (keyed by generator, settings)."""
     _validate.one_of("model", model_name, _validate.MODELS)
     return cache_dir() / "pretrained" / f"{_key(model_name, SETTINGS)}.npz"
 
