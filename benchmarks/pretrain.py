@@ -102,7 +102,7 @@ def write_markdown(results: dict, zs: dict, meta: dict, path: Path) -> None:
         f"Machine: {meta['machine']} (shared with other jobs: times are indicative). "
         f"{meta['seeds']} seeds per cell, delta 1e-5, RDP accountant, the `dpjax train` CNN "
         f"and defaults, {int(VALIDATION * 100)} % of the training split held out for "
-        f"validation. Run: {meta['date']}, {meta['minutes']:.1f} min.",
+        f"validation. Run: {meta['date']}, {meta['minutes']:.1f} min of benchmark processes.",
         "",
         "## Zero-shot (pretrained on synthetic digits only, no private step)",
         "",
@@ -129,7 +129,11 @@ def write_markdown(results: dict, zs: dict, meta: dict, path: Path) -> None:
                 cells.append("n/a")
                 continue
             t, v = s["summary"]["test_accuracy"], s["summary"]["val_accuracy"]
-            cells.append(f"{100 * t['mean']:.1f} ± {100 * t['sd']:.1f} [{100 * v['mean']:.1f}]")
+            n = len(s["runs"])
+            note = "" if n == meta["seeds"] else f" ({n} seeds)"
+            cells.append(
+                f"{100 * t['mean']:.1f} ± {100 * t['sd']:.1f} [{100 * v['mean']:.1f}]{note}"
+            )
             secs.append(s["summary"]["seconds"]["mean"])
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {statistics.fmean(secs):.1f} |")
     lines += [
@@ -143,13 +147,53 @@ def write_markdown(results: dict, zs: dict, meta: dict, path: Path) -> None:
     path.write_text("\n".join(lines))
 
 
+def merge(files: list[Path], out: Path, seeds: int) -> int:
+    """The report from the cells of several runs' JSON files (later files win per cell)."""
+    zs, results, minutes = None, {}, 0.0
+    for f in files:
+        blob = json.loads(f.read_text())
+        zs = zs or blob["zero_shot"]
+        runs = [
+            r for by_eps in blob["results"].values() for c in by_eps.values() for r in c["runs"]
+        ]
+        minutes += (blob["zero_shot"]["pretrain_seconds"] + sum(r["seconds"] for r in runs)) / 60
+        for name, by_eps in blob["results"].items():
+            results.setdefault(name, {}).update(by_eps)
+    for by_eps in results.values():  # cells in epsilon order
+        for e in sorted(by_eps, key=float):
+            by_eps[e] = by_eps.pop(e)
+    meta = {
+        "machine": "{cpu}, {cores} cores, jax {jax} ({backend})".format(**machine.describe()),
+        "seeds": seeds,
+        "date": time.strftime("%Y-%m-%d"),
+        "minutes": minutes,
+        "merged_from": [str(f) for f in files],
+    }
+    (out / "results").mkdir(parents=True, exist_ok=True)
+    (out / "results" / "pretrain.json").write_text(
+        json.dumps({"meta": meta, "zero_shot": zs, "results": results}, indent=1)
+    )
+    plot(results, zs, out / "results" / "pretrain.png")
+    write_markdown(results, zs, meta, out / "RESULTS_pretrain.md")
+    print(f"wrote {out / 'RESULTS_pretrain.md'}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seeds", type=int, default=5)
     p.add_argument("--recipes", default="scratch,pretrained")
     p.add_argument("--epsilons", default=",".join(str(e) for e in EPSILONS))
     p.add_argument("--out", default=str(HERE))
+    p.add_argument(
+        "--merge",
+        default=None,
+        help="comma-separated results/pretrain.json files of earlier (partial) runs: write "
+        "the report from their cells instead of running",
+    )
     args = p.parse_args(argv)
+    if args.merge:
+        return merge([Path(f) for f in args.merge.split(",")], Path(args.out), args.seeds)
     names = [n.strip() for n in args.recipes.split(",") if n.strip()]
     unknown = [n for n in names if n not in RECIPES]
     if unknown:

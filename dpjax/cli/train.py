@@ -57,6 +57,12 @@ def _summary(r: dict[str, Any]) -> str:
             f"padded batch {r['max_batch_size']})",
             f"  noise           sigma = {r['noise_multiplier']:.4f}, "
             f"clip C = {r['config']['l2_clip']}",
+            "  start           "
+            + (
+                "pretrained on public synthetic digits"
+                if r["config"].get("public_pretraining")
+                else "random initialisation"
+            ),
             f"  wall time       {r['wall_seconds']:.1f} s",
             f"  run record      {r['output']}",
         ]
@@ -161,7 +167,8 @@ def register(subparsers: Any) -> None:
         "--public-pretraining",
         action=argparse.BooleanOptionalAction,
         default=d.public_pretraining,
-        help="start from a CNN pretrained on public synthetic digits (no privacy cost); "
+        help="start from the model pretrained on public synthetic digits (no privacy cost: "
+        "it depends on no private record; cached in ~/.cache/dpjax); "
         "--no-public-pretraining trains from a random initialisation",
     )
     p.add_argument(
