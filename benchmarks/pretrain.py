@@ -191,6 +191,12 @@ def main(argv: list[str] | None = None) -> int:
         help="comma-separated results/pretrain.json files of earlier (partial) runs: write "
         "the report from their cells instead of running",
     )
+    p.add_argument(
+        "--zero-shot-from",
+        default=None,
+        help="a results/pretrain.json of an earlier run of this code: take its zero-shot "
+        "figures (and its cached pretraining) instead of pretraining again",
+    )
     args = p.parse_args(argv)
     if args.merge:
         return merge([Path(f) for f in args.merge.split(",")], Path(args.out), args.seeds)
@@ -204,7 +210,10 @@ def main(argv: list[str] | None = None) -> int:
     from tqdm.auto import tqdm
 
     t0 = time.perf_counter()
-    zs = zero_shot()  # also fills the cache the pretrained runs read
+    if args.zero_shot_from:
+        zs = json.loads(Path(args.zero_shot_from).read_text())["zero_shot"]
+    else:
+        zs = zero_shot()  # also fills the cache the pretrained runs read
     print(f"zero-shot: val {zs['val_accuracy']:.3f}, test {zs['test_accuracy']:.3f}", flush=True)
     results: dict = {}
     bar = tqdm(total=len(names) * len(epsilons) * args.seeds, desc="pretrain", file=sys.stdout)
