@@ -101,7 +101,7 @@ def test_the_cache_key_changes_with_the_generator_version(tiny, monkeypatch):
 @pytest.mark.slow  # ~15 s: two short private runs
 def test_the_job_with_pretraining_spends_the_same_epsilon(tiny):
     """Only the initial parameters differ: the same noise, steps, sampling and epsilon."""
-    scratch = job.build(TrainConfig(**SMALL))
+    scratch = job.build(TrainConfig(**SMALL, public_pretraining=False))
     pre = job.build(TrainConfig(**SMALL, public_pretraining=True))
     assert pre.privacy == scratch.privacy and pre.sigma == scratch.sigma
     assert (pre.steps, pre.q) == (scratch.steps, scratch.q)
