@@ -57,6 +57,12 @@ def _summary(r: dict[str, Any]) -> str:
             f"padded batch {r['max_batch_size']})",
             f"  noise           sigma = {r['noise_multiplier']:.4f}, "
             f"clip C = {r['config']['l2_clip']}",
+            "  start           "
+            + (
+                "pretrained on public synthetic digits"
+                if r["config"].get("public_pretraining")
+                else "random initialisation"
+            ),
             f"  wall time       {r['wall_seconds']:.1f} s",
             f"  run record      {r['output']}",
         ]
@@ -84,6 +90,7 @@ def _run(args: argparse.Namespace) -> int:
         noise=args.noise,
         bands=args.bands,
         validation_fraction=args.validation_fraction,
+        public_pretraining=args.public_pretraining,
         progress=not args.no_progress,
         output=args.output,
         budget_epsilon=args.budget_epsilon,
@@ -175,6 +182,14 @@ def register(subparsers: Any) -> None:
         type=float,
         default=d.validation_fraction,
         help="hold out this part of the training split and report accuracy on it",
+    )
+    p.add_argument(
+        "--public-pretraining",
+        action=argparse.BooleanOptionalAction,
+        default=d.public_pretraining,
+        help="start from the model pretrained on public synthetic digits (no privacy cost: "
+        "it depends on no private record; cached in ~/.cache/dpjax); "
+        "--no-public-pretraining trains from a random initialisation",
     )
     p.add_argument(
         "--budget-epsilon",

@@ -138,6 +138,12 @@ def build(cfg: TrainConfig) -> Job:
         else:
             sigma = float(cfg.noise_multiplier)
     model = models.build(cfg.model, rngs=nnx.Rngs(params=k_model))
+    if cfg.public_pretraining:  # public parameters: no privacy cost (dpjax.digits.pretrain)
+        from dpjax.digits import pretrain
+
+        pretrain.apply_pretrained(
+            model, pretrain.pretrained_params(cfg.model, progress=cfg.progress)
+        )
 
     def loss_fn(m, x, y):
         return optax.softmax_cross_entropy_with_integer_labels(m(x), y)[0]
