@@ -228,7 +228,13 @@ def mia_checkpoint(
         plot=plot,
     )
     delta = float(meta["extra"]["config"]["delta"])
-    spent = privacy_spent(out["optimizer"].opt_state, float(meta["privacy"]["accountant_delta"]))
+    # The run's own accountant (runs from before PLD became the default recorded "rdp").
+    accountant = meta["extra"]["config"].get("accountant", "rdp")
+    spent = privacy_spent(
+        out["optimizer"].opt_state,
+        float(meta["privacy"]["accountant_delta"]),
+        accountant=accountant,
+    )
     report.update(
         {
             "members": len(d.y_train),
@@ -236,6 +242,7 @@ def mia_checkpoint(
             "checkpoint_step": meta["step"],
             "epsilon": spent.epsilon,
             "delta": delta,
+            "accountant": accountant,
             "model": meta["extra"]["config"]["model"],
         }
     )
