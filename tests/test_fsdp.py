@@ -260,11 +260,13 @@ def test_sharded_noise_equals_replicated_draw(measured, partitionable):
 
 
 @pytest.mark.slow
-def test_threefry_partitionable_changes_the_stream_and_saves_scratch(measured):
+def test_threefry_partitionable_changes_the_stream(measured):
+    # Its scratch memory is printed, not asserted: which setting needs less depends on the
+    # sampler and the JAX version (less with partitionable on under jax 0.10.2 and the
+    # erfinv sampler, more under jax 0.12 and the Box-Muller default).
     on, off = (measured[f"noise_equal/partitionable={f}"] for f in (True, False))
     print("temp bytes partitionable on/off:", on["temp_bytes"], off["temp_bytes"])
     assert on["first"] != off["first"]  # another PRNG stream: do not switch mid-training
-    assert on["temp_bytes"] < off["temp_bytes"], (on, off)
 
 
 @pytest.mark.slow

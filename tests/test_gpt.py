@@ -131,7 +131,9 @@ def test_remat_same_loss_and_grads():
     lp, gp = nnx.value_and_grad(next_token_loss)(plain, x)
     lr, gr = nnx.value_and_grad(next_token_loss)(remat, x)
     assert float(lp) == pytest.approx(float(lr), rel=1e-6)
-    assert_tree_close(gr, gp, rtol=1e-5, atol=1e-7)
+    # Remat recomputes the block in another fusion: float32 rounding, one ulp of the
+    # largest gradients (jax 0.12 differed by 1.2e-7 on a gradient of 9e-4).
+    assert_tree_close(gr, gp, rtol=1e-5, atol=1e-6)
 
 
 def test_bf16_compute():

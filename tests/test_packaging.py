@@ -86,6 +86,7 @@ def test_kernels_import_only_jax_and_numpy():
                     "typing",
                     "collections",
                     "functools",
+                    "itertools",
                     "math",
                     "dataclasses",
                     "",

@@ -80,9 +80,11 @@ def test_stale_clients_train_from_the_ring():
     """delta = the model the client received: the sum shows which versions were used."""
     echo = lambda p, b, k: p  # noqa: E731
     s_max = 2
+    # Noise std z*C/K = 250 per coordinate keeps every model far inside C: nothing is clipped.
     alg = _alg(
-        n=4, k=4, c=1e6, s=s_max, weight=lambda s: jnp.ones(jnp.shape(s), jnp.float32), update=echo
-    )
+        n=4, k=4, c=1e6, z=1e-3, s=s_max,
+        weight=lambda s: jnp.ones(jnp.shape(s), jnp.float32), update=echo,
+    )  # fmt: skip
     data = fx.population(4)
     state = alg.init({"w": jnp.zeros(3, jnp.float32)})
     step, buffer_sum = jax.jit(alg.round), jax.jit(alg.buffer_sum)
