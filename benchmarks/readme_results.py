@@ -62,7 +62,8 @@ def main(argv: list[str] | None = None) -> int:
         rs = [r for r in rows if r["epsilon_target"] == e]
         acc = [r["test_accuracy"] for r in rs]
         sd = statistics.stdev(acc) if len(acc) > 1 else 0.0
-        print(f"| {e:g} | {rs[0]['noise_multiplier']:.3f} | {statistics.mean(acc):.3f} ± {sd:.3f} |")
+        sigma, mean = rs[0]["noise_multiplier"], statistics.mean(acc)
+        print(f"| {e:g} | {sigma:.3f} | {mean:.3f} ± {sd:.3f} |")
     r0 = rows[-1]
     print(f"| no noise (clipping only) | 0 | {r0['test_accuracy']:.3f} (seed 0) |")
     print(f"seconds per run: {statistics.mean(r['seconds'] for r in rows):.1f}", file=sys.stderr)
