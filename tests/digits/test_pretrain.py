@@ -111,8 +111,9 @@ def test_the_job_with_pretraining_spends_the_same_epsilon(tiny):
     for j in (scratch, pre):
         job.loop(j, start=0, history=[])
     e = [
-        dpjax.privacy_spent(j.optimizer.opt_state, j.acct_delta, accountant=j.cfg.accountant)
-        .epsilon
+        dpjax.privacy_spent(
+            j.optimizer.opt_state, j.acct_delta, accountant=j.cfg.accountant
+        ).epsilon
         for j in (scratch, pre)
     ]
     assert e[0] == e[1] <= 3.0
