@@ -227,7 +227,10 @@ def write_markdown(path: Path, payload: dict) -> None:
             f"(`--xla_force_host_platform_device_count=N`) that share this machine's "
             f"{m['cores']} cores. The efficiency below therefore measures the overhead of the "
             "sharded program (partitioning, collectives, smaller per-device work), not a speedup: "
-            "an efficiency of 1.0 would mean no overhead, not linear scaling.",
+            "an efficiency of 1.0 would mean no overhead, not linear scaling. An efficiency "
+            "above 1.0 means one device left a core idle (XLA:CPU runs some ops of one device "
+            "on one thread) and N devices kept both busy; it is not evidence of scaling on real "
+            "accelerators either.",
             "",
         ]
     lines += [
@@ -272,8 +275,39 @@ def write_markdown(path: Path, payload: dict) -> None:
                 f"{v['total_bytes'] / rep[method]['total_bytes']:.2f} | "
                 f"{'n/a' if est is None else f'{est / 1024:.1f}'} |"
             )
+    lines += _findings(payload, mem)
     lines += ["", "Raw record: `benchmarks/results/scale.json`.", ""]
     path.write_text("\n".join(lines))
+
+
+def _findings(payload: dict, mem: dict | None) -> list[str]:
+    """Summary lines computed from this run's record (so a rerun never keeps stale text)."""
+    out = ["", "## Summary of this run", ""]
+    top = max((r["devices"] for r in payload["scaling"]), default=None)
+    if top is not None:
+        for r in payload["scaling"]:
+            if r["devices"] == top:
+                out.append(
+                    f"- {top} devices, {r['method']}: efficiency {r['efficiency']:.2f}, "
+                    f"DP / non-private {r['dp_over_nonprivate']:.2f}."
+                )
+    if mem is not None:
+        m = mem["memory"]
+        for method in METHODS:
+            rep, fsdp = m[f"replicated (data=N)/{method}"], m[f"fsdp=N/{method}"]
+            line = (
+                f"- {method}: FSDP over {mem['devices']} devices holds "
+                f"{fsdp['argument_bytes'] / rep['argument_bytes']:.2f} of the replicated "
+                f"arguments per device; temporaries x{fsdp['temp_bytes'] / rep['temp_bytes']:.2f}"
+            )
+            if "estimate_bytes" in fsdp:
+                line += (
+                    f"; estimate_memory / compiled total: replicated "
+                    f"{rep['estimate_bytes'] / rep['total_bytes']:.2f}, FSDP "
+                    f"{fsdp['estimate_bytes'] / fsdp['total_bytes']:.2f}"
+                )
+            out.append(line + ".")
+    return out
 
 
 def main(argv=None) -> None:
