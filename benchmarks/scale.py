@@ -230,7 +230,8 @@ def write_markdown(path: Path, payload: dict) -> None:
             "an efficiency of 1.0 would mean no overhead, not linear scaling. An efficiency "
             "above 1.0 means one device left a core idle (XLA:CPU runs some ops of one device "
             "on one thread) and N devices kept both busy; it is not evidence of scaling on real "
-            "accelerators either.",
+            "accelerators either. Under the load of other jobs two full runs differed by up to "
+            "2x in an efficiency figure: read them to one significant digit.",
             "",
         ]
     lines += [
