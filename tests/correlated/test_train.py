@@ -45,7 +45,7 @@ def test_banded_job_trains_and_accounts():
     history: list = []
     res = J.loop(job, start=0, history=history)
     assert res.step == job.steps
-    spent = dpjax.privacy_spent(job.optimizer.opt_state, job.acct_delta)
+    spent = dpjax.privacy_spent(job.optimizer.opt_state, job.acct_delta, accountant=cfg.accountant)
     assert spent.steps == job.steps
     assert spent.epsilon <= 4.0
     assert job.privacy["bands"] == 3 and job.privacy["noise"] == "banded"
