@@ -140,19 +140,25 @@ def _host(x: Any) -> np.ndarray:
     return np.asarray(jax.device_get(x))
 
 
-def find_noise_state(opt_state: Any) -> DPNoiseState:
-    """The single ``DPNoiseState`` inside an optimizer state (optax or Flax NNX)."""
+def _find_single_state(opt_state: Any, cls: type, what: str) -> Any:
+    """The single ``cls`` instance inside an optimizer state (optax or Flax NNX).
+
+    Raises ``ValueError`` ("opt_state must hold exactly one {what}, found n")
+    when there is none or more than one.
+    """
     found = [
         s
-        for s in jax.tree.leaves(opt_state, is_leaf=lambda s: isinstance(s, DPNoiseState))
-        if isinstance(s, DPNoiseState)
+        for s in jax.tree.leaves(opt_state, is_leaf=lambda s: isinstance(s, cls))
+        if isinstance(s, cls)
     ]
     if len(found) != 1:
-        raise ValueError(
-            f"opt_state must hold exactly one dpjax noise state (from dpjax.add_noise), "
-            f"found {len(found)}"
-        )
+        raise ValueError(f"opt_state must hold exactly one {what}, found {len(found)}")
     return found[0]
+
+
+def find_noise_state(opt_state: Any) -> DPNoiseState:
+    """The single ``DPNoiseState`` inside an optimizer state (optax or Flax NNX)."""
+    return _find_single_state(opt_state, DPNoiseState, "dpjax noise state (from dpjax.add_noise)")
 
 
 class NoiseParams(NamedTuple):

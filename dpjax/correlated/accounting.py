@@ -36,7 +36,13 @@ import numpy as np
 
 from dpjax import _validate, accounting
 from dpjax.accounting import events as ev
-from dpjax.privacy import PrivacySpent, _delta_left, _float_up, truncation_delta
+from dpjax.privacy import (
+    PrivacySpent,
+    _delta_left,
+    _find_single_state,
+    _float_up,
+    truncation_delta,
+)
 
 __all__ = [
     "participations",
@@ -171,17 +177,9 @@ def find_banded_state(opt_state: Any):
     """The single ``BandedNoiseState`` inside an optimizer state (optax or Flax NNX)."""
     from dpjax.correlated.noise import BandedNoiseState
 
-    found = [
-        s
-        for s in jax.tree.leaves(opt_state, is_leaf=lambda s: isinstance(s, BandedNoiseState))
-        if isinstance(s, BandedNoiseState)
-    ]
-    if len(found) != 1:
-        raise ValueError(
-            f"opt_state must hold exactly one banded noise state (from "
-            f"dpjax.correlated.banded_noise), found {len(found)}"
-        )
-    return found[0]
+    return _find_single_state(
+        opt_state, BandedNoiseState, "banded noise state (from dpjax.correlated.banded_noise)"
+    )
 
 
 def epsilon_of_state(state: Any, steps: int, delta: float, accountant: str) -> float:
