@@ -657,12 +657,24 @@ def backward(
     # and the clipped sum both read that one (materialized) array.
     kernels = materialize(
         [
-            gk.per_example_kernel_grads(a, b) if _direct_kernel(plan, s) is not None else None
-            for s, (a, b) in zip(active_sites, layers, strict=True)
+            _per_example_kernel(s, a, b, ab) if _direct_kernel(plan, s) is not None else None
+            for s, a, b, ab in zip(active_sites, acts, bs, layers, strict=True)
         ]
     )
     shapes = tuple(tuple(jnp.shape(x)) for x in leaves)
     return GhostPass(losses, aux, list(g_fb), layers, shapes, list(kernels))
+
+
+def _per_example_kernel(s: Site, a: jax.Array, b: jax.Array, ab) -> jax.Array:
+    """Per-example kernel gradients ``(n, d_in, d_out)`` of a direct-form site.
+
+    A convolution's come from its input and output gradient as captured
+    (:func:`.ghost.conv_per_example_kernel_grads`, no patch array); a dense
+    layer's from its ``(A, B)`` of :func:`_site_arrays` (``ab``).
+    """
+    if s.kind == "conv":
+        return gk.conv_per_example_kernel_grads(a, b, *s.config)
+    return gk.per_example_kernel_grads(*ab)
 
 
 def _direct_kernel(plan: GhostPlan, s: Site) -> int | None:

@@ -1,5 +1,7 @@
 """The ghost and clip kernels against per-example gradients materialized by autodiff."""
 
+import math
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -106,6 +108,52 @@ def test_conv_via_patches_matches_autodiff(key, spatial, ks, strides, pad, dil):
     c = jnp.linspace(0.1, 1.0, 4)
     summed = gk.conv_patch_grad_to_kernel(gk.dense_weighted_grad(patches, b2, c), kernel.shape)
     np.testing.assert_allclose(summed, jnp.einsum("n...,n->...", g, c), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "c_in, images, spatial, ks, strides, pad, dil",
+    [  # c_in < CONV_SPLIT_MIN_CHANNELS: one stacked product; else one per kernel offset
+        (1, 1, (9,), (3,), (2,), ((1, 2),), (1,)),
+        (gk.CONV_SPLIT_MIN_CHANNELS, 2, (6, 5), (3, 2), (1, 2), "VALID", (1, 1)),
+        (3, 2, (5, 5), (3, 3), (2, 2), "SAME", (1, 2)),
+        (gk.CONV_SPLIT_MIN_CHANNELS, 1, (4, 5, 3), (2, 2, 2), (1, 2, 1), "SAME", (1, 1, 1)),
+        (2, 1, (8,), (3,), (1,), ((-1, 2),), (1,)),
+    ],
+)
+def test_conv_per_example_kernel_grads_match_autodiff(
+    key, c_in, images, spatial, ks, strides, pad, dil
+):
+    kx, kw, kc = jax.random.split(key, 3)
+    x = jax.random.normal(kx, (4, images, *spatial, c_in))  # images: axes between n and spatial
+    kernel = jax.random.normal(kw, (*ks, c_in, 5))
+    lhs = "N" + "DHW"[-len(ks) :] + "C"
+    dn = (lhs, "DHW"[-len(ks) :] + "IO", lhs)
+
+    def conv(k, xi):  # one example: its images are the convolution's batch
+        return jax.lax.conv_general_dilated(
+            xi, k, strides, pad, rhs_dilation=dil, dimension_numbers=dn
+        )
+
+    out = jax.jit(jax.vmap(conv, (None, 0)))(kernel, x)
+    b = jax.random.normal(kc, out.shape)
+    g = per_example_grads(conv, kernel, x, b)
+    direct = jax.jit(lambda x, b: gk.conv_per_example_kernel_grads(x, b, ks, strides, pad, dil))
+    got = direct(x, b)
+    assert got.shape == (4, math.prod(ks) * c_in, 5) and got.dtype == jnp.float32
+    np.testing.assert_allclose(jnp.reshape(got, g.shape), g, rtol=1e-5, atol=1e-5)
+    # bf16 inputs accumulate in float32: the f32 products of the rounded inputs.
+    xb, bb = x.astype(jnp.bfloat16), b.astype(jnp.bfloat16)
+    got_bf = direct(xb, bb)
+    assert got_bf.dtype == jnp.float32
+    ref_bf = direct(xb.astype(jnp.float32), bb.astype(jnp.float32))
+    np.testing.assert_allclose(got_bf, ref_bf, rtol=1e-5, atol=1e-5)
+
+
+def test_conv_per_example_kernel_grads_rejects_bad_rank():
+    with pytest.raises(ValueError, match="1-3 spatial dims"):
+        gk.conv_per_example_kernel_grads(
+            jnp.ones((2, 5, 3)), jnp.ones((2, 5, 4)), (3, 3), (1, 1), "SAME", (1, 1)
+        )
 
 
 def test_embedding_norms_and_scatter_sum(key):
