@@ -43,22 +43,47 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+from jax.extend.random import threefry2x32_p
 
 from .dtypes import wide_float
 
 PyTree = Any
 
 
-__all__ = ["SAMPLERS", "DEFAULT_SAMPLER", "standard_normal", "gaussian_like", "laplace_like"]
+__all__ = [
+    "SAMPLERS",
+    "DEFAULT_SAMPLER",
+    "standard_normal",
+    "gaussian_like",
+    "laplace_like",
+    "box_muller_from_words",
+    "octant_box_muller_from_words",
+    "octant_cos_sin",
+]
 
-SAMPLERS = ("box_muller", "erfinv")
-DEFAULT_SAMPLER = "box_muller"
+SAMPLERS = ("box_muller_octant", "box_muller", "erfinv")
+DEFAULT_SAMPLER = "box_muller_octant"
+
+# Minimax-like fits (least squares on Chebyshev nodes of [0, pi/4], made for this
+# module; tests/kernels/test_noise.py checks every float32 input against float64):
+# sin x = x (1 + S1 x^2 + S2 x^4 + S3 x^6), cos x = 1 + C1 x^2 + ... + C4 x^8.
+_SIN = (-0.16666655, 0.0083322, -0.0001952)
+_COS = (-4.99999997e-01, 4.16666250e-02, -1.38868086e-03, 2.43941022e-05)
+_ANGLE_BITS = 24  # bits of the within-octant fraction; 3 more pick the octant
+# The counter's high word of the threefry blocks the octant sampler draws: a tag
+# that JAX's own uses of a key (split, fold_in, bits: small flat indices) never take.
+_COUNTER_TAG = 0xD9A7_0000
 
 
 def _keys_like(key: jax.Array, tree: PyTree) -> PyTree:
     leaves, treedef = jax.tree.flatten(tree)
     keys = jax.random.split(key, max(len(leaves), 1))
     return jax.tree.unflatten(treedef, list(keys[: len(leaves)]))
+
+
+def _radius(hi: jax.Array, lo: jax.Array, dt) -> jax.Array:
+    u = hi.astype(dt) * dt.type(2.0**-32) + (lo.astype(dt) + dt.type(0.5)) * dt.type(2.0**-64)
+    return jnp.sqrt(jnp.maximum(dt.type(-2.0) * jnp.log(u), dt.type(0.0)))
 
 
 def box_muller_from_words(hi: jax.Array, lo: jax.Array, angle: jax.Array, dtype) -> jax.Array:
@@ -70,10 +95,74 @@ def box_muller_from_words(hi: jax.Array, lo: jax.Array, angle: jax.Array, dtype)
     the extreme words and check the tail the sampler reaches.
     """
     dt = jnp.dtype(dtype)
-    u = hi.astype(dt) * dt.type(2.0**-32) + (lo.astype(dt) + dt.type(0.5)) * dt.type(2.0**-64)
-    r = jnp.sqrt(jnp.maximum(dt.type(-2.0) * jnp.log(u), dt.type(0.0)))
+    r = _radius(hi, lo, dt)
     t = ((angle >> 8).astype(dt) + dt.type(0.5)) * dt.type(2 * math.pi * 2.0**-24)
     return jnp.stack([r * jnp.cos(t), r * jnp.sin(t)])
+
+
+def octant_cos_sin(angle: jax.Array, dtype) -> tuple[jax.Array, jax.Array]:
+    """``(cos t, sin t)`` for an angle ``t`` uniform on a grid of ``2**27`` points from one word.
+
+    The low 24 bits ``k`` give ``x = (k + 1/2) 2**-24 pi/4`` in ``(0, pi/4)``;
+    ``c, s = cos x, sin x`` (float32: two short polynomials, no range
+    reduction; wider: ``jnp.cos``/``jnp.sin``). The top three bits pick one of
+    the eight symmetries of the square: bit 31 swaps ``c`` and ``s`` (the
+    angle ``pi/2 - x``), bit 30 negates the cosine (``pi - t``), bit 29 the
+    sine (``-t``). The eight images of the octant's grid tile the circle, so
+    ``t = (i + 1/2) 2 pi / 2**27`` with ``i`` uniform on ``[0, 2**27)``
+    (bits 24-28 are unused).
+    """
+    dt = jnp.dtype(dtype)
+    k = (angle & jnp.uint32(2**_ANGLE_BITS - 1)).astype(dt)
+    x = (k + dt.type(0.5)) * dt.type(math.pi / 4 * 2.0**-_ANGLE_BITS)
+    if dt.itemsize <= 4:
+        x2 = x * x
+        s1, s2, s3 = (dt.type(v) for v in _SIN)
+        c1, c2, c3, c4 = (dt.type(v) for v in _COS)
+        s = x + x * x2 * (s1 + x2 * (s2 + x2 * s3))
+        c = dt.type(1.0) + x2 * (c1 + x2 * (c2 + x2 * (c3 + x2 * c4)))
+    else:
+        s, c = jnp.sin(x), jnp.cos(x)
+    swap = (angle >> 31) == 1
+    cos_t, sin_t = jnp.where(swap, s, c), jnp.where(swap, c, s)
+    cos_t = jnp.where(((angle >> 30) & 1) == 1, -cos_t, cos_t)
+    sin_t = jnp.where(((angle >> 29) & 1) == 1, -sin_t, sin_t)
+    return cos_t, sin_t
+
+
+def octant_box_muller_from_words(
+    hi: jax.Array, lo: jax.Array, angle: jax.Array, dtype
+) -> jax.Array:
+    """Two normals per triple of uint32 words, the default sampler's transform.
+
+    The radius is :func:`box_muller_from_words`'s (``u`` on a 64-bit grid, so
+    ``r`` reaches ``sqrt(2 ln 2**65) = 9.49``); the angle is
+    :func:`octant_cos_sin`'s. Returns ``[r cos t, r sin t]`` stacked on axis 0.
+    """
+    dt = jnp.dtype(dtype)
+    r = _radius(hi, lo, dt)
+    cos_t, sin_t = octant_cos_sin(angle, dt)
+    return jnp.stack([r * cos_t, r * sin_t])
+
+
+def _octant_words(key: jax.Array, h: int) -> list[jax.Array]:
+    """Six independent uint32 words for each of ``h`` positions (two pairs of normals).
+
+    For threefry2x32 keys, three Threefry-2x32 blocks per position with both
+    output words used, counters ``(TAG + b, j)`` (b = 0, 1, 2; j < h): half the
+    hash evaluations of ``jax.random.bits``, which (partitionable) spends one
+    block per word. Other key implementations draw ``jax.random.bits(key, (6, h))``.
+    """
+    if str(jax.random.key_impl(key)) != "threefry2x32":
+        words = jax.random.bits(key, (6, h), jnp.uint32)
+        return [words[i] for i in range(6)]
+    kd = jax.random.key_data(key)
+    j = jax.lax.iota(jnp.uint32, h)
+    out: list[jax.Array] = []
+    for b in range(3):
+        tag = jnp.full((h,), _COUNTER_TAG + b, jnp.uint32)
+        out += list(threefry2x32_p.bind(kd[0], kd[1], tag, j))
+    return out
 
 
 def standard_normal(
@@ -95,6 +184,12 @@ def standard_normal(
     if sampler == "erfinv":
         return jax.random.normal(key, shape, dtype)
     n = math.prod(shape)
+    if sampler == "box_muller_octant":
+        h = -(-n // 4)
+        w = _octant_words(key, h)
+        a = octant_box_muller_from_words(w[0], w[1], w[4], dtype)
+        b = octant_box_muller_from_words(w[2], w[3], w[5], dtype)
+        return jnp.concatenate([a, b]).reshape(-1)[:n].reshape(shape)
     pairs = (n + 1) // 2
     words = jax.random.bits(key, (3, pairs), jnp.uint32)
     z = box_muller_from_words(words[0], words[1], words[2], dtype)
