@@ -60,6 +60,8 @@ def main(argv: list[str] | None = None) -> int:
         "200 leaves on a loaded 2-core CPU)",
     )
     ap.add_argument("--repeat", type=int, default=5, help="timed calls per case (median)")
+    ap.add_argument("--samplers", default="", help="comma-separated subset of the samplers")
+    ap.add_argument("--impls", default="", help="comma-separated subset of the PRNG impls")
     ap.add_argument("--out-dir", type=Path, default=BENCH / "results")
     ap.add_argument("--md", type=Path)
     args = ap.parse_args(argv)
@@ -67,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     import jax
     import jax.numpy as jnp
     from dpjax.kernels import noise as noise_k
+    from jax.extend.random import threefry2x32_p
     from machine import describe
 
     sizes = ["0.1M"] if args.quick else [s.strip() for s in args.sizes.split(",")]
@@ -126,6 +129,17 @@ def main(argv: list[str] | None = None) -> int:
     impls = ["threefry2x32", "rbg", "unsafe_rbg", "philox4x32"]
     if args.quick:
         impls = ["threefry2x32"]
+    if args.impls:
+        impls = [i for i in impls if i in args.impls.split(",")]
+    samplers = [s for s in noise_k.SAMPLERS if not args.samplers or s in args.samplers.split(",")]
+
+    def both_words(key, n):
+        """32-bit words from Threefry-2x32 with both output words of each block used."""
+        kd = jax.random.key_data(key)
+        h = -(-n // 2)
+        a, b = threefry2x32_p.bind(kd[0], kd[1], jnp.zeros((h,), jnp.uint32),
+                                   jax.lax.iota(jnp.uint32, h))  # fmt: skip
+        return jnp.concatenate([a, b])[:n]
 
     def write(rows):
         """Writes the json and markdown so far (after every size: a timeout keeps them)."""
@@ -201,7 +215,10 @@ def main(argv: list[str] | None = None) -> int:
                     tag += " (partitionable)" if partitionable else " (legacy)"
                 cases.append((tag, impl_, partitionable, "flat", "bits only",
                               lambda k, n_: jax.random.bits(k, (n_,), jnp.uint32)))  # fmt: skip
-                for sampler in noise_k.SAMPLERS:
+                if impl_ == "threefry2x32" and partitionable:
+                    cases.append((tag, impl_, partitionable, "flat",
+                                  "bits only, both words per block", both_words))  # fmt: skip
+                for sampler in samplers:
                     cases.append((tag, impl_, partitionable, "flat", sampler, flat_draw(sampler)))
                     if impl_ == "threefry2x32" and partitionable and size in tree_sizes:
                         cases.append((tag, impl_, partitionable, "tree",

@@ -75,10 +75,11 @@ def add_noise(
         batch was truncated (``dpjax.PoissonSampler.truncation_prob``); it is
         added to delta once per step.
       noise_sampler: how random bits become normals, one of
-        ``dpjax.kernels.noise.SAMPLERS``. The default ``"box_muller"`` reaches
-        9.49 standard deviations; ``"erfinv"`` (``jax.random.normal``, faster on
-        CPU) stops at 5.22 in float32, which adds to delta a term the
-        accountant does not count (``dpjax.kernels.noise``, docs/performance.md).
+        ``dpjax.kernels.noise.SAMPLERS``. The default ``"box_muller_octant"``
+        (and the older, slower ``"box_muller"``) reach 9.49 standard deviations;
+        ``"erfinv"`` (``jax.random.normal``) stops at 5.22 in float32, which adds
+        to delta a term the accountant does not count (``dpjax.kernels.noise``,
+        docs/performance.md).
 
     Returns:
       An ``optax.GradientTransformation`` whose state is a ``DPNoiseState``.
