@@ -270,9 +270,7 @@ def _fit(points: np.ndarray, radius: np.ndarray, rng: np.random.Generator) -> np
     return np.stack([x, y], axis=-1)
 
 
-def _pen_radius(
-    points: np.ndarray, pen_up: np.ndarray, rng: np.random.Generator
-) -> np.ndarray:
+def _pen_radius(points: np.ndarray, pen_up: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Pen radii (pixels) normalising the amount of ink, like stroke-width normalisation.
 
     The ink of a stroke of length ``L`` drawn with radius ``r`` is about ``2 r L``;
