@@ -11,7 +11,7 @@ benchmarks/RESULTS_pretrain.md.
 
     PYTHONPATH=. python benchmarks/pretrain.py [--seeds 5] [--recipes scratch,pretrained]
 
-The recipe `pretrained, generator v1` starts from the parameters pretrained the
+The recipe `pretrained (generator v1)` starts from the parameters pretrained the
 way the first generator (VERSION 1, commit 94b0ecb) and its settings did: that
 module is read from git (`--baseline-rev`) and pretrained in this process, so
 the old and the new start are compared on the same machine and code.
@@ -39,8 +39,8 @@ EPSILONS = (0.5, 1.0, 2.0, 4.0, 8.0)
 RECIPES: dict[str, dict] = {
     "scratch": {"public_pretraining": False},
     "pretrained": {"public_pretraining": True},
-    "pretrained, generator v1": {"public_pretraining": True, "start": "v1"},
-    "pretrained, lr 3e-3": {"public_pretraining": True, "learning_rate": 3e-3},
+    "pretrained (generator v1)": {"public_pretraining": True, "start": "v1"},
+    "pretrained (lr 3e-3)": {"public_pretraining": True, "learning_rate": 3e-3},
 }
 
 # The first generator (VERSION 1) and the pretraining settings it shipped with.
@@ -57,6 +57,7 @@ BASELINE_SETTINGS = {
 
 def baseline_params(rev: str = BASELINE_REV) -> dict:
     """The CNN pretrained by the generator of git revision ``rev`` with BASELINE_SETTINGS."""
+    import dpjax.data.synth_digits as new
     from dpjax.digits import pretrain
 
     src = subprocess.run(
@@ -68,7 +69,6 @@ def baseline_params(rev: str = BASELINE_REV) -> dict:
     ).stdout
     old = types.ModuleType("dpjax.data.synth_digits")
     exec(compile(src, f"{rev}:dpjax/data/synth_digits.py", "exec"), old.__dict__)
-    new = sys.modules["dpjax.data.synth_digits"]
     sys.modules["dpjax.data.synth_digits"] = old  # pretrain imports it at call time
     try:
         return pretrain.pretrain("cnn", **BASELINE_SETTINGS)
@@ -171,14 +171,24 @@ def plot(results: dict, zs: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def _defaults() -> str:
+    from dpjax.digits.config import TrainConfig
+
+    c = TrainConfig()
+    return (
+        f"{c.optimizer} lr {c.learning_rate:g}, {c.epochs} epochs, batch {c.batch_size}, "
+        f"{c.accountant} accountant"
+    )
+
+
 def write_markdown(results: dict, zs: dict, meta: dict, path: Path) -> None:
     eps = sorted({float(e) for r in results.values() for e in r})
     lines = [
         "# Public pretraining on synthetic digits (`benchmarks/pretrain.py`)",
         "",
         f"Machine: {meta['machine']} (shared with other jobs: times are indicative). "
-        f"{meta['seeds']} seeds per cell, delta 1e-5, RDP accountant, the `dpjax train` CNN "
-        f"and defaults, {int(VALIDATION * 100)} % of the training split held out for "
+        f"{meta['seeds']} seeds per cell, delta 1e-5, the `dpjax train` CNN and defaults "
+        f"({_defaults()}), {int(VALIDATION * 100)} % of the training split held out for "
         f"validation. Run: {meta['date']}, {meta['minutes']:.1f} min of benchmark processes.",
         "",
         "## Zero-shot (pretrained on synthetic digits only, no private step)",
@@ -204,7 +214,8 @@ def write_markdown(results: dict, zs: dict, meta: dict, path: Path) -> None:
         ),
         "## Private fine-tuning (all layers) against training from scratch",
         "",
-        "Test accuracy, mean ± sample sd over seeds (validation accuracy in brackets):",
+        "Validation accuracy (the figure decisions are taken on), mean ± sample sd over "
+        "seeds; test accuracy in brackets:",
         "",
         "| recipe | " + " | ".join(f"eps {e:g}" for e in eps) + " | s / run |",
         "|---|" + "---|" * (len(eps) + 1),
@@ -220,7 +231,7 @@ def write_markdown(results: dict, zs: dict, meta: dict, path: Path) -> None:
             n = len(s["runs"])
             note = "" if n == meta["seeds"] else f" ({n} seeds)"
             cells.append(
-                f"{100 * t['mean']:.1f} ± {100 * t['sd']:.1f} [{100 * v['mean']:.1f}]{note}"
+                f"{100 * v['mean']:.1f} ± {100 * v['sd']:.1f} [{100 * t['mean']:.1f}]{note}"
             )
             secs.append(s["summary"]["seconds"]["mean"])
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {statistics.fmean(secs):.1f} |")
@@ -236,7 +247,8 @@ def write_markdown(results: dict, zs: dict, meta: dict, path: Path) -> None:
 
 
 def merge(files: list[Path], out: Path, seeds: int) -> int:
-    """The report from the cells of several runs' JSON files (later files win per cell)."""
+    """The report from the cells of several runs' JSON files (runs pooled by seed per cell;
+    a later file's run of the same seed wins)."""
     zs, results, minutes = None, {}, 0.0
     for f in files:
         blob = json.loads(f.read_text())
@@ -246,10 +258,14 @@ def merge(files: list[Path], out: Path, seeds: int) -> int:
         ]
         minutes += (blob["zero_shot"]["pretrain_seconds"] + sum(r["seconds"] for r in runs)) / 60
         for name, by_eps in blob["results"].items():
-            results.setdefault(name, {}).update(by_eps)
+            for e, cell in by_eps.items():  # runs of one cell pooled by seed
+                pooled = results.setdefault(name, {}).setdefault(e, {})
+                pooled.update({r["seed"]: r for r in cell["runs"]})
     for by_eps in results.values():  # cells in epsilon order
         for e in sorted(by_eps, key=float):
-            by_eps[e] = by_eps.pop(e)
+            rows = [by_eps[e][k] for k in sorted(by_eps[e])]
+            del by_eps[e]
+            by_eps[e] = {"runs": rows, "summary": summarize(rows)}
     meta = {
         "machine": "{cpu}, {cores} cores, jax {jax} ({backend})".format(**machine.describe()),
         "seeds": seeds,
@@ -270,6 +286,7 @@ def merge(files: list[Path], out: Path, seeds: int) -> int:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seeds", type=int, default=5)
+    p.add_argument("--first-seed", type=int, default=0, help="seeds first-seed, ...")
     p.add_argument("--recipes", default="scratch,pretrained")
     p.add_argument("--epsilons", default=",".join(str(e) for e in EPSILONS))
     p.add_argument("--out", default=str(HERE))
@@ -288,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--baseline-rev",
         default=BASELINE_REV,
-        help="git revision whose generator makes the start of `pretrained, generator v1`",
+        help="git revision whose generator makes the start of `pretrained (generator v1)`",
     )
     args = p.parse_args(argv)
     if args.merge:
@@ -316,7 +333,7 @@ def main(argv: list[str] | None = None) -> int:
     for e in epsilons:  # every epsilon's cells together: a cut-short run still compares
         for name in names:
             rows = []
-            for seed in range(args.seeds):
+            for seed in range(args.first_seed, args.first_seed + args.seeds):
                 rows.append(run_recipe(name, e, seed, starts))
                 bar.update()
                 bar.set_postfix(recipe=name, eps=e, acc=f"{rows[-1]['test_accuracy']:.3f}")
