@@ -144,6 +144,7 @@ def test_apply_pretrained_refuses_params_of_another_model():
         ({"model_name": "cnn", "num": 0}, "num must be >= 1"),
         ({"model_name": "cnn", "epochs": 0}, "epochs must be >= 1"),
         ({"model_name": "cnn", "learning_rate": -1.0}, "learning_rate must be > 0"),
+        ({"model_name": "cnn", "num": 100, "batch_size": 128}, "num must be >= batch_size"),
     ],
 )
 def test_pretrain_bad_arguments(kwargs, match):
