@@ -10,6 +10,11 @@ benchmarks/results/pretrain.json, benchmarks/results/pretrain.png and
 benchmarks/RESULTS_pretrain.md.
 
     PYTHONPATH=. python benchmarks/pretrain.py [--seeds 5] [--recipes scratch,pretrained]
+
+The recipe `pretrained (generator v1)` starts from the parameters pretrained the
+way the first generator (VERSION 1, commit 94b0ecb) and its settings did: that
+module is read from git (`--baseline-rev`) and pretrained in this process, so
+the old and the new start are compared on the same machine and code.
 """
 
 from __future__ import annotations
@@ -17,8 +22,10 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import subprocess
 import sys
 import time
+import types
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -32,12 +39,64 @@ EPSILONS = (0.5, 1.0, 2.0, 4.0, 8.0)
 RECIPES: dict[str, dict] = {
     "scratch": {"public_pretraining": False},
     "pretrained": {"public_pretraining": True},
-    "pretrained, lr 3e-3": {"public_pretraining": True, "learning_rate": 3e-3},
+    "pretrained (generator v1)": {"public_pretraining": True, "start": "v1"},
+    "pretrained (lr 3e-3)": {"public_pretraining": True, "learning_rate": 3e-3},
+}
+
+# The first generator (VERSION 1) and the pretraining settings it shipped with.
+BASELINE_REV = "94b0ecb"
+BASELINE_SETTINGS = {
+    "num": 20000,
+    "seed": 0,
+    "epochs": 3,
+    "batch_size": 128,
+    "learning_rate": 2e-3,
+    "init_seed": 0,
 }
 
 
-def zero_shot() -> dict:
-    """The pretrained CNN's accuracy on the real digits, before any private step."""
+def baseline_params(rev: str = BASELINE_REV) -> dict:
+    """The CNN pretrained by the generator of git revision ``rev`` with BASELINE_SETTINGS."""
+    import dpjax.data.synth_digits as new
+    from dpjax.digits import pretrain
+
+    src = subprocess.run(
+        ["git", "show", f"{rev}:dpjax/data/synth_digits.py"],
+        cwd=HERE.parent,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    old = types.ModuleType("dpjax.data.synth_digits")
+    exec(compile(src, f"{rev}:dpjax/data/synth_digits.py", "exec"), old.__dict__)
+    sys.modules["dpjax.data.synth_digits"] = old  # pretrain imports it at call time
+    try:
+        return pretrain.pretrain("cnn", **BASELINE_SETTINGS)
+    finally:
+        sys.modules["dpjax.data.synth_digits"] = new
+
+
+def run_recipe(name: str, epsilon: float, seed: int, starts: dict) -> dict:
+    """One `dpjax train` run of recipe ``name``; ``starts`` maps a "start" to its params."""
+    overrides = dict(RECIPES[name])
+    start = overrides.pop("start", None)
+    if start is None:
+        return run_one(overrides, epsilon, seed)
+    from dpjax.digits import pretrain
+
+    saved = pretrain.pretrained_params
+    pretrain.pretrained_params = lambda model, **kw: starts[start]
+    try:
+        return run_one(overrides, epsilon, seed)
+    finally:
+        pretrain.pretrained_params = saved
+
+
+def zero_shot(baseline: dict | None = None) -> dict:
+    """The pretrained CNN's accuracy on the real digits, before any private step.
+
+    With ``baseline`` (parameters of the old start), its figures too, under "baseline".
+    """
     import jax
     import jax.numpy as jnp
     from flax import nnx
@@ -48,26 +107,35 @@ def zero_shot() -> dict:
     params = pretrain.pretrain("cnn")
     seconds = time.perf_counter() - t0
     pretrain.save_cached("cnn", params)  # the pretrained runs below read it
-    model = models.build("cnn", rngs=nnx.Rngs(params=jax.random.key(0)))
-    pretrain.apply_pretrained(model, params)
     d = data.load_digits()
     _, _, x_val, y_val = data.hold_out(d.x_train, d.y_train, VALIDATION)
-
-    def acc(x, y):
-        return float(jnp.mean(jnp.argmax(model(jnp.asarray(x)), -1) == y))
-
     x_syn, y_syn = pretrain.synthetic_set(5000, 12345)  # held-out synthetic digits
+
+    def accuracies(p):
+        model = models.build("cnn", rngs=nnx.Rngs(params=jax.random.key(0)))
+        pretrain.apply_pretrained(model, p)
+
+        def acc(x, y):
+            return float(jnp.mean(jnp.argmax(model(jnp.asarray(x)), -1) == y))
+
+        return {
+            "val_accuracy": acc(x_val, y_val),
+            "test_accuracy": acc(d.x_test, d.y_test),
+            "synthetic_accuracy": acc(x_syn, y_syn),
+        }
+
     t0 = time.perf_counter()
     pretrain.synthetic_set(10000, 777)
     gen_seconds = time.perf_counter() - t0
-    return {
-        "val_accuracy": acc(x_val, y_val),
-        "test_accuracy": acc(d.x_test, d.y_test),
-        "synthetic_accuracy": acc(x_syn, y_syn),
+    out = {
+        **accuracies(params),
         "pretrain_seconds": seconds,
         "generate_10k_seconds": gen_seconds,
         "settings": dict(pretrain.SETTINGS),
     }
+    if baseline is not None:
+        out["baseline"] = {**accuracies(baseline), "rev": BASELINE_REV}
+    return out
 
 
 def plot(results: dict, zs: dict, path: Path) -> None:
@@ -76,22 +144,41 @@ def plot(results: dict, zs: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.5, 4.2))
-    for name, by_eps in results.items():
-        eps = sorted(float(e) for e in by_eps)
-        m = [by_eps[str(e)]["summary"]["test_accuracy"]["mean"] for e in eps]
-        sd = [by_eps[str(e)]["summary"]["test_accuracy"]["sd"] for e in eps]
-        ax.errorbar(eps, m, yerr=sd, fmt="-o", capsize=3, label=name, markersize=4)
-    ax.axhline(zs["test_accuracy"], ls=":", color="gray", label="pretrained, zero-shot")
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("target epsilon (delta = 1e-5)")
-    ax.set_ylabel("test accuracy (mean ± sd over seeds)")
-    ax.set_title("dpjax train: public pretraining on synthetic digits")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+    for ax, split in zip(axes, ("val", "test"), strict=True):
+        for name, by_eps in results.items():
+            eps = sorted(float(e) for e in by_eps)
+            m = [by_eps[str(e)]["summary"][f"{split}_accuracy"]["mean"] for e in eps]
+            sd = [by_eps[str(e)]["summary"][f"{split}_accuracy"]["sd"] for e in eps]
+            ax.errorbar(eps, m, yerr=sd, fmt="-o", capsize=3, label=name, markersize=4)
+        ax.axhline(zs[f"{split}_accuracy"], ls=":", color="gray", label="pretrained, zero-shot")
+        if "baseline" in zs:
+            ax.axhline(
+                zs["baseline"][f"{split}_accuracy"],
+                ls="--",
+                color="lightgray",
+                label="generator v1, zero-shot",
+            )
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("target epsilon (delta = 1e-5)")
+        ax.set_title("validation split" if split == "val" else "test split")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("accuracy (mean ± sd over seeds)")
+    axes[1].legend(fontsize=8)
+    fig.suptitle("dpjax train: public pretraining on synthetic digits")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def _defaults() -> str:
+    from dpjax.digits.config import TrainConfig
+
+    c = TrainConfig()
+    return (
+        f"{c.optimizer} lr {c.learning_rate:g}, {c.epochs} epochs, batch {c.batch_size}, "
+        f"{c.accountant} accountant"
+    )
 
 
 def write_markdown(results: dict, zs: dict, meta: dict, path: Path) -> None:
@@ -100,8 +187,8 @@ def write_markdown(results: dict, zs: dict, meta: dict, path: Path) -> None:
         "# Public pretraining on synthetic digits (`benchmarks/pretrain.py`)",
         "",
         f"Machine: {meta['machine']} (shared with other jobs: times are indicative). "
-        f"{meta['seeds']} seeds per cell, delta 1e-5, RDP accountant, the `dpjax train` CNN "
-        f"and defaults, {int(VALIDATION * 100)} % of the training split held out for "
+        f"{meta['seeds']} seeds per cell, delta 1e-5, the `dpjax train` CNN and defaults "
+        f"({_defaults()}), {int(VALIDATION * 100)} % of the training split held out for "
         f"validation. Run: {meta['date']}, {meta['minutes']:.1f} min of benchmark processes.",
         "",
         "## Zero-shot (pretrained on synthetic digits only, no private step)",
@@ -114,9 +201,21 @@ def write_markdown(results: dict, zs: dict, meta: dict, path: Path) -> None:
         "",
         "(The fonts of the first try reached 55 % zero-shot, issue 18.)",
         "",
+        *(
+            [
+                f"Generator v1 (commit {zs['baseline']['rev']}, its settings), same process: "
+                f"validation {100 * zs['baseline']['val_accuracy']:.1f} %, test "
+                f"{100 * zs['baseline']['test_accuracy']:.1f} %, held-out synthetic (new "
+                f"generator) {100 * zs['baseline']['synthetic_accuracy']:.1f} %.",
+                "",
+            ]
+            if "baseline" in zs
+            else []
+        ),
         "## Private fine-tuning (all layers) against training from scratch",
         "",
-        "Test accuracy, mean ± sample sd over seeds (validation accuracy in brackets):",
+        "Validation accuracy (the figure decisions are taken on), mean ± sample sd over "
+        "seeds; test accuracy in brackets:",
         "",
         "| recipe | " + " | ".join(f"eps {e:g}" for e in eps) + " | s / run |",
         "|---|" + "---|" * (len(eps) + 1),
@@ -132,13 +231,13 @@ def write_markdown(results: dict, zs: dict, meta: dict, path: Path) -> None:
             n = len(s["runs"])
             note = "" if n == meta["seeds"] else f" ({n} seeds)"
             cells.append(
-                f"{100 * t['mean']:.1f} ± {100 * t['sd']:.1f} [{100 * v['mean']:.1f}]{note}"
+                f"{100 * v['mean']:.1f} ± {100 * v['sd']:.1f} [{100 * t['mean']:.1f}]{note}"
             )
             secs.append(s["summary"]["seconds"]["mean"])
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {statistics.fmean(secs):.1f} |")
     lines += [
         "",
-        "Recipes (overrides of `TrainConfig()`): "
+        "Recipes (overrides of `TrainConfig()`; `start` v1: the generator-v1 pretraining): "
         + "; ".join(f"`{n}` = {RECIPES[n]}" for n in results),
         "",
         "![accuracy against epsilon](results/pretrain.png)",
@@ -148,7 +247,8 @@ def write_markdown(results: dict, zs: dict, meta: dict, path: Path) -> None:
 
 
 def merge(files: list[Path], out: Path, seeds: int) -> int:
-    """The report from the cells of several runs' JSON files (later files win per cell)."""
+    """The report from the cells of several runs' JSON files (runs pooled by seed per cell;
+    a later file's run of the same seed wins)."""
     zs, results, minutes = None, {}, 0.0
     for f in files:
         blob = json.loads(f.read_text())
@@ -158,10 +258,14 @@ def merge(files: list[Path], out: Path, seeds: int) -> int:
         ]
         minutes += (blob["zero_shot"]["pretrain_seconds"] + sum(r["seconds"] for r in runs)) / 60
         for name, by_eps in blob["results"].items():
-            results.setdefault(name, {}).update(by_eps)
+            for e, cell in by_eps.items():  # runs of one cell pooled by seed
+                pooled = results.setdefault(name, {}).setdefault(e, {})
+                pooled.update({r["seed"]: r for r in cell["runs"]})
     for by_eps in results.values():  # cells in epsilon order
         for e in sorted(by_eps, key=float):
-            by_eps[e] = by_eps.pop(e)
+            rows = [by_eps[e][k] for k in sorted(by_eps[e])]
+            del by_eps[e]
+            by_eps[e] = {"runs": rows, "summary": summarize(rows)}
     meta = {
         "machine": "{cpu}, {cores} cores, jax {jax} ({backend})".format(**machine.describe()),
         "seeds": seeds,
@@ -182,6 +286,7 @@ def merge(files: list[Path], out: Path, seeds: int) -> int:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seeds", type=int, default=5)
+    p.add_argument("--first-seed", type=int, default=0, help="seeds first-seed, ...")
     p.add_argument("--recipes", default="scratch,pretrained")
     p.add_argument("--epsilons", default=",".join(str(e) for e in EPSILONS))
     p.add_argument("--out", default=str(HERE))
@@ -197,6 +302,11 @@ def main(argv: list[str] | None = None) -> int:
         help="a results/pretrain.json of an earlier run of this code: take its zero-shot "
         "figures (and its cached pretraining) instead of pretraining again",
     )
+    p.add_argument(
+        "--baseline-rev",
+        default=BASELINE_REV,
+        help="git revision whose generator makes the start of `pretrained (generator v1)`",
+    )
     args = p.parse_args(argv)
     if args.merge:
         return merge([Path(f) for f in args.merge.split(",")], Path(args.out), args.seeds)
@@ -210,18 +320,21 @@ def main(argv: list[str] | None = None) -> int:
     from tqdm.auto import tqdm
 
     t0 = time.perf_counter()
+    starts = {}
+    if any("start" in RECIPES[n] for n in names):
+        starts["v1"] = baseline_params(args.baseline_rev)
     if args.zero_shot_from:
         zs = json.loads(Path(args.zero_shot_from).read_text())["zero_shot"]
     else:
-        zs = zero_shot()  # also fills the cache the pretrained runs read
+        zs = zero_shot(starts.get("v1"))  # also fills the cache the pretrained runs read
     print(f"zero-shot: val {zs['val_accuracy']:.3f}, test {zs['test_accuracy']:.3f}", flush=True)
     results: dict = {}
     bar = tqdm(total=len(names) * len(epsilons) * args.seeds, desc="pretrain", file=sys.stdout)
     for e in epsilons:  # every epsilon's cells together: a cut-short run still compares
         for name in names:
             rows = []
-            for seed in range(args.seeds):
-                rows.append(run_one(RECIPES[name], e, seed))
+            for seed in range(args.first_seed, args.first_seed + args.seeds):
+                rows.append(run_recipe(name, e, seed, starts))
                 bar.update()
                 bar.set_postfix(recipe=name, eps=e, acc=f"{rows[-1]['test_accuracy']:.3f}")
             results.setdefault(name, {})[str(e)] = {"runs": rows, "summary": summarize(rows)}

@@ -1,12 +1,20 @@
 """``dpjax.data.synth_digits``: the public synthetic digits (shapes, range, balance, seeds)."""
 
+import functools
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 
-from dpjax.data.synth_digits import TEMPLATES, make_synth_digits
+from dpjax.data.synth_digits import (
+    _STYLE,
+    TEMPLATES,
+    _eight,
+    _pen_radius,
+    _trajectories,
+    make_synth_digits,
+)
 
 
 @pytest.mark.parametrize("num", [1, 7, 10, 253])
@@ -77,3 +85,44 @@ def test_no_real_digits_enter_the_generator():
 def test_bad_arguments_are_clear_errors(kwargs, err, match):
     with pytest.raises(err, match=match):
         make_synth_digits(**kwargs)
+
+
+def test_digits_fill_the_box_height_like_the_nist_normalisation():
+    """Every digit's ink reaches the top and the bottom block rows; the width is capped."""
+    x, _ = make_synth_digits(400, seed=7)
+    assert (x[:, 0, :].sum(axis=1) > 0).all() and (x[:, 7, :].sum(axis=1) > 0).all()
+    cap = int(np.ceil(_STYLE["max_width"] / 4 + 1))  # blocks a capped width can touch
+    touched = (x.sum(axis=1) > 0).sum(axis=1)
+    assert touched.max() <= cap
+
+
+@functools.cache
+def _sample():
+    return make_synth_digits(600, seed=8)
+
+
+@pytest.mark.parametrize("digit", range(10))
+def test_stroke_width_normalises_the_ink_of_every_class(digit):
+    """The ink of each class is near the target fraction of the box (not, e.g., 1s thin)."""
+    x, y = _sample()
+    ink = x[y == digit].sum(axis=(1, 2)).mean() / 1024
+    assert abs(ink - _STYLE["ink"]) < 0.25 * _STYLE["ink"]
+
+
+def test_the_one_stroke_eight_crosses_at_its_waist():
+    pts = _eight(0.3, 0.45)
+    assert pts[:, 1].min() == pytest.approx(0.0, abs=0.02)
+    assert pts[:, 1].max() == pytest.approx(1.0, abs=0.02)
+    # It passes the centre line at the waist (the crossing) and nowhere else in between.
+    near = np.abs(pts[:, 0] - 0.5) < 0.05
+    assert np.any(near & (np.abs(pts[:, 1] - 0.45) < 0.05))
+
+
+def test_pen_radius_is_within_its_bounds():
+    rng = np.random.default_rng(0)
+    pts, pen_up = _trajectories(rng, TEMPLATES[1][0], 50)
+    r = _pen_radius(pts, pen_up, rng)
+    assert r.shape == (50,)
+    assert (r >= _STYLE["r_min"]).all() and (r <= _STYLE["r_max"]).all()
+    pts, pen_up = _trajectories(rng, TEMPLATES[8][0], 50)
+    assert _pen_radius(pts, pen_up, rng).mean() < r.mean()  # a long 8 gets a finer pen than a 1
