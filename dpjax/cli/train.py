@@ -91,6 +91,7 @@ def _run(args: argparse.Namespace) -> int:
         bands=args.bands,
         validation_fraction=args.validation_fraction,
         public_pretraining=args.public_pretraining,
+        finetune=args.finetune,
         progress=not args.no_progress,
         output=args.output,
         budget_epsilon=args.budget_epsilon,
@@ -190,6 +191,13 @@ def register(subparsers: Any) -> None:
         help="start from the model pretrained on public synthetic digits (no privacy cost: "
         "it depends on no private record; cached in ~/.cache/dpjax); "
         "--no-public-pretraining trains from a random initialisation",
+    )
+    p.add_argument(
+        "--finetune",
+        choices=V.FINETUNE,
+        default=d.finetune,
+        help="train all layers privately, or only the dense head (the other layers keep "
+        "their initial, e.g. pretrained, values)",
     )
     p.add_argument(
         "--budget-epsilon",
