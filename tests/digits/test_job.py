@@ -135,7 +135,9 @@ def test_finetune_head_updates_only_the_head_at_the_same_privacy_cost():
         changed = {
             name: any(
                 not np.array_equal(x, y)
-                for x, y in zip(jax.tree.leaves(before[name]), jax.tree.leaves(after[name]))
+                for x, y in zip(
+                    jax.tree.leaves(before[name]), jax.tree.leaves(after[name]), strict=True
+                )
             )
             for name in before
         }
