@@ -127,7 +127,13 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--batch-size", type=int, default=d.batch_size, help="expected Poisson batch size"
     )
-    p.add_argument("--clip", type=float, default=d.l2_clip, help="per-example L2 clip norm C")
+    p.add_argument(
+        "--clip",
+        type=float,
+        default=d.l2_clip,
+        help="per-example L2 clip norm C (with Adam, a small C normalizes each example's "
+        "gradient; the default was chosen on a validation split: benchmarks/RESULTS_tune.md)",
+    )
     p.add_argument("--lr", type=float, default=d.learning_rate, help="learning rate")
     p.add_argument("--optimizer", choices=V.OPTIMIZERS, default=d.optimizer)
     p.add_argument("--epsilon", type=float, default=d.epsilon, help="target epsilon")
