@@ -324,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
                 tmp.write_text(json.dumps(blob, indent=1))
                 tmp.replace(store)
             bar.set_postfix(
-                cfg=n, eps=e, val=f"{row['val_accuracy']:.3f}", s=f"{row['seconds']:.0f}"
+                cfg=n, eps=e, test=f"{row['test_accuracy']:.3f}", s=f"{row['seconds']:.0f}"
             )
         bar.update()
     bar.close()
