@@ -33,6 +33,8 @@ __all__ = [
     "CLIP_METHODS",
     "MODELS",
     "OPTIMIZERS",
+    "LR_SCHEDULES",
+    "FINETUNE",
     "AUDIT_VARIANTS",
     "MASK_RULE_NAMES",
     "MISSING_POLICIES",
@@ -46,7 +48,9 @@ ACCOUNTANTS = ("rdp", "pld")  # privacy accountants (dpjax.accounting)
 CLIP_METHODS = ("vmap", "ghost", "auto")  # per-example gradient norms (dpjax.clipped_grad)
 MODELS = ("cnn", "mlp")  # the digits demo's models (dpjax.digits.models)
 OPTIMIZERS = ("sgd", "adam")  # the digits demo's optimizers (dpjax.dp_sgd, dpjax.dp_adam)
-LR_SCHEDULES = ("constant", "cosine")  # the digits demo's learning-rate schedules
+LR_SCHEDULES = ("constant", "cosine", "linear")  # the digits demo's learning-rate schedules
+# Which layers the digits demo trains privately: all, or only the dense head (dpjax.digits.job).
+FINETUNE = ("all", "head")
 # dpjax.audit.mechanism.VARIANTS: "correct" and deliberately broken DP-SGD releases.
 AUDIT_VARIANTS = ("correct", "no_clip", "half_noise", "mean_noise_on_sum")
 # dpjax.anonymize.masking.MASK_RULES, the names (the rules need pandas).

@@ -91,6 +91,7 @@ def _run(args: argparse.Namespace) -> int:
         bands=args.bands,
         validation_fraction=args.validation_fraction,
         public_pretraining=args.public_pretraining,
+        finetune=args.finetune,
         progress=not args.no_progress,
         output=args.output,
         budget_epsilon=args.budget_epsilon,
@@ -126,7 +127,13 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--batch-size", type=int, default=d.batch_size, help="expected Poisson batch size"
     )
-    p.add_argument("--clip", type=float, default=d.l2_clip, help="per-example L2 clip norm C")
+    p.add_argument(
+        "--clip",
+        type=float,
+        default=d.l2_clip,
+        help="per-example L2 clip norm C (with Adam, a small C normalizes each example's "
+        "gradient; the default was chosen on a validation split: benchmarks/RESULTS_tune.md)",
+    )
     p.add_argument("--lr", type=float, default=d.learning_rate, help="learning rate")
     p.add_argument("--optimizer", choices=V.OPTIMIZERS, default=d.optimizer)
     p.add_argument("--epsilon", type=float, default=d.epsilon, help="target epsilon")
@@ -190,6 +197,13 @@ def register(subparsers: Any) -> None:
         help="start from the model pretrained on public synthetic digits (no privacy cost: "
         "it depends on no private record; cached in ~/.cache/dpjax); "
         "--no-public-pretraining trains from a random initialisation",
+    )
+    p.add_argument(
+        "--finetune",
+        choices=V.FINETUNE,
+        default=d.finetune,
+        help="train all layers privately, or only the dense head (the other layers keep "
+        "their initial, e.g. pretrained, values)",
     )
     p.add_argument(
         "--budget-epsilon",

@@ -41,6 +41,7 @@ __all__ = [
     "LoopResult",
     "TrainingDivergedError",
     "build",
+    "learning_rate",
     "load_trained",
     "loop",
     "restore",
@@ -86,6 +87,19 @@ class Job:
             "optimizer": nnx.to_pure_dict(nnx.state(self.optimizer)),
             "sample_key": self.sample_key,
         }
+
+
+def learning_rate(cfg: TrainConfig, steps: int) -> float | optax.Schedule:
+    """``cfg.learning_rate`` under ``cfg.lr_schedule`` over ``steps`` steps.
+
+    ``"constant"``; ``"cosine"`` decays to 0 at step ``steps``; ``"linear"``
+    decays linearly to 0 at step ``steps`` (a warm-down).
+    """
+    if cfg.lr_schedule == "cosine":
+        return optax.cosine_decay_schedule(cfg.learning_rate, steps)
+    if cfg.lr_schedule == "linear":
+        return optax.linear_schedule(cfg.learning_rate, 0.0, steps)
+    return cfg.learning_rate
 
 
 # fold_in(k, i) equals split(k, n)[i] for i < n: the partition key of --noise banded is folded
@@ -153,14 +167,14 @@ def build(cfg: TrainConfig) -> Job:
 
         loss_fn = augmentation_multiplicity(loss_fn, random_shift, cfg.augmult)
 
+    # finetune="head": only the head is differentiated, clipped, noised and updated.
+    wrt = nnx.Param if cfg.finetune == "all" else nnx.All(nnx.Param, nnx.PathContains("head"))
     grad_fn = dpjax.nnx.clipped_grad(
-        loss_fn, cfg.l2_clip, microbatch_size=cfg.microbatch_size, method=cfg.method
+        loss_fn, cfg.l2_clip, wrt=wrt, microbatch_size=cfg.microbatch_size, method=cfg.method
     )
     make = dpjax.dp_adam if cfg.optimizer == "adam" else dpjax.dp_sgd
     opt_kw = {} if cfg.optimizer == "adam" else {"momentum": 0.9}
-    lr = cfg.learning_rate
-    if cfg.lr_schedule == "cosine":
-        lr = optax.cosine_decay_schedule(cfg.learning_rate, steps)
+    lr = learning_rate(cfg, steps)
     tx = make(
         lr,
         sensitivity=grad_fn,
@@ -176,7 +190,7 @@ def build(cfg: TrainConfig) -> Job:
         tx = optax.chain(banded.transform(grad_fn, k_noise), _standard_promotion(inner))
     if cfg.ema_decay is not None:  # post-processing of the private iterates: no privacy cost
         tx = optax.chain(tx, ema_params(cfg.ema_decay))
-    optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+    optimizer = nnx.Optimizer(model, tx, wrt=wrt)
     x_train, y_train = jnp.asarray(d.x_train), jnp.asarray(d.y_train)
     x_test, y_test = jnp.asarray(d.x_test), jnp.asarray(d.y_test)
     inner_step = dpjax.nnx.make_train_step(grad_fn)
@@ -216,7 +230,7 @@ def build(cfg: TrainConfig) -> Job:
         state = nnx.state(model)
         if cfg.ema_decay is not None:  # the averaged parameters, in the model's dtypes
             avg = nnx.to_pure_dict(averaged_params(optimizer.opt_state))
-            cur = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+            cur = nnx.to_pure_dict(nnx.state(model, wrt))  # (only the head's with "head")
             nnx.replace_by_pure_dict(
                 state, jax.tree.map(lambda a, c: jnp.asarray(a, c.dtype), avg, cur)
             )
@@ -251,6 +265,8 @@ def build(cfg: TrainConfig) -> Job:
     }
     if cfg.augmult > 1:  # (absent when 1: checkpoints of earlier versions still match)
         run["augmult"] = cfg.augmult
+    if cfg.finetune != "all":  # (likewise)
+        run["finetune"] = cfg.finetune
     return Job(
         cfg=cfg,
         data=d,

@@ -53,3 +53,11 @@ def test_dpjax_train_bad_input_is_a_clear_error(argv, match, capsys):
 def test_train_new_flags_bad_input(argv, match, capsys):
     assert cli.main(["train", "--no-progress", *argv]) == 2
     assert re.search(match, capsys.readouterr().err)
+
+
+@pytest.mark.parametrize("flag, value", [("--finetune", "conv"), ("--lr-schedule", "step")])
+def test_train_choice_flags_refuse_unknown_values(flag, value, capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main(["train", "--no-progress", flag, value])
+    assert e.value.code == 2
+    assert f"argument {flag}: invalid choice: '{value}'" in capsys.readouterr().err

@@ -100,3 +100,66 @@ def _as_state(model, pure):
     state = nnx.state(model, nnx.Param)
     nnx.replace_by_pure_dict(state, pure)
     return state
+
+
+@pytest.mark.parametrize(
+    "schedule,at_half",
+    [("constant", 1.0), ("cosine", 0.5), ("linear", 0.5)],
+)
+def test_learning_rate_schedules_start_at_lr_and_end_at_zero(schedule, at_half):
+    import numpy as np
+
+    cfg = TrainConfig(learning_rate=0.02, lr_schedule=schedule)
+    lr = job.learning_rate(cfg, 100)
+    f = lr if callable(lr) else (lambda t: lr)
+    values = np.array([float(f(t)) for t in range(101)])
+    assert values[0] == pytest.approx(0.02)
+    assert values[50] == pytest.approx(0.02 * at_half, rel=1e-5)
+    assert values[100] == pytest.approx(0.0 if schedule != "constant" else 0.02, abs=1e-9)
+    assert np.all(np.diff(values) <= 1e-9)  # never rises
+
+
+@pytest.mark.slow  # ~10 s: two short trainings compile on CPU
+def test_finetune_head_updates_only_the_head_at_the_same_privacy_cost():
+    """Head-only fine-tuning: the other layers stay exactly at their initial (pretrained)
+    values; the noise multiplier, sampling rate and steps are those of training all layers."""
+    import jax
+    import numpy as np
+
+    built = {}
+    for finetune in ("all", "head"):
+        b = job.build(TrainConfig(**SMALL, finetune=finetune))
+        before = nnx.to_pure_dict(nnx.state(b.model, nnx.Param))
+        job.loop(b, start=0, history=[])
+        after = nnx.to_pure_dict(nnx.state(b.model, nnx.Param))
+        changed = {
+            name: any(
+                not np.array_equal(x, y)
+                for x, y in zip(
+                    jax.tree.leaves(before[name]), jax.tree.leaves(after[name]), strict=True
+                )
+            )
+            for name in before
+        }
+        built[finetune] = (b, changed)
+    (b_all, ch_all), (b_head, ch_head) = built["all"], built["head"]
+    assert ch_all == {"layers": True, "head": True}
+    assert ch_head == {"layers": False, "head": True}
+    assert b_head.privacy == b_all.privacy and b_head.steps == b_all.steps
+    assert b_head.run["finetune"] == "head" and "finetune" not in b_all.run
+    spent = [dpjax.privacy_spent(b.optimizer.opt_state, b.acct_delta) for b in (b_all, b_head)]
+    assert spent[0] == spent[1]
+
+
+@pytest.mark.parametrize(
+    "field, value, match",
+    [
+        ("finetune", "conv", r"finetune must be one of \('all', 'head'\), got 'conv'"),
+        ("lr_schedule", "step", r"lr_schedule must be one of \('constant', 'cosine', 'linear'\)"),
+    ],
+)
+def test_bad_finetune_and_schedule_are_refused_before_any_work(field, value, match):
+    from dpjax.digits.config import validate_config
+
+    with pytest.raises(ValueError, match=match):
+        validate_config(TrainConfig(**{field: value}))
