@@ -36,9 +36,70 @@ import machine  # noqa: E402
 EPSILONS = (0.5, 1.0, 2.0, 4.0, 8.0)
 VALIDATION = 0.15
 
-# The defaults of `dpjax train` before issue 18, as explicit overrides (so they reproduce
-# whatever the shipped defaults become).
-OLD_DEFAULTS = {"accountant": "rdp", "batch_size": 128, "epochs": 30, "learning_rate": 1e-2}
+# The defaults of `dpjax train` before issue 18, frozen as explicit overrides of every field
+# that shapes the trained model, so they reproduce whatever the shipped defaults become
+# (public pretraining and PLD became defaults after the first cells were measured).
+OLD_DEFAULTS = {
+    "model": "cnn",
+    "optimizer": "adam",
+    "accountant": "rdp",
+    "method": "vmap",
+    "batch_size": 128,
+    "epochs": 30,
+    "learning_rate": 1e-2,
+    "l2_clip": 1.0,
+    "delta": 1e-5,
+    "noise_multiplier": None,
+    "microbatch_size": None,
+    "lr_schedule": "constant",
+    "ema_decay": None,
+    "augmult": 1,
+    "noise": "independent",
+    "bands": 4,
+    "public_pretraining": False,
+}
+# TrainConfig fields that do not shape the trained model (set per run, or operational:
+# output, budget, checkpoints, keys). Every other field must be pinned in OLD_DEFAULTS.
+RUN_FIELDS = frozenset(
+    {
+        "epsilon",
+        "seed",
+        "validation_fraction",
+        "progress",
+        "output",
+        "budget_epsilon",
+        "budget_delta",
+        "checkpoint_dir",
+        "checkpoint_every",
+        "resume",
+        "resume_step",
+        "secure",
+        "encrypt_to",
+        "sign_with",
+        "identity",
+        "key_passphrase_file",
+    }
+)
+
+
+def check_pinned(config_cls=None) -> None:
+    """Raise if a field of ``config_cls`` (TrainConfig) is neither pinned nor a run field.
+
+    A new TrainConfig field, or a field moved out of OLD_DEFAULTS, would otherwise take
+    whatever default ships and silently change the old-defaults baseline.
+    """
+    if config_cls is None:
+        from dpjax.digits.config import TrainConfig as config_cls
+    fields = {f.name for f in dataclasses.fields(config_cls)}
+    unpinned = sorted(fields - set(OLD_DEFAULTS) - RUN_FIELDS)
+    if unpinned:
+        raise RuntimeError(
+            f"TrainConfig fields {unpinned} are not pinned in OLD_DEFAULTS: add their old "
+            "default there (or to RUN_FIELDS if they do not shape the model)"
+        )
+    stale = sorted((set(OLD_DEFAULTS) | RUN_FIELDS) - fields)
+    if stale:
+        raise RuntimeError(f"OLD_DEFAULTS/RUN_FIELDS name fields TrainConfig lacks: {stale}")
 
 
 def _old(**levers) -> dict:
@@ -178,6 +239,25 @@ def _load(path: Path) -> tuple[dict, dict]:
 READING_MARK = "## Reading"
 
 
+def _code_version() -> dict:
+    """The commit and noise sampler a cell is measured with (seeds pair only within one)."""
+    import subprocess
+
+    from dpjax.kernels import noise
+
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=HERE,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        commit = "unknown"
+    return {"commit": commit, "noise_sampler": noise.DEFAULT_SAMPLER}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seeds", type=int, default=5)
@@ -186,7 +266,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=str(HERE))
     p.add_argument("--list", action="store_true", help="print the recipes and exit")
     p.add_argument("--report-only", action="store_true", help="rewrite the table and plot only")
+    p.add_argument(
+        "--skip-done",
+        action="store_true",
+        help="keep the seeds a cell already has and run only the missing ones",
+    )
     args = p.parse_args(argv)
+    check_pinned()
     if args.list:
         for n, o in RECIPES.items():
             print(f"{n}: {o}")
@@ -211,25 +297,31 @@ def main(argv: list[str] | None = None) -> int:
 
         cells = [(n, e) for n in names for e in (epsilons if n != "no noise" else epsilons[-1:])]
         bar = tqdm(total=len(cells) * args.seeds, desc="utility", file=sys.stdout)
+        code = _code_version()
         for name, e in cells:
             t0 = time.perf_counter()
-            rows = []
+            done = results.get(name, {}).get(str(e)) if args.skip_done else None
+            rows = [r for r in done["runs"] if r["seed"] < args.seeds] if done else []
+            bar.update(len(rows))
             for seed in range(args.seeds):
-                rows.append(run_one(RECIPES[name], e, seed))
+                if any(r["seed"] == seed for r in rows):
+                    continue
+                rows.append({**run_one(RECIPES[name], e, seed), **code})
                 bar.update()
                 bar.set_postfix(recipe=name, eps=e, acc=f"{rows[-1]['test_accuracy']:.3f}")
-            results, recipe_meta = _load(store)  # another invocation may have added cells
-            cell = {"runs": rows, "summary": summarize(rows)}
-            targets = epsilons if name == "no noise" else [e]  # no noise: the same everywhere
-            for e2 in targets:
-                results.setdefault(name, {})[str(e2)] = cell
-            recipe_meta[name] = {
-                "machine": describe,
-                "date": time.strftime("%Y-%m-%d %H:%M"),
-                "overrides": RECIPES[name],
-                "minutes_last_cell": (time.perf_counter() - t0) / 60,
-            }
-            save()
+                # Saved after every run: an interrupted grid loses at most the run under way.
+                results, recipe_meta = _load(store)  # another invocation may have added cells
+                cell = {"runs": sorted(rows, key=lambda r: r["seed"]), "summary": summarize(rows)}
+                targets = epsilons if name == "no noise" else [e]  # no noise: the same everywhere
+                for e2 in targets:
+                    results.setdefault(name, {})[str(e2)] = cell
+                recipe_meta[name] = {
+                    "machine": describe,
+                    "date": time.strftime("%Y-%m-%d %H:%M"),
+                    "overrides": RECIPES[name],
+                    "minutes_last_cell": (time.perf_counter() - t0) / 60,
+                }
+                save()
         bar.close()
     results, recipe_meta = _load(store)
     plot(results, out / "results" / "utility.png")
