@@ -250,6 +250,7 @@ def _import_cells(name: str, base: Path) -> dict:
 
 
 BASES = ("old defaults", "old defaults (rerun)")
+THIS_ROUND = "box_muller"  # the noise sampler of the runs measured since e78d329
 
 
 def _sampler(cell: dict) -> set:
@@ -317,11 +318,13 @@ def write_markdown(results: dict, meta: dict, path: Path, reading: str = "") -> 
         "validation (so every recipe trains on the same 85 %); seeds 0-4 per cell.",
         "",
         "Test accuracy %, mean ± sample sd over seeds (validation accuracy in brackets); "
-        "seconds per run, mean over the recipe's runs (build, calibration, training, "
-        "per-epoch evaluation; measured on the shared machine):",
+        "seconds per run (build, calibration, training, per-epoch evaluation; measured on "
+        "the shared machine), the median over all the recipe's runs, and over those of "
+        f"this round only (the `{THIS_ROUND}` noise sampler, run one after another under "
+        "similar load: compare these):",
         "",
-        head + " | s / run |",
-        rule + "---|",
+        head + " | s / run | s / run, this round |",
+        rule + "---|---|",
     ]
     for name in names:
         cells, secs, seeds = [], [], set()
@@ -332,12 +335,13 @@ def write_markdown(results: dict, meta: dict, path: Path, reading: str = "") -> 
                 continue
             t, v = s["summary"]["test_accuracy"], s["summary"]["val_accuracy"]
             cells.append(f"{100 * t['mean']:.1f} ± {100 * t['sd']:.1f} [{100 * v['mean']:.1f}]")
-            secs += [r["seconds"] for r in s["runs"]]
+            secs.extend(s["runs"])
             seeds.add(len(s["runs"]))
         n_seeds = "/".join(str(k) for k in sorted(seeds))
-        lines.append(
-            f"| {name} | {n_seeds} | " + " | ".join(cells) + f" | {statistics.fmean(secs):.0f} |"
-        )
+        now = [r["seconds"] for r in secs if r.get("noise_sampler") == THIS_ROUND]
+        now_s = f"{statistics.median(now):.0f}" if now else "n/a"
+        every = statistics.median(r["seconds"] for r in secs)
+        lines.append(f"| {name} | {n_seeds} | " + " | ".join(cells) + f" | {every:.0f} | {now_s} |")
     diffs = paired_differences(results)
     lines += [
         "",

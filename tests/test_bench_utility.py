@@ -195,7 +195,7 @@ def test_report_writes_both_tables_and_the_plot(tmp_path):
     md = tmp_path / "R.md"
     utility.write_markdown(results, {"machine": "test machine"}, md, "## Reading\nkept\n")
     text = md.read_text()
-    assert "| new defaults | 3 | 81.0 ± 1.0 [70.0] | 1 |" in text
+    assert "| new defaults | 3 | 81.0 ± 1.0 [70.0] | 1 | 1 |" in text
     assert "| ema | 3 | +0.0 ± 2.0 [+0.0 ± 0.0] |" in text
     assert "the shipped defaults (`TrainConfig()`)" in text
     assert text.endswith("## Reading\nkept\n")
