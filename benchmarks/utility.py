@@ -57,6 +57,7 @@ OLD_DEFAULTS = {
     "noise": "independent",
     "bands": 4,
     "public_pretraining": False,
+    "finetune": "all",
 }
 # TrainConfig fields that do not shape the trained model (set per run, or operational:
 # output, budget, checkpoints, keys). Every other field must be pinned in OLD_DEFAULTS.
