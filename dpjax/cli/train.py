@@ -157,7 +157,8 @@ def register(subparsers: Any) -> None:
         "--method",
         choices=V.CLIP_METHODS,
         default=d.method,
-        help="per-example gradient norms: vmap, ghost clipping or auto",
+        help="per-example gradient norms: vmap, ghost clipping, or auto (default: per layer, the "
+        "form of least estimated cost, docs/performance.md)",
     )
     p.add_argument(
         "--augmult",

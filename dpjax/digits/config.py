@@ -30,7 +30,7 @@ class TrainConfig:
     accountant: str = "pld"
     seed: int | None = None  # None: keys from OS entropy; an int: reproducible noise
     microbatch_size: int | None = None
-    method: str = "vmap"  # per-example norms: one of _validate.CLIP_METHODS
+    method: str = "auto"  # per-example norms: one of _validate.CLIP_METHODS (cost model)
     # Accuracy levers (issue 18): an EMA of the parameters (evaluated instead of the last
     # iterate; post-processing, no privacy cost) and the learning-rate schedule.
     ema_decay: float | None = None
@@ -95,8 +95,8 @@ def validate_config(cfg: TrainConfig) -> None:
     _validate.in_range("augmult", _validate.positive_int("augmult", cfg.augmult), 1, 64)
     if cfg.augmult > 1 and cfg.method == "ghost":
         raise ValueError(
-            "augmult > 1 needs method 'vmap' or 'auto': ghost clipping takes the loss of "
-            "one input per example"
+            "augmult > 1 needs method 'vmap' or 'auto' (which then uses vmap): ghost "
+            "clipping takes the loss of one input per example"
         )
     _validate.positive_int("batch_size", cfg.batch_size)
     _validate.positive("l2_clip", cfg.l2_clip)

@@ -169,8 +169,11 @@ def build(cfg: TrainConfig) -> Job:
 
     # finetune="head": only the head is differentiated, clipped, noised and updated.
     wrt = nnx.Param if cfg.finetune == "all" else nnx.All(nnx.Param, nnx.PathContains("head"))
+    # augmult > 1 calls the model k times per example: ghost clipping's tape takes one
+    # call per layer, so "auto" resolves to vmap there (validate_config rejects "ghost").
+    method = "vmap" if cfg.augmult > 1 else cfg.method
     grad_fn = dpjax.nnx.clipped_grad(
-        loss_fn, cfg.l2_clip, wrt=wrt, microbatch_size=cfg.microbatch_size, method=cfg.method
+        loss_fn, cfg.l2_clip, wrt=wrt, microbatch_size=cfg.microbatch_size, method=method
     )
     make = dpjax.dp_adam if cfg.optimizer == "adam" else dpjax.dp_sgd
     opt_kw = {} if cfg.optimizer == "adam" else {"momentum": 0.9}
