@@ -434,7 +434,20 @@ def _clipped_sum(
 ) -> ClippedSum:
     if plan is None:
         return _vmap_clipped_sum(config, loss_fn, params, batch, mask)
-    return _ghost_clipped_sum(config, loss_fn, params, batch, mask, plan)
+    try:
+        return _ghost_clipped_sum(config, loss_fn, params, batch, mask, plan)
+    except jax.errors.UnexpectedTracerError as e:
+        # The tape records each layer's input once per example; a loss that calls its
+        # layers under its own transformation (jax.vmap over augmentations, lax.scan)
+        # hands the tape values of that inner trace. Nothing of the failed trace is used.
+        if config.method == "auto":
+            return _vmap_clipped_sum(config, loss_fn, params, batch, mask)
+        raise ValueError(
+            "method='ghost' records each layer's input and output gradient once per "
+            "example; this loss calls layers inside its own jax transformation (e.g. "
+            "jax.vmap over augmentations, as dpjax.augment.augmentation_multiplicity "
+            "does), which ghost clipping cannot record: use method='vmap' or 'auto'"
+        ) from e
 
 
 def _clip_stats(l2_clip: float, mask: jax.Array, per_example: PerExample) -> ClipStats:

@@ -78,3 +78,30 @@ def test_random_shift_moves_the_image_by_at_most_one_pixel():
 def test_bad_input(call, name):
     with pytest.raises(ValueError, match=name):
         call()
+
+
+def test_ghost_refuses_and_auto_falls_back_to_vmap_for_an_augmented_loss():
+    """The augmented loss calls the layers under its own vmap: ghost clipping cannot
+    record them. ``ghost`` says so by name; ``auto`` gives vmap's clipped sum."""
+    from flax import nnx
+
+    import optax
+
+    model = dpjax.models.DigitsCNN(rngs=nnx.Rngs(0))
+
+    def loss(m, x, y):
+        return optax.softmax_cross_entropy_with_integer_labels(m(x), y)[0]
+
+    aug = augmentation_multiplicity(loss, random_shift, 2)
+    n = 5
+    x = jax.random.uniform(jax.random.key(2), (n, 8, 8, 1))
+    y = jnp.arange(n, dtype=jnp.int32)
+    keys = augment_keys(jax.random.key(9), n)
+    mask = jnp.ones(n, bool).at[-1].set(False)
+    ref, ref_stats = dpjax.nnx.clipped_grad(aug, 0.1, method="vmap")(model, x, y, keys, mask=mask)
+    got, stats = dpjax.nnx.clipped_grad(aug, 0.1, method="auto")(model, x, y, keys, mask=mask)
+    for a, b in zip(jax.tree.leaves(ref), jax.tree.leaves(got), strict=True):
+        np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-5, atol=1e-7)
+    assert int(stats.batch_size) == int(ref_stats.batch_size) == n - 1
+    with pytest.raises(ValueError, match="method='ghost'.*use method='vmap' or 'auto'"):
+        dpjax.nnx.clipped_grad(aug, 0.1, method="ghost")(model, x, y, keys, mask=mask)
