@@ -83,9 +83,8 @@ def test_bad_input(call, name):
 def test_ghost_refuses_and_auto_falls_back_to_vmap_for_an_augmented_loss():
     """The augmented loss calls the layers under its own vmap: ghost clipping cannot
     record them. ``ghost`` says so by name; ``auto`` gives vmap's clipped sum."""
-    from flax import nnx
-
     import optax
+    from flax import nnx
 
     model = dpjax.models.DigitsCNN(rngs=nnx.Rngs(0))
 
