@@ -124,8 +124,8 @@ RECIPES: dict[str, dict] = {
     "batch 1024": _old(batch_size=1024, epochs=240),
     "augmult 4": _old(augmult=4),
     "public pretraining": _old(public_pretraining=True),
-    # Measured by benchmarks/correlated.py with this protocol (old defaults, RDP, seeds
-    # 0-4, the same hold-out): imported, see IMPORTED.
+    # Epsilon 1 and 8 measured by benchmarks/correlated.py with this protocol (old
+    # defaults, RDP, seeds 0-4, the same hold-out): imported, see IMPORTED; others here.
     "banded noise b=2": _old(noise="banded", bands=2),
     "augmult 8": _old(augmult=8),
     "new defaults": {},
@@ -385,7 +385,12 @@ def write_markdown(results: dict, meta: dict, path: Path, reading: str = "") -> 
     if imported:
         lines += [
             "Imported, not rerun (same protocol; see the reading): "
-            + "; ".join(f"`{n}` from `{IMPORTED[n][0]}`" for n in imported)
+            + "; ".join(
+                f"`{n}` from `{IMPORTED[n][0]}` (epsilon "
+                + ", ".join(f"{float(e):g}" for e, c in results[n].items() if "source" in c)
+                + ")"
+                for n in imported
+            )
             + ".",
             "",
         ]
@@ -489,10 +494,11 @@ def main(argv: list[str] | None = None) -> int:
                 save()
         bar.close()
     results, recipe_meta = _load(store)
-    for name in IMPORTED:  # refreshed from their sources on every report
+    for name in IMPORTED:  # refreshed from their sources on every report; epsilons the
+        # source lacks keep the cells measured here
         cells = _import_cells(name, HERE)
         if cells:
-            results[name] = cells
+            results[name] = {**results.get(name, {}), **cells}
     save()
     plot(results, out / "results" / "utility.png")
     md = out / "RESULTS_utility.md"

@@ -181,6 +181,8 @@ def _octant_words(key: jax.Array, h: int) -> list[jax.Array]:
     hash evaluations of ``jax.random.bits``, which (partitionable) spends one
     block per word. Other key implementations draw ``jax.random.bits(key, (6, h))``.
     """
+    if h >= 2**32:  # the block counter's low word would wrap and repeat noise
+        raise ValueError(f"one leaf of noise holds at most 4 * (2**32 - 1) values, got {4 * h}")
     if str(jax.random.key_impl(key)) != "threefry2x32":
         words = jax.random.bits(key, (6, h), jnp.uint32)
         return [words[i] for i in range(6)]

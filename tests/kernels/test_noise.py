@@ -267,6 +267,16 @@ def test_unknown_sampler_is_refused():
         noise_k.standard_normal(jax.random.key(0), (3,), jnp.float32, "uniform")
 
 
+def test_octant_sampler_refuses_a_leaf_whose_block_counter_would_wrap():
+    """Counters (tag + b, j) with j a uint32: past 2**32 blocks a leaf would reuse noise.
+    Traced only (eval_shape): nothing of that size is allocated."""
+    shape = (4 * 2**32,)
+    with pytest.raises(ValueError, match="at most 4 \\* \\(2\\*\\*32 - 1\\) values"):
+        jax.eval_shape(lambda k: noise_k.standard_normal(k, shape), jax.random.key(0))
+    ok = jax.eval_shape(lambda k: noise_k.standard_normal(k, (4 * 2**32 - 4,)), jax.random.key(0))
+    assert ok.shape == (4 * 2**32 - 4,)
+
+
 @pytest.mark.parametrize("sampler", noise_k.SAMPLERS)
 def test_add_noise_draws_with_the_chosen_sampler(sampler):
     g = {"w": jnp.zeros((64,))}
