@@ -12,7 +12,7 @@ Gaussian noise comes from one of three samplers (``sampler=``):
   Threefry-2x32 blocks with both output words used (``jax.random.bits`` in
   JAX's partitionable mode spends a whole block on each word, XOR-ing its
   two outputs), at counters tagged apart from the ones JAX itself derives
-  from a key; other key implementations draw ``jax.random.bits``; (2) ``cos t``
+  for a key; other key implementations draw ``jax.random.bits``; (2) ``cos t``
   and ``sin t`` come together from two short polynomials on one octant
   ``(0, pi/4)`` (within 2**-23 of float64 for every input, tested
   exhaustively) and the eight symmetries of the square picked by three bits
