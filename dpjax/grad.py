@@ -442,12 +442,15 @@ def _clipped_sum(
         # hands the tape values of that inner trace. Nothing of the failed trace is used.
         if config.method == "auto":
             return _vmap_clipped_sum(config, loss_fn, params, batch, mask)
-        raise ValueError(
-            "method='ghost' records each layer's input and output gradient once per "
-            "example; this loss calls layers inside its own jax transformation (e.g. "
-            "jax.vmap over augmentations, as dpjax.augment.augmentation_multiplicity "
-            "does), which ghost clipping cannot record: use method='vmap' or 'auto'"
-        ) from e
+        raise ValueError(_GHOST_INNER_TRANSFORM) from e
+
+
+_GHOST_INNER_TRANSFORM = (
+    "method='ghost' records each layer's input and output gradient once per example; this "
+    "loss calls layers inside its own jax transformation (e.g. jax.vmap over augmentations, "
+    "as dpjax.augment.augmentation_multiplicity does), which ghost clipping cannot record: "
+    "use method='vmap' or 'auto'"
+)
 
 
 def _clip_stats(l2_clip: float, mask: jax.Array, per_example: PerExample) -> ClipStats:
@@ -503,6 +506,19 @@ def _plan(
     _check_params(params)
     plan = _discover(config, loss_fn, params, batch)
     all_vmap = config.method == "vmap" or not _uses_ghost(config, plan)
+    if not all_vmap:  # what __call__ does when the tape cannot record the loss (_clipped_sum)
+        try:
+            jax.eval_shape(
+                lambda p, b: (
+                    flax_ghost.backward(loss_fn, p, b, plan, **config.trace_options).losses
+                ),
+                params,
+                batch,
+            )
+        except jax.errors.UnexpectedTracerError as e:
+            if config.method != "auto":
+                raise ValueError(_GHOST_INNER_TRANSFORM) from e
+            all_vmap = True
     return flax_ghost.describe(plan, params, all_vmap=all_vmap)
 
 

@@ -104,3 +104,11 @@ def test_ghost_refuses_and_auto_falls_back_to_vmap_for_an_augmented_loss():
     assert int(stats.batch_size) == int(ref_stats.batch_size) == n - 1
     with pytest.raises(ValueError, match="method='ghost'.*use method='vmap' or 'auto'"):
         dpjax.nnx.clipped_grad(aug, 0.1, method="ghost")(model, x, y, keys, mask=mask)
+    # plan() reports what a call does: vmap for every parameter under auto; ghost refuses.
+    plan = dpjax.nnx.clipped_grad(aug, 0.1, method="auto").plan(model, x, y, keys)
+    assert plan and set(plan.values()) == {"vmap"}
+    with pytest.raises(ValueError, match="method='ghost'"):
+        dpjax.nnx.clipped_grad(aug, 0.1, method="ghost").plan(model, x, y, keys)
+    # The plain loss keeps ghost's plan under auto (the check does not over-trigger).
+    plain = dpjax.nnx.clipped_grad(loss, 0.1, method="auto").plan(model, x, y)
+    assert any(m.startswith("ghost:") for m in plain.values())
