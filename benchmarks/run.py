@@ -29,6 +29,7 @@ from pathlib import Path
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 
+import machine  # noqa: E402
 from suite import harness, report  # noqa: E402
 
 # Suites other engineers add join here: `--only NAME` runs BENCH/<file> if present.
@@ -65,29 +66,9 @@ def machine_description(device: str, rows: list[dict], dpjax_root: Path, label: 
     for exe, v in by_python.items():
         libs = ", ".join(f"{k} {val}" for k, val in v.items() if k not in ("executable",))
         info[f"libraries ({exe})"] = libs
-    sha = ""
-    try:
-        sha = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            cwd=dpjax_root,
-            capture_output=True,
-            text=True,
-            timeout=10,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        pass
+    sha = machine.git_commit(dpjax_root)
     info["dpjax benchmarked"] = label or f"{dpjax_root} at commit {sha or 'unknown'}"
-    try:
-        sha = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            cwd=BENCH,
-            capture_output=True,
-            text=True,
-            timeout=10,
-        ).stdout.strip()
-        info["benchmark suite commit"] = sha or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        pass
+    info["benchmark suite commit"] = machine.git_commit(BENCH) or "unknown"
     return info
 
 

@@ -411,20 +411,9 @@ READING_MARK = "## Reading"
 
 def _code_version() -> dict:
     """The commit and noise sampler a cell is measured with (seeds pair only within one)."""
-    import subprocess
-
     from dpjax.kernels import noise
 
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            cwd=HERE,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        commit = "unknown"
+    commit = machine.git_commit(HERE) or "unknown"
     return {"commit": commit, "noise_sampler": noise.DEFAULT_SAMPLER}
 
 
